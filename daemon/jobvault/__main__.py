@@ -1,0 +1,5 @@
+"""Allow `python -m jobvault`."""
+
+from jobvault.cli import main
+
+raise SystemExit(main())

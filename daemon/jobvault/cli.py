@@ -1,0 +1,299 @@
+"""The `jobvault` command line: argument parsing and output only; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from jobvault import __version__, render
+from jobvault import config as config_mod
+from jobvault.config import Config
+from jobvault.errors import ExitCode, JobvaultError, NotFoundError, UsageError
+from jobvault.log import configure as configure_logging
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, help="database path (env JOBVAULT_DB)")
+    parser.add_argument("--config", type=Path, help="config file (env JOBVAULT_CONFIG)")
+    parser.add_argument(
+        "--log-level", choices=config_mod.LOG_LEVELS, help="log verbosity (default info)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="jobvault",
+        description="Archive AI coding-agent sessions losslessly and query them as job records.",
+    )
+    parser.add_argument("--version", action="version", version=f"jobvault {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    _common(p)
+    p.add_argument("--watch", action="append", type=Path, metavar="DIR",
+                   help="directory to watch (repeatable; replaces the default roots)")  # fmt: skip
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="finalize a session after this long without appends")  # fmt: skip
+
+    p = sub.add_parser("import", help="ingest files or directories once, then finalize them")
+    _common(p)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    p = sub.add_parser("jobs", help="list job records, newest first")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON records")
+    p.add_argument("--limit", type=int, default=50, help="how many (0 for all; default 50)")
+    p.add_argument("--since", help="started at or after (ISO date/time, or an age: 7d, 12h)")
+    p.add_argument("--until", help="started before (ISO date/time, or an age)")
+
+    p = sub.add_parser("show", help="show one job with its tool calls, subagents and files")
+    _common(p)
+    p.add_argument("id", help="job id, session id, or a unique prefix of either")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("export", help="restore a job's original transcript byte for byte")
+    _common(p)
+    p.add_argument("id", help="job id, session id, or a unique prefix of either")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", type=Path, metavar="FILE",
+                     help="write the main file here (default: standard output)")  # fmt: skip
+    out.add_argument("--dir", type=Path, metavar="DIR",
+                     help="restore every file of the job (subagents too) under DIR")  # fmt: skip
+
+    p = sub.add_parser("rebuild", help="recompute every job record from the archive alone")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, object] = {}
+    if getattr(args, "db", None):
+        overrides["db"] = str(args.db)
+    if getattr(args, "log_level", None):
+        overrides["log_level"] = args.log_level
+    if getattr(args, "watch", None):
+        overrides["watch"] = [str(w) for w in args.watch]
+    if getattr(args, "idle_timeout", None) is not None:
+        overrides["idle_timeout"] = args.idle_timeout
+    return config_mod.load(getattr(args, "config", None), overrides)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def cmd_run(config: Config) -> int:
+    from jobvault import service
+    from jobvault.lock import WriterLock
+
+    with WriterLock(config.db):
+        asyncio.run(service.main(config))
+    return ExitCode.OK
+
+
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    from jobvault.engine import Engine
+    from jobvault.lock import WriterLock
+    from jobvault.store.db import open_writer
+    from jobvault.store.writer import Store
+
+    roots = [p.expanduser().absolute() for p in args.paths]
+    for root in roots:
+        if not root.exists():
+            raise NotFoundError(f"no such file or directory: {root}")
+    with WriterLock(config.db):
+        store = Store(open_writer(config.db, config.synchronous), config.compression_level)
+        engine = Engine(config, store, job_write_interval=math.inf)
+        try:
+            paths = engine.scan(roots)
+            sizes = {p: _size(p) for p in paths}
+            with render.Progress(
+                "importing", sum(sizes.values()), enabled=not args.no_progress
+            ) as progress:
+                for i in range(0, len(paths), 64):
+                    group = paths[i : i + 64]
+                    engine.poll(group, roots)
+                    progress.advance(sum(sizes[p] for p in group))
+                progress.label("finalizing")
+                engine.finalize_all()
+            summary = {
+                "files": len(paths),
+                "bytes_archived": engine.stats.bytes_archived,
+                "lines": engine.stats.lines_archived,
+                "bad_lines": engine.stats.bad_lines,
+                "jobs": len(engine.jobs),
+                "db": str(config.db),
+            }
+        finally:
+            engine.close()
+            store.close()
+    if args.json:
+        _print_json(summary)
+    else:
+        render.import_summary(summary)
+    return ExitCode.OK
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
+    from jobvault.store import queries
+    from jobvault.store.db import open_reader
+
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 (all) or a positive number")
+    since = queries.parse_time(args.since) if args.since else None
+    until = queries.parse_time(args.until) if args.until else None
+    conn = open_reader(config.db)
+    try:
+        jobs = queries.list_jobs(conn, since, until, args.limit)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json(jobs)
+    else:
+        render.jobs_table(jobs)
+    return ExitCode.OK
+
+
+def cmd_show(config: Config, args: argparse.Namespace) -> int:
+    from jobvault.store import queries
+    from jobvault.store.db import open_reader
+
+    conn = open_reader(config.db)
+    try:
+        job = queries.get_job(conn, args.id)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json(job)
+    else:
+        render.job_detail(job)
+    return ExitCode.OK
+
+
+def cmd_export(config: Config, args: argparse.Namespace) -> int:
+    from jobvault.store import queries
+    from jobvault.store.db import open_reader
+
+    conn = open_reader(config.db)
+    try:
+        job_id, files = queries.job_files(conn, args.id)
+        if not files:
+            raise NotFoundError(f"job {job_id} has no archived files")
+        if args.dir is not None:
+            for row, rel in _layout(files):
+                target = args.dir / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as fh:
+                    for data in queries.archived_bytes(conn, row.id):
+                        fh.write(data)
+                print(target)
+            return ExitCode.OK
+        main = next((f for f in files if f.role == "main"), None)
+        if main is None:
+            raise NotFoundError(f"job {job_id} has no main file archived (try --dir)")
+        if args.output is not None:
+            with args.output.open("wb") as fh:
+                for data in queries.archived_bytes(conn, main.id):
+                    fh.write(data)
+        else:
+            out = sys.stdout.buffer
+            for data in queries.archived_bytes(conn, main.id):
+                out.write(data)
+            out.flush()
+    finally:
+        conn.close()
+    return ExitCode.OK
+
+
+def _layout(files: Sequence[Any]) -> list[tuple[Any, Path]]:
+    """Relative paths that reproduce the original layout under the agent's projects dir."""
+    main = next((f for f in files if f.role == "main"), None)
+    base = Path(main.path).parent.parent if main is not None else None
+    out = []
+    for row in files:
+        path = Path(row.path)
+        if base is not None and path.is_relative_to(base):
+            out.append((row, path.relative_to(base)))
+        else:
+            out.append((row, Path(row.rel_path)))
+    return out
+
+
+def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
+    from jobvault.engine import Engine
+    from jobvault.lock import WriterLock
+    from jobvault.store.db import open_writer
+    from jobvault.store.writer import Store
+
+    if not config.db.expanduser().exists():
+        raise NotFoundError(f"no database at {config.db}")
+    with WriterLock(config.db):
+        store = Store(open_writer(config.db, config.synchronous), config.compression_level)
+        engine = Engine(config, store)
+        try:
+            with render.Progress("rebuilding", 0, enabled=not args.no_progress) as progress:
+                count = engine.rebuild(progress.set)
+        finally:
+            engine.close()
+            store.close()
+    if args.json:
+        _print_json({"jobs": count})
+    else:
+        print(f"rebuilt {count} job records from the archive")
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _load_config(args)
+        configure_logging(config.log_level if args.command == "run" else
+                          (args.log_level or "warning"))  # fmt: skip
+        if args.command == "run":
+            return cmd_run(config)
+        handler = {
+            "import": cmd_import,
+            "jobs": cmd_jobs,
+            "show": cmd_show,
+            "export": cmd_export,
+            "rebuild": cmd_rebuild,
+        }[args.command]
+        return handler(config, args)
+    except JobvaultError as exc:
+        print(f"jobvault: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,180 @@
+"""Configuration: defaults, then the TOML file, then JOBVAULT_* variables, then CLI flags.
+
+Defaults work with no file at all. Every key is documented in config/jobvault.toml; a bad
+value raises ConfigError naming the key (exit code CONFIG).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from jobvault import paths
+from jobvault.errors import ConfigError
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+Synchronous = Literal["NORMAL", "FULL"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon and the CLI can be told; see config/jobvault.toml."""
+
+    watch: tuple[Path, ...] = field(default_factory=lambda: tuple(paths.default_watch_roots()))
+    db: Path = field(default_factory=paths.default_db_path)
+    idle_timeout: float = 300.0
+    max_line_bytes: int = 16 * 1024 * 1024
+    rescan_interval: float = 30.0
+    batch_interval: float = 0.25
+    batch_max_bytes: int = 8 * 1024 * 1024
+    compression_level: int = 3
+    max_open_files: int = 512
+    watch_events: bool = True
+    synchronous: Synchronous = "FULL"
+    log_level: LogLevel = "info"
+
+
+def _as_float(key: str, value: object, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(key, f"expected a number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(key, f"must be at least {minimum:g}, got {number:g}")
+    return number
+
+
+def _as_int(key: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(key, f"expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(key, f"must be at least {minimum}, got {number}")
+    return number
+
+
+def _as_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    }:
+        return value.lower() in {"1", "true", "yes", "on"}
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _as_path(key: str, value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"expected a path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _as_paths(key: str, value: object) -> tuple[Path, ...]:
+    if isinstance(value, str):
+        items: list[object] = [v for v in value.split(os.pathsep) if v]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        raise ConfigError(key, f"expected a list of paths, got {value!r}")
+    return tuple(_as_path(key, item) for item in items)
+
+
+def _as_choice(key: str, value: object, choices: tuple[str, ...], upper: bool = False) -> str:
+    text = str(value).upper() if upper else str(value).lower()
+    if text not in choices:
+        raise ConfigError(key, f"expected one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
+_PARSERS: dict[str, Callable[[str, object], object]] = {
+    "watch": _as_paths,
+    "db": _as_path,
+    "idle_timeout": lambda k, v: _as_float(k, v, 0.0),
+    "max_line_bytes": lambda k, v: _as_int(k, v, 1024),
+    "rescan_interval": lambda k, v: _as_float(k, v, 0.1),
+    "batch_interval": lambda k, v: _as_float(k, v, 0.0),
+    "batch_max_bytes": lambda k, v: _as_int(k, v, 4096),
+    "compression_level": lambda k, v: _as_int(k, v, 1),
+    "max_open_files": lambda k, v: _as_int(k, v, 8),
+    "watch_events": _as_bool,
+    "synchronous": lambda k, v: _as_choice(k, v, ("NORMAL", "FULL"), upper=True),
+    "log_level": lambda k, v: _as_choice(k, v, LOG_LEVELS),
+}
+KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
+assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"
+
+
+def _apply(base: Config, values: Mapping[str, object], origin: str) -> Config:
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        parser = _PARSERS.get(key)
+        if parser is None:
+            raise ConfigError(key, f"unknown key in {origin} (known: {', '.join(KEYS)})")
+        changes[key] = parser(key, value)
+    if "compression_level" in changes and changes["compression_level"] > 22:
+        raise ConfigError("compression_level", "must be between 1 and 22")
+    return replace(base, **changes)
+
+
+def read_file(path: Path) -> dict[str, object]:
+    """Read a TOML config file; keys may sit at the top level or under [jobvault]."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    section = data.pop("jobvault", None)
+    if isinstance(section, dict):
+        data.update(section)
+    return cast(dict[str, object], data)
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, object]:
+    """Return the config keys set through JOBVAULT_<KEY> environment variables."""
+    out: dict[str, object] = {}
+    for key in KEYS:
+        value = environ.get(f"JOBVAULT_{key.upper()}")
+        if value is not None and value != "":
+            out[key] = value
+    return out
+
+
+def load(
+    config_path: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration from all four layers."""
+    env = os.environ if environ is None else environ
+    config = Config()
+    explicit = config_path or (Path(env["JOBVAULT_CONFIG"]) if env.get("JOBVAULT_CONFIG") else None)
+    if explicit is not None:
+        config = _apply(config, read_file(explicit.expanduser()), str(explicit))
+    elif paths.default_config_path().is_file():
+        default = paths.default_config_path()
+        config = _apply(config, read_file(default), str(default))
+    config = _apply(config, env_values(env), "the environment")
+    if overrides:
+        config = _apply(config, {k: v for k, v in overrides.items() if v is not None}, "flags")
+    return config

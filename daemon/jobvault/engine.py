@@ -1,0 +1,709 @@
+"""The ingest engine: tracked files → archived chunks → parsed lines → job records.
+
+Synchronous and single-threaded by design: `jobvault import` drives it in a loop and the
+daemon drives it from one worker thread, so there is exactly one writer. Each `poll` reads
+what was appended to the files it is given (complete lines only), parses every line once,
+feeds the session accumulators and commits chunks, offsets, bad lines and due job records in
+one transaction. If that transaction fails nothing moved: offsets are restored and the
+affected sessions are rebuilt from the archive on their next use.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from jobvault.config import Config
+from jobvault.errors import StoreError
+from jobvault.records import JobDetail
+from jobvault.sources import ADAPTERS, Adapter, FileInfo, LineContext
+from jobvault.sources.base import Accumulator
+from jobvault.store.writer import (
+    BadLine,
+    Batch,
+    Chunk,
+    FileRow,
+    Store,
+    iter_archived_lines,
+)
+from jobvault.tail import Segment, fingerprint, fingerprint_len, read_lines, read_tail
+
+log = structlog.get_logger("jobvault.engine")
+
+CHUNK_MAX = 4 * 1024 * 1024
+TOO_LONG = "line longer than max_line_bytes"
+
+
+@dataclass(slots=True)
+class Tracked:
+    """A file being tailed: its stored row plus what only lives in memory."""
+
+    row: FileRow
+    info: FileInfo
+    adapter: Adapter
+    fd: int | None = None
+    last_activity: float = 0.0
+    pending: int = 0  # bytes of an incomplete last line seen after the offset
+
+
+@dataclass(slots=True)
+class Job:
+    key: str
+    adapter: Adapter
+    acc: Accumulator | None  # None: must be rebuilt from the archive before use
+    last_activity: float = 0.0
+    finalized: bool = False
+    dirty: bool = False
+    last_written: float = 0.0
+
+
+@dataclass(slots=True)
+class Stats:
+    files_tracked: int = 0
+    bytes_archived: int = 0
+    lines_archived: int = 0
+    bad_lines: int = 0
+    jobs_written: int = 0
+    lost_bytes: int = 0
+    last_error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, bytes]]:
+    data = segment.data
+    start = 0
+    while True:
+        newline = data.find(b"\n", start)
+        if newline < 0:
+            break
+        yield segment.start + start, data[start:newline]
+        start = newline + 1
+    if start < len(data):
+        yield segment.start + start, data[start:]
+
+
+class Engine:
+    """Tails files into the archive and keeps job records current."""
+
+    def __init__(self, config: Config, store: Store, *, job_write_interval: float = 2.0) -> None:
+        self.config = config
+        self.store = store
+        self.job_write_interval = job_write_interval
+        self.by_path: dict[str, Tracked] = {}
+        self.by_id: dict[int, Tracked] = {}
+        self.jobs: dict[str, Job] = {}
+        self.stats = Stats()
+        self._adapters = list(ADAPTERS.values())
+        self._affected: set[str] = set()
+        self._settling = False
+        for row in store.load_files():
+            tracked = self._restore(row)
+            if tracked is not None:
+                self.by_path[row.path] = tracked
+                self.by_id[row.id] = tracked
+        self.stats.files_tracked = len(self.by_path)
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def _restore(self, row: FileRow) -> Tracked | None:
+        adapter = ADAPTERS.get(row.source)
+        if adapter is None:
+            return None
+        info = adapter.classify(Path(row.path))
+        if info is None:
+            return None
+        return Tracked(row, info, adapter)
+
+    def classify(self, path: Path) -> tuple[Adapter, FileInfo] | None:
+        for adapter in self._adapters:
+            info = adapter.classify(path)
+            if info is not None:
+                return adapter, info
+        return None
+
+    def scan(self, roots: Iterable[Path]) -> list[str]:
+        """Walk `roots` (files or directories); return the paths of every transcript found."""
+        found: list[str] = []
+        for root in roots:
+            root_s = os.path.abspath(str(root))
+            if os.path.isfile(root_s):
+                if self.classify(Path(root_s)) is not None:
+                    found.append(root_s)
+                continue
+            for dirpath, dirnames, filenames in os.walk(root_s, followlinks=False):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.endswith(".jsonl"):
+                        found.append(os.path.join(dirpath, name))
+        return found
+
+    def root_of(self, path: str, roots: Iterable[Path]) -> tuple[str, str]:
+        """Return (root, path relative to it) for `path` under the first matching root."""
+        for root in roots:
+            root_s = os.path.abspath(str(root))
+            if os.path.isfile(root_s):
+                if root_s == path:
+                    return os.path.dirname(root_s), os.path.basename(root_s)
+                continue
+            if path.startswith(root_s.rstrip(os.sep) + os.sep):
+                return root_s, os.path.relpath(path, root_s)
+        return os.path.dirname(path), os.path.basename(path)
+
+    def track(self, path: str, roots: Iterable[Path]) -> Tracked | None:
+        """Stat `path` and make sure the tracked state matches the file now at that path.
+
+        Detects new files, renames (same device+inode and first bytes), replacement (another
+        inode, or the same inode with different first bytes) and truncation.
+        """
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self.gone(path)
+            return None
+        except OSError as exc:
+            log.warning("stat_failed", file=path, error=str(exc))
+            return None
+        tracked = self.by_path.get(path)
+        if tracked is not None:
+            row = tracked.row
+            same_inode = (row.dev, row.ino) == (st.st_dev, st.st_ino)
+            unchanged = st.st_size == row.size and st.st_mtime_ns == row.mtime_ns
+            if (
+                same_inode
+                and st.st_size >= row.offset
+                and (unchanged or self._fingerprint_ok(tracked))
+            ):
+                row.size = st.st_size
+                return tracked
+            reason = "truncated" if same_inode and st.st_size < row.offset else "replaced"
+            self._supersede(tracked, reason, st.st_size)
+        else:
+            moved = self._find_moved(path, st)
+            if moved is not None:
+                return moved
+        classified = self.classify(Path(path))
+        if classified is None:
+            return None
+        adapter, info = classified
+        root, rel = self.root_of(path, roots)
+        row = FileRow(
+            id=0,
+            source=adapter.name,
+            path=path,
+            root=root,
+            rel_path=rel,
+            generation=self.store.next_generation(root, rel),
+            dev=st.st_dev,
+            ino=st.st_ino,
+            fp_len=0,
+            fp_hash=None,
+            offset=0,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            in_long_line=False,
+            partial_tail=False,
+            state="active",
+            job_key=info.job_key,
+            role=info.role,
+            agent_id=info.agent_id,
+            line_count=0,
+            bad_lines=0,
+            lost_bytes=0,
+        )
+        row.id = self.store.insert_file(row)
+        tracked = Tracked(row, info, adapter, last_activity=time.monotonic())
+        self.by_path[path] = tracked
+        self.by_id[row.id] = tracked
+        self.stats.files_tracked = len(self.by_path)
+        log.debug("file_tracked", file=path, file_id=row.id, job=info.job_key)
+        return tracked
+
+    def _find_moved(self, path: str, st: os.stat_result) -> Tracked | None:
+        for old_path, tracked in list(self.by_path.items()):
+            row = tracked.row
+            if (row.dev, row.ino) != (st.st_dev, st.st_ino) or os.path.exists(old_path):
+                continue
+            if not self._fingerprint_ok(tracked, path):
+                continue
+            del self.by_path[old_path]
+            row.path = path
+            self.by_path[path] = tracked
+            self.store.write_file_path(row.id, path)
+            log.info("file_moved", file=path, old=old_path, file_id=row.id)
+            return tracked
+        return None
+
+    def _open(self, tracked: Tracked, path: str | None = None) -> int | None:
+        if tracked.fd is not None:
+            return tracked.fd
+        try:
+            fd = os.open(path or tracked.row.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (tracked.row.dev, tracked.row.ino):
+            os.close(fd)
+            return None
+        tracked.fd = fd
+        self._limit_open_files()
+        return fd
+
+    def _limit_open_files(self) -> None:
+        """Close descriptors of fully read, idle files beyond `max_open_files`."""
+        open_files = [t for t in self.by_id.values() if t.fd is not None]
+        excess = len(open_files) - self.config.max_open_files
+        if excess <= 0:
+            return
+        open_files.sort(key=lambda t: t.last_activity)
+        for tracked in open_files:
+            if excess <= 0:
+                break
+            if tracked.pending == 0 and tracked.row.offset >= tracked.row.size and tracked.fd:
+                os.close(tracked.fd)
+                tracked.fd = None
+                excess -= 1
+
+    def _fingerprint_ok(self, tracked: Tracked, path: str | None = None) -> bool:
+        row = tracked.row
+        if row.fp_len == 0 or row.fp_hash is None:
+            return True
+        fd = tracked.fd if path is None else None
+        own = fd is None
+        if own:
+            try:
+                fd = os.open(path or row.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return False
+        assert fd is not None
+        try:
+            return fingerprint(fd, row.fp_len) == row.fp_hash
+        finally:
+            if own:
+                os.close(fd)
+
+    def _supersede(self, tracked: Tracked, reason: str, new_size: int) -> None:
+        """Retire a file generation: drain what its descriptor still holds, then mark it."""
+        row = tracked.row
+        log.info("file_" + reason, file=row.path, file_id=row.id, offset=row.offset, size=new_size)
+        if reason == "replaced" and tracked.fd is not None:
+            self._drain([tracked], final=True)
+        if tracked.fd is not None:
+            os.close(tracked.fd)
+            tracked.fd = None
+        row.state = reason
+        self.store.write_file_state(row.id, reason)
+        self.by_path.pop(row.path, None)
+        self.by_id.pop(row.id, None)
+        if row.job_key is not None:
+            self._invalidate(row.job_key, tracked.adapter)
+
+    def gone(self, path: str) -> None:
+        """The file at `path` was deleted (or moved out of the watched tree)."""
+        tracked = self.by_path.get(path)
+        if tracked is None or tracked.row.state != "active":
+            return
+        row = tracked.row
+        if tracked.fd is not None:
+            self._drain([tracked], final=True)
+        elif row.offset < row.size:
+            row.lost_bytes = row.size - row.offset
+            self.stats.lost_bytes += row.lost_bytes
+            log.warning("file_lost_bytes", file=path, file_id=row.id, lost_bytes=row.lost_bytes)
+        if tracked.fd is not None:
+            os.close(tracked.fd)
+            tracked.fd = None
+        row.state = "deleted"
+        self.store.commit(Batch(files={row.id: row}), stale_jobs=set())
+        del self.by_path[path]
+        log.info("file_deleted", file=path, file_id=row.id, offset=row.offset)
+        if row.job_key is not None and row.role == "main":
+            self.finalize(row.job_key)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def poll(self, paths: Iterable[str], roots: Iterable[Path]) -> int:
+        """Track and read the given paths until each is read to its end; return bytes read."""
+        roots = list(roots)
+        todo: list[Tracked] = []
+        for path in paths:
+            tracked = self.track(path, roots)
+            if tracked is not None and (
+                tracked.row.size > tracked.row.offset or tracked.row.in_long_line
+            ):
+                todo.append(tracked)
+        return self._drain(todo, final=False)
+
+    def poll_all(self, roots: Iterable[Path]) -> int:
+        roots = list(roots)
+        return self.poll(self.scan(roots), roots)
+
+    def rescan(self, roots: Iterable[Path]) -> int:
+        """Walk the roots and re-check every tracked file (finds deletions and missed events)."""
+        roots = list(roots)
+        paths = self.scan(roots)
+        seen = set(paths)
+        paths.extend(p for p in list(self.by_path) if p not in seen)
+        return self.poll(paths, roots)
+
+    def write_pending(self) -> None:
+        """Write the records that were held back by the write interval."""
+        self._write_due([k for k, j in self.jobs.items() if j.dirty])
+
+    def _drain(self, files: list[Tracked], final: bool) -> int:
+        total = 0
+        queue = [t for t in files if t.row.state == "active"]
+        while queue:
+            batch = Batch()
+            touched: set[str] = set()
+            snapshot: dict[int, FileRow] = {}
+            budget = self.config.batch_max_bytes
+            next_queue: list[Tracked] = []
+            for tracked in queue:
+                if budget <= 0:
+                    next_queue.append(tracked)
+                    continue
+                fd = self._open(tracked)
+                if fd is None:
+                    continue
+                snapshot[tracked.row.id] = replace(tracked.row)
+                read, more = self._read_file(tracked, fd, budget, batch, touched, final)
+                budget -= read
+                total += read
+                if more:
+                    next_queue.append(tracked)
+            self._commit(batch, snapshot, touched)
+            self._write_due(touched)
+            queue = next_queue
+        return total
+
+    def _read_file(
+        self,
+        tracked: Tracked,
+        fd: int,
+        budget: int,
+        batch: Batch,
+        touched: set[str],
+        final: bool,
+    ) -> tuple[int, bool]:
+        row = tracked.row
+        st = os.fstat(fd)
+        result = read_lines(fd, row.offset, row.in_long_line, budget, self.config.max_line_bytes)
+        segments = result.segments
+        more = not result.eof
+        if final and not more and not result.in_long_line:
+            tail = read_tail(fd, result.offset, self.config.max_line_bytes)
+            if tail is not None:
+                segments.append(tail)
+        if not segments:
+            tracked.pending = result.pending
+            row.size = max(st.st_size, row.size)
+            return 0, more
+        if row.partial_tail and row.job_key is not None:
+            # The previous read archived an unterminated tail; the new bytes continue that
+            # line, so the accumulator must re-read the joined line from the archive.
+            self._invalidate(row.job_key, tracked.adapter)
+        row.partial_tail = False
+        read = 0
+        pending_chunk: list[bytes] = []
+        pending_start = -1
+        pending_lines = 0
+
+        def flush_chunk() -> None:
+            nonlocal pending_chunk, pending_start, pending_lines
+            if pending_chunk:
+                batch.chunks.append(
+                    Chunk(row.id, pending_start, b"".join(pending_chunk), pending_lines)
+                )
+            pending_chunk, pending_start, pending_lines = [], -1, 0
+
+        for segment in segments:
+            read += len(segment.data)
+            if pending_start < 0:
+                pending_start = segment.start
+            pending_chunk.append(segment.data)
+            if segment.kind == "long":
+                if segment.line_start:
+                    self._bad(batch, tracked, segment.start, len(segment.data), TOO_LONG)
+                    pending_lines += 1
+                    row.line_count += 1
+            else:
+                pending_lines += self._parse_segment(tracked, segment, batch, touched)
+            if sum(len(p) for p in pending_chunk) >= CHUNK_MAX:
+                flush_chunk()
+            if segment.kind == "tail":
+                row.partial_tail = True
+        flush_chunk()
+        new_offset = segments[-1].end
+        if row.job_key:
+            touched.add(row.job_key)
+        row.offset = new_offset
+        row.in_long_line = result.in_long_line
+        row.size = max(st.st_size, new_offset)
+        row.mtime_ns = st.st_mtime_ns
+        if row.fp_len < fingerprint_len(row.offset):
+            row.fp_len = fingerprint_len(row.offset)
+            row.fp_hash = fingerprint(fd, row.fp_len)
+        batch.files[row.id] = row
+        tracked.pending = result.pending if not final else 0
+        tracked.last_activity = time.monotonic()
+        return read, more
+
+    def _parse_segment(
+        self, tracked: Tracked, segment: Segment, batch: Batch, touched: set[str]
+    ) -> int:
+        """Parse the lines of a segment, feed their job; return the number of lines."""
+        row = tracked.row
+        ctx_base = LineContext(
+            file_id=row.id,
+            offset=0,
+            role=tracked.info.role,
+            agent_id=tracked.info.agent_id,
+            layout=tracked.info.layout,
+            project=tracked.info.project,
+            path=row.path,
+        )
+        max_line = self.config.max_line_bytes
+        count = 0
+        job = self._job(row.job_key, tracked.adapter) if row.job_key else None
+        for offset, line in _iter_segment_lines(segment):
+            count += 1
+            if len(line) > max_line:
+                self._bad(batch, tracked, offset, len(line), TOO_LONG)
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                self._bad(batch, tracked, offset, len(line), f"invalid JSON: {exc}")
+                continue
+            if not isinstance(obj, dict):
+                self._bad(batch, tracked, offset, len(line), "not a JSON object")
+                continue
+            if job is None:
+                key = tracked.adapter.job_key_from_line(obj)
+                if key is None:
+                    continue
+                row.job_key = key
+                job = self._job(key, tracked.adapter)
+                # Lines of this file archived before its session was known: rebuild.
+                if row.offset > 0 or offset > segment.start:
+                    job.acc = None
+            job.last_activity = time.monotonic()
+            job.dirty = True
+            if job.finalized:
+                job.finalized = False
+            touched.add(job.key)
+            if job.acc is not None:
+                job.acc.feed(obj, replace(ctx_base, offset=offset))
+        if segment.kind == "tail":
+            self._bad(batch, tracked, segment.start, len(segment.data), "unterminated final line")
+        row.line_count += count
+        self.stats.lines_archived += count
+        return count
+
+    def _bad(self, batch: Batch, tracked: Tracked, offset: int, length: int, reason: str) -> None:
+        row = tracked.row
+        row.bad_lines += 1
+        self.stats.bad_lines += 1
+        batch.bad_lines.append(BadLine(row.id, offset, length, reason))
+        log.warning(
+            "bad_line", file=row.path, file_id=row.id, offset=offset, length=length, reason=reason
+        )
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def _job(self, key: str, adapter: Adapter) -> Job:
+        job = self.jobs.get(key)
+        if job is None:
+            # A session seen for the first time starts empty; one with archived bytes (a
+            # restart, a resume) is rebuilt from the archive after the next commit.
+            fresh = not self.store.job_has_archive(key)
+            job = Job(key, adapter, adapter.new_job(key) if fresh else None)
+            self.jobs[key] = job
+        return job
+
+    def _invalidate(self, key: str, adapter: Adapter) -> None:
+        job = self.jobs.get(key)
+        if job is None:
+            job = self.jobs[key] = Job(key, adapter, None)
+        job.acc = None
+        job.dirty = True
+
+    def recover(self) -> list[str]:
+        """Queue the sessions whose record is missing or stale (after a crash or a stop)."""
+        keys = self.store.unfinalized_job_keys()
+        for key in keys:
+            if key not in self.jobs:
+                adapter = self._adapter_of_job(key)
+                self.jobs[key] = Job(key, adapter, None, last_activity=time.monotonic(), dirty=True)
+        return keys
+
+    def load_job(self, key: str, adapter: Adapter) -> Accumulator:
+        """Rebuild a session's accumulator from the archive alone."""
+        acc = adapter.new_job(key)
+        max_line = self.config.max_line_bytes
+        for row in self.store.files_of_job(key):
+            info = adapter.classify(Path(row.path))
+            if info is None:
+                continue
+            ctx = LineContext(
+                row.id, 0, info.role, info.agent_id, info.layout, info.project, row.path
+            )
+            for offset, line in iter_archived_lines(self.store.iter_chunks(row.id), max_line):
+                if line is None or not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    acc.feed(obj, replace(ctx, offset=offset))
+        return acc
+
+    def _detail(self, job: Job) -> JobDetail:
+        if job.acc is None:
+            job.acc = self.load_job(job.key, job.adapter)
+        lost, affected = self.store.settle_usage(job.key, job.acc.usage_candidates())
+        for other in affected:
+            self._mark_affected(other)
+        return job.acc.build(
+            finalized=job.finalized, machine_id=self.store.machine_id, excluded_keys=lost
+        )
+
+    def _mark_affected(self, key: str) -> None:
+        """Another job shares messages with one just recomputed: recompute it too."""
+        job = self.jobs.get(key)
+        if job is None:
+            job = self.jobs[key] = Job(key, self._adapter_of_job(key), None, finalized=True)
+            job.last_activity = time.monotonic()
+        job.dirty = True
+        self._affected.add(key)
+
+    def _write_due(self, touched: Iterable[str], force: bool = False) -> None:
+        """Write the records of touched sessions whose last write is old enough (or all)."""
+        now = time.monotonic()
+        due: list[tuple[JobDetail, bool]] = []
+        for key in sorted(touched):
+            job = self.jobs.get(key)
+            if job is None or not job.dirty:
+                continue
+            if force or now - job.last_written >= self.job_write_interval:
+                due.append((self._detail(job), job.finalized))
+                job.dirty = False
+                job.last_written = now
+        if due:
+            self.store.write_jobs(due)
+            self.stats.jobs_written += len(due)
+        if self._affected and not self._settling:
+            # Rewrite the jobs whose share of duplicated messages may have moved. Their own
+            # message copies did not change, so this does not cascade further.
+            self._settling = True
+            try:
+                while self._affected:
+                    keys, self._affected = self._affected, set()
+                    self._write_due(keys, force=True)
+            finally:
+                self._settling = False
+
+    def _commit(self, batch: Batch, snapshot: dict[int, FileRow], touched: set[str]) -> None:
+        try:
+            self.store.commit(batch, stale_jobs=touched)
+        except StoreError as exc:
+            # Nothing of the batch is stored: put the offsets back and rebuild the sessions
+            # from the archive once a later batch commits.
+            for file_id, old in snapshot.items():
+                tracked = self.by_id.get(file_id)
+                if tracked is not None:
+                    tracked.row = old
+            for key in touched:
+                job = self.jobs.get(key)
+                if job is not None:
+                    job.acc = None
+                    job.dirty = True
+            self.stats.last_error = str(exc)
+            log.error("batch_failed", error=str(exc), files=len(snapshot))
+            raise
+        self.stats.bytes_archived += batch.raw_bytes
+
+    def finalize(self, key: str) -> None:
+        """Archive the session's unterminated tails and write its final record."""
+        job = self.jobs.get(key)
+        if job is None:
+            job = self.jobs[key] = Job(key, self._adapter_of_job(key), None)
+        tails = [t for t in self.by_id.values() if t.row.job_key == key and t.row.state == "active"]
+        if tails:
+            self._drain(tails, final=True)
+        job.finalized = True
+        job.dirty = True
+        self._write_due([key], force=True)
+        log.info("job_finalized", job=key)
+        # Free the memory; a resumed session is rebuilt from the archive.
+        job.acc = None
+
+    def finalize_idle(self, idle_timeout: float) -> list[str]:
+        now = time.monotonic()
+        keys = [
+            k
+            for k, j in self.jobs.items()
+            if not j.finalized and now - j.last_activity >= idle_timeout
+        ]
+        for key in keys:
+            self.finalize(key)
+        return keys
+
+    def finalize_all(self) -> None:
+        for key in sorted(k for k, j in self.jobs.items() if not j.finalized):
+            self.finalize(key)
+
+    def flush(self) -> None:
+        """Write every job whose record changed since it was last written."""
+        self._write_due(list(self.jobs), force=True)
+
+    def close(self) -> None:
+        for tracked in self.by_id.values():
+            if tracked.fd is not None:
+                os.close(tracked.fd)
+                tracked.fd = None
+
+    # -- rebuild -----------------------------------------------------------------------------
+
+    def rebuild(self, progress: Any = None) -> int:
+        """Recompute every job record from the archive alone; return the number of jobs.
+
+        Two passes: the first records every job's message copies (and writes a record), the
+        second recomputes the jobs that share messages with another job, now that every copy
+        is known.
+        """
+        keys = self.store.job_keys()
+        self.store.clear_usage_keys()
+        self.jobs.clear()
+        shared: set[str] = set()
+        for n, key in enumerate(keys):
+            shared |= self._rebuild_one(key)
+            if progress is not None:
+                progress(n + 1, len(keys))
+        for key in sorted(shared):
+            self._rebuild_one(key)
+        self.store.delete_orphan_jobs(keys)
+        return len(keys)
+
+    def _rebuild_one(self, key: str) -> set[str]:
+        adapter = self._adapter_of_job(key)
+        acc = self.load_job(key, adapter)
+        lost, affected = self.store.settle_usage(key, acc.usage_candidates())
+        detail = acc.build(finalized=True, machine_id=self.store.machine_id, excluded_keys=lost)
+        self.store.write_jobs([(detail, True)])
+        return affected
+
+    def _adapter_of_job(self, key: str) -> Adapter:
+        rows = self.store.files_of_job(key)
+        source = rows[0].source if rows else "claude"
+        return ADAPTERS[source]

@@ -1,0 +1,65 @@
+"""Default locations: where agents write their logs and where jobvault keeps its data.
+
+Only environment variables decide these paths (HOME, XDG_*, CLAUDE_CONFIG_DIR), so tests
+can point every one of them at a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def home() -> Path:
+    """Return the user's home directory from $HOME (never a passwd lookup)."""
+    value = os.environ.get("HOME")
+    return Path(value) if value else Path.home()
+
+
+def is_macos() -> bool:
+    return sys.platform == "darwin"
+
+
+def data_dir() -> Path:
+    """Return jobvault's data directory (XDG_DATA_HOME, or Application Support on macOS)."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return Path(xdg) / "jobvault"
+    if is_macos():
+        return home() / "Library" / "Application Support" / "jobvault"
+    return home() / ".local" / "share" / "jobvault"
+
+
+def config_dir() -> Path:
+    """Return jobvault's configuration directory (XDG_CONFIG_HOME)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else home() / ".config") / "jobvault"
+
+
+def default_db_path() -> Path:
+    return data_dir() / "jobvault.db"
+
+
+def default_config_path() -> Path:
+    return config_dir() / "jobvault.toml"
+
+
+def claude_config_dirs() -> list[Path]:
+    """Return Claude Code's config dirs: the two defaults and every CLAUDE_CONFIG_DIR entry."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    config_home = Path(xdg) if xdg else home() / ".config"
+    dirs = [home() / ".claude", config_home / "claude"]
+    env = os.environ.get("CLAUDE_CONFIG_DIR", "")
+    dirs.extend(Path(p.strip()).expanduser() for p in env.split(",") if p.strip())
+    return dirs
+
+
+def default_watch_roots() -> list[Path]:
+    """Return the directories of Claude Code transcripts watched when none are configured."""
+    roots: list[Path] = []
+    for base in claude_config_dirs():
+        root = base / "projects"
+        if root not in roots:
+            roots.append(root)
+    return roots

@@ -1,0 +1,129 @@
+"""The job record and its children: the typed seam between source adapters and the store.
+
+Every field means the same for every source, as ccusage reports them: `input_tokens` is input
+not served from cache, `cache_read_tokens` the cached input, `cache_creation_tokens` the
+cache writes (5-minute and 1-hour), `output_tokens` includes reasoning and `reasoning_tokens`
+repeats the reasoning part. Token counts and costs include the job's subagents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["active", "completed", "interrupted", "error"]
+STATUSES: tuple[Status, ...] = ("active", "completed", "interrupted", "error")
+PREVIEW_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    seq: int
+    tool_use_id: str | None
+    name: str
+    agent_id: str | None
+    is_error: bool
+    timestamp: str | None
+    input_preview: str | None
+    output_preview: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subagent:
+    agent_id: str
+    agent_type: str | None
+    description: str | None
+    layout: Literal["subagents-dir", "flat-file", "sidechain"]
+    started_at: str | None
+    ended_at: str | None
+    message_count: int
+    tool_call_count: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_tokens: int
+    cache_read_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileModified:
+    path: str
+    tool: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Usage of one job in one UTC hour with one model."""
+
+    hour: str  # "YYYY-MM-DDTHH"
+    model: str
+    messages: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_tokens: int
+    cache_read_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One agent session, derived from the raw archive alone (a pure function of it)."""
+
+    id: str
+    source: str
+    session_id: str
+    project: str | None
+    cwd: str | None
+    git_branch: str | None
+    version: str | None
+    model: str | None
+    models: list[str]
+    status: Status
+    started_at: str | None
+    ended_at: str | None
+    duration_ms: int | None
+    prompt: str | None
+    summary: str | None
+    title: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_creation_tokens: int
+    cache_read_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+    pricing_version: str
+    tool_call_count: int
+    failed_tool_calls: int
+    primary_tool: str | None
+    files_modified: list[str]
+    message_count: int
+    user_message_count: int
+    subagent_count: int
+    context_window: int | None
+    context_used_pct: float | None
+    source_path: str | None
+    machine_id: str | None
+    unpriced_models: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    """A job record with its children, as the store writes it and `show` prints it."""
+
+    record: JobRecord
+    tool_calls: list[ToolCall]
+    subagents: list[Subagent]
+    files: list[FileModified]
+    usage: list[UsageRow]
+
+
+def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:
+    """Cut `text` to at most `limit` characters, marking the cut."""
+    if text is None:
+        return None
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,206 @@
+"""Human output for the CLI: tables, job details and progress bars (rich), never JSON."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class Progress:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, description: str, total: int, *, enabled: bool = True) -> None:
+        self._enabled = enabled and sys.stderr.isatty()
+        self._bytes = total > 0
+        self._progress: RichProgress | None = None
+        self._task: Any = None
+        self._description = description
+        self._total = total
+
+    def __enter__(self) -> Progress:
+        if self._enabled:
+            amount = DownloadColumn() if self._bytes else MofNCompleteColumn()
+            self._progress = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                amount,
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self._description, total=self._total or None)
+        return self
+
+    def advance(self, amount: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, amount)
+
+    def set(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+    def label(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _tokens(n: int | None) -> str:
+    if not n:
+        return "0"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms // 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _one_line(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _total_tokens(job: dict[str, Any]) -> int:
+    return int(
+        job["input_tokens"]
+        + job["output_tokens"]
+        + job["cache_creation_tokens"]
+        + job["cache_read_tokens"]
+    )
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> None:
+    if not jobs:
+        console.print("no jobs yet: run `jobvault import PATH` or `jobvault run`")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (("session", "left"), ("started (UTC)", "left"), ("time", "right"),
+                          ("model", "left"), ("status", "left"), ("tokens", "right"),
+                          ("cost", "right"), ("tools", "right"), ("prompt", "left")):  # fmt: skip
+        table.add_column(name, justify=justify, no_wrap=name != "prompt")  # type: ignore[arg-type]
+    for job in jobs:
+        tools = str(job["tool_call_count"])
+        if job["failed_tool_calls"]:
+            tools += f" ({job['failed_tool_calls']}✗)"
+        table.add_row(
+            job["session_id"][:8],
+            (job["started_at"] or "")[:16].replace("T", " "),
+            _duration(job["duration_ms"]),
+            (job["model"] or "-").removeprefix("claude-"),
+            job["status"],
+            _tokens(_total_tokens(job)),
+            f"${job['cost_usd']:.2f}",
+            tools,
+            _one_line(job["prompt"], 60),
+        )
+    console.print(table)
+
+
+def job_detail(job: dict[str, Any]) -> None:
+    rows = [
+        ("id", job["id"]),
+        ("status", job["status"]),
+        ("project", job["project"]),
+        ("cwd", job["cwd"]),
+        ("branch", job["git_branch"]),
+        ("version", job["version"]),
+        ("models", ", ".join(job["models"]) or "-"),
+        ("started", job["started_at"]),
+        ("ended", job["ended_at"]),
+        ("duration", _duration(job["duration_ms"])),
+        (
+            "tokens",
+            f"in {job['input_tokens']:,}  out {job['output_tokens']:,}  "
+            f"cache write {job['cache_creation_tokens']:,}  "
+            f"cache read {job['cache_read_tokens']:,}",
+        ),
+        ("cost", f"${job['cost_usd']:.4f} (prices {job['pricing_version']})"),
+        ("messages", f"{job['message_count']} ({job['user_message_count']} prompts)"),
+        (
+            "tool calls",
+            f"{job['tool_call_count']} ({job['failed_tool_calls']} failed), "
+            f"mostly {job['primary_tool'] or '-'}",
+        ),
+        (
+            "context",
+            f"{job['context_used_pct']}% of {job['context_window']:,}"
+            if job["context_window"]
+            else "-",
+        ),
+        ("file", job["source_path"]),
+        ("prompt", _one_line(job["prompt"], 200)),
+        ("summary", _one_line(job["summary"], 200)),
+    ]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, "-" if value in (None, "") else str(value))
+    console.print(table)
+    if job["subagents"]:
+        sub = Table(title="subagents", box=box.SIMPLE_HEAD, title_justify="left")
+        for name in ("agent", "type", "messages", "tools", "tokens", "cost"):
+            sub.add_column(name)
+        for s in job["subagents"]:
+            sub.add_row(s["agent_id"][:17], s["agent_type"] or "-", str(s["message_count"]),
+                        str(s["tool_call_count"]), _tokens(_total_tokens(s)),
+                        f"${s['cost_usd']:.4f}")  # fmt: skip
+        console.print(sub)
+    if job["tool_calls"]:
+        calls = Table(title="tool calls", box=box.SIMPLE_HEAD, title_justify="left")
+        for name in ("#", "time", "tool", "ok", "input"):
+            calls.add_column(name, no_wrap=name != "input")
+        for t in job["tool_calls"]:
+            ok = "✗" if t["is_error"] else "✓"
+            when = (t["timestamp"] or "")[11:19]
+            calls.add_row(str(t["seq"]), when, t["name"], ok, _one_line(t["input_preview"], 80))
+        console.print(calls)
+    if job["files"]:
+        console.print("[bold]files modified[/bold]")
+        for f in job["files"]:
+            console.print(f"  {f['path']}  ({f['tool']} ×{f['count']})")
+
+
+def import_summary(summary: dict[str, Any]) -> None:
+    console.print(
+        f"imported {summary['files']} files: {summary['bytes_archived']:,} bytes, "
+        f"{summary['lines']:,} lines ({summary['bad_lines']} bad), {summary['jobs']} jobs "
+        f"→ {summary['db']}"
+    )

@@ -1,0 +1,79 @@
+"""The interface every source adapter implements.
+
+An adapter (1) tells which files under a root are its transcripts and which job each file
+belongs to, and (2) turns parsed lines into a job accumulator that yields the job record. The
+accumulator must be insensitive to the interleaving of lines *across* files (lines of one file
+always arrive in order), so that ingesting live and rebuilding from the archive agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from jobvault.records import JobDetail
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What a file's path says about it."""
+
+    role: Literal["main", "subagent"]
+    job_key: str | None  # the session id; None until the content tells (flat subagent files)
+    agent_id: str | None
+    layout: Literal["subagents-dir", "flat-file"] | None
+    project: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LineContext:
+    """Where a line came from; (file_id, offset) orders lines deterministically."""
+
+    file_id: int
+    offset: int
+    role: Literal["main", "subagent"]
+    agent_id: str | None
+    layout: Literal["subagents-dir", "flat-file"] | None
+    project: str | None
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCandidate:
+    """A job's best copy of one deduplicated message; across jobs the best copy counts.
+
+    Best = a non-sidechain copy, then the largest token total, then the smallest (path,
+    offset): ccusage's rule, so totals agree with it.
+    """
+
+    sidechain: bool
+    total: int
+    path: str
+    offset: int
+
+
+class Accumulator(Protocol):
+    job_key: str
+
+    def feed(self, obj: dict[str, Any], ctx: LineContext) -> None: ...
+
+    def build(
+        self,
+        *,
+        finalized: bool,
+        machine_id: str | None,
+        excluded_keys: frozenset[str] = frozenset(),
+    ) -> JobDetail: ...
+
+    def usage_candidates(self) -> dict[str, UsageCandidate]: ...
+
+
+class Adapter(Protocol):
+    name: str
+
+    def classify(self, path: Path) -> FileInfo | None: ...
+
+    def job_key_from_line(self, obj: dict[str, Any]) -> str | None: ...
+
+    def new_job(self, job_key: str) -> Accumulator: ...

@@ -1,0 +1,274 @@
+"""Named migrations, applied in order, each in its own transaction.
+
+A migration is a function `mNNN_name(conn)`; its name is recorded in `_migrations` inside the
+same transaction as its changes, so a crash leaves it either fully applied or not at all. A
+migration that cannot run in a transaction (VACUUM, say) sets `transactional = False`. Never
+edit a released migration: add a new one. An upgrade never drops archived data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Execute several statements inside the current transaction.
+
+    `executescript` would COMMIT first, breaking the one-transaction-per-migration rule.
+    """
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement.strip()[:80]}")
+
+
+def m001_initial(conn: sqlite3.Connection) -> None:
+    """Create the archive, file tracking, job records and their child tables."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) STRICT;
+
+        -- One row per generation of a tracked source file. A path that is replaced (new inode
+        -- or different first bytes) or truncated gets a new row; the old one is kept with
+        -- state 'replaced' / 'truncated' so its archived bytes stay restorable.
+        CREATE TABLE files (
+            id            INTEGER PRIMARY KEY,
+            source        TEXT    NOT NULL,
+            path          TEXT    NOT NULL,
+            root          TEXT    NOT NULL,
+            rel_path      TEXT    NOT NULL,
+            generation    INTEGER NOT NULL DEFAULT 0,
+            dev           INTEGER NOT NULL,
+            ino           INTEGER NOT NULL,
+            fp_len        INTEGER NOT NULL DEFAULT 0,
+            fp_hash       BLOB,
+            offset        INTEGER NOT NULL DEFAULT 0,
+            size          INTEGER NOT NULL DEFAULT 0,
+            mtime_ns      INTEGER NOT NULL DEFAULT 0,
+            in_long_line  INTEGER NOT NULL DEFAULT 0,
+            partial_tail  INTEGER NOT NULL DEFAULT 0,
+            state         TEXT    NOT NULL DEFAULT 'active'
+                          CHECK (state IN ('active', 'deleted', 'replaced', 'truncated')),
+            job_key       TEXT,
+            role          TEXT    NOT NULL DEFAULT 'main' CHECK (role IN ('main', 'subagent')),
+            agent_id      TEXT,
+            line_count    INTEGER NOT NULL DEFAULT 0,
+            bad_lines     INTEGER NOT NULL DEFAULT 0,
+            lost_bytes    INTEGER NOT NULL DEFAULT 0,
+            first_seen_at TEXT    NOT NULL,
+            updated_at    TEXT    NOT NULL
+        ) STRICT;
+        CREATE INDEX files_path ON files (path);
+        CREATE INDEX files_job ON files (job_key);
+        CREATE INDEX files_inode ON files (dev, ino);
+
+        -- The raw archive: every byte of every file, in order, compressed. Concatenating a
+        -- file's chunks by offset restores it byte for byte.
+        CREATE TABLE chunks (
+            id         INTEGER PRIMARY KEY,
+            file_id    INTEGER NOT NULL REFERENCES files (id),
+            offset     INTEGER NOT NULL,
+            length     INTEGER NOT NULL,
+            line_count INTEGER NOT NULL,
+            codec      TEXT    NOT NULL CHECK (codec IN ('zstd', 'raw')),
+            data       BLOB    NOT NULL,
+            UNIQUE (file_id, offset)
+        ) STRICT;
+
+        CREATE TABLE bad_lines (
+            id          INTEGER PRIMARY KEY,
+            file_id     INTEGER NOT NULL REFERENCES files (id),
+            offset      INTEGER NOT NULL,
+            length      INTEGER NOT NULL,
+            reason      TEXT    NOT NULL,
+            detected_at TEXT    NOT NULL,
+            UNIQUE (file_id, offset)
+        ) STRICT;
+
+        CREATE TABLE jobs (
+            id                    TEXT PRIMARY KEY,
+            source                TEXT    NOT NULL,
+            session_id            TEXT    NOT NULL,
+            project               TEXT,
+            cwd                   TEXT,
+            git_branch            TEXT,
+            version               TEXT,
+            model                 TEXT,
+            models                TEXT    NOT NULL DEFAULT '[]',
+            status                TEXT    NOT NULL
+                                  CHECK (status IN ('active', 'completed', 'interrupted', 'error')),
+            started_at            TEXT,
+            ended_at              TEXT,
+            duration_ms           INTEGER,
+            prompt                TEXT,
+            summary               TEXT,
+            title                 TEXT,
+            input_tokens          INTEGER NOT NULL DEFAULT 0,
+            output_tokens         INTEGER NOT NULL DEFAULT 0,
+            cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens     INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens      INTEGER NOT NULL DEFAULT 0,
+            cost_usd              REAL    NOT NULL DEFAULT 0,
+            pricing_version       TEXT,
+            tool_call_count       INTEGER NOT NULL DEFAULT 0,
+            failed_tool_calls     INTEGER NOT NULL DEFAULT 0,
+            primary_tool          TEXT,
+            message_count         INTEGER NOT NULL DEFAULT 0,
+            user_message_count    INTEGER NOT NULL DEFAULT 0,
+            subagent_count        INTEGER NOT NULL DEFAULT 0,
+            context_window        INTEGER,
+            context_used_pct      REAL,
+            source_path           TEXT,
+            machine_id            TEXT,
+            record                TEXT    NOT NULL,
+            finalized_at          TEXT,
+            updated_at            TEXT    NOT NULL
+        ) STRICT;
+        CREATE INDEX jobs_started ON jobs (started_at);
+        CREATE INDEX jobs_session ON jobs (session_id);
+        CREATE INDEX jobs_project ON jobs (project);
+
+        CREATE TABLE tool_calls (
+            job_id         TEXT    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            seq            INTEGER NOT NULL,
+            tool_use_id    TEXT,
+            name           TEXT    NOT NULL,
+            agent_id       TEXT,
+            is_error       INTEGER NOT NULL DEFAULT 0,
+            timestamp      TEXT,
+            input_preview  TEXT,
+            output_preview TEXT,
+            PRIMARY KEY (job_id, seq)
+        ) STRICT;
+        CREATE INDEX tool_calls_name ON tool_calls (name);
+
+        CREATE TABLE subagents (
+            job_id          TEXT    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            agent_id        TEXT    NOT NULL,
+            agent_type      TEXT,
+            description     TEXT,
+            layout          TEXT    NOT NULL,
+            started_at      TEXT,
+            ended_at        TEXT,
+            message_count   INTEGER NOT NULL DEFAULT 0,
+            tool_call_count INTEGER NOT NULL DEFAULT 0,
+            input_tokens    INTEGER NOT NULL DEFAULT 0,
+            output_tokens   INTEGER NOT NULL DEFAULT 0,
+            cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens     INTEGER NOT NULL DEFAULT 0,
+            cost_usd        REAL    NOT NULL DEFAULT 0,
+            PRIMARY KEY (job_id, agent_id)
+        ) STRICT;
+
+        CREATE TABLE files_modified (
+            job_id TEXT    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            path   TEXT    NOT NULL,
+            tool   TEXT    NOT NULL,
+            count  INTEGER NOT NULL,
+            PRIMARY KEY (job_id, path, tool)
+        ) STRICT;
+        CREATE INDEX files_modified_path ON files_modified (path);
+
+        -- Usage per job, UTC hour and model: the exact source of the daily metrics and of
+        -- time-zone aware reports (any whole-hour offset regroups these rows).
+        CREATE TABLE job_usage (
+            job_id                TEXT    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            hour                  TEXT    NOT NULL,
+            model                 TEXT    NOT NULL,
+            messages              INTEGER NOT NULL,
+            input_tokens          INTEGER NOT NULL,
+            output_tokens         INTEGER NOT NULL,
+            cache_creation_tokens INTEGER NOT NULL,
+            cache_read_tokens     INTEGER NOT NULL,
+            reasoning_tokens      INTEGER NOT NULL,
+            cost_usd              REAL    NOT NULL,
+            PRIMARY KEY (job_id, hour, model)
+        ) STRICT;
+
+        -- The best copy of each deduplicated message per job. The same message can appear in
+        -- several jobs (resumed or forked sessions); only the job holding the best copy
+        -- counts it (non-sidechain first, then the largest total, then path and offset).
+        CREATE TABLE usage_keys (
+            key        TEXT    NOT NULL,
+            session_id TEXT    NOT NULL,
+            sidechain  INTEGER NOT NULL,
+            total      INTEGER NOT NULL,
+            path       TEXT    NOT NULL,
+            offset     INTEGER NOT NULL,
+            PRIMARY KEY (key, session_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX usage_keys_session ON usage_keys (session_id);
+
+        -- Kept up to date incrementally whenever a job's usage rows change.
+        CREATE TABLE daily_metrics (
+            day                   TEXT    NOT NULL,
+            source                TEXT    NOT NULL,
+            model                 TEXT    NOT NULL,
+            messages              INTEGER NOT NULL DEFAULT 0,
+            input_tokens          INTEGER NOT NULL DEFAULT 0,
+            output_tokens         INTEGER NOT NULL DEFAULT 0,
+            cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens     INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens      INTEGER NOT NULL DEFAULT 0,
+            cost_usd              REAL    NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, source, model)
+        ) STRICT;
+        """,
+    )
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    conn.execute("INSERT INTO meta (key, value) VALUES ('machine_id', ?)", (uuid.uuid4().hex,))
+    conn.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (now,))
+
+
+MIGRATIONS: list[Migration] = [m001_initial]
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    done = set(applied(conn))
+    ran: list[str] = []
+    for migration in migrations if migrations is not None else MIGRATIONS:
+        name = migration.__name__
+        if name in done:
+            continue
+        transactional = getattr(migration, "transactional", True)
+        if transactional:
+            conn.execute("BEGIN IMMEDIATE")
+            # Re-check under the write lock: another process may have just applied it.
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                conn.execute("ROLLBACK")
+                continue
+        try:
+            migration(conn)
+            conn.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                (name, datetime.now(UTC).isoformat(timespec="seconds")),
+            )
+        except BaseException:
+            if transactional:
+                conn.execute("ROLLBACK")
+            raise
+        if transactional:
+            conn.execute("COMMIT")
+        ran.append(name)
+    return ran

@@ -1,0 +1,513 @@
+"""The single writer: every write is one `BEGIN IMMEDIATE` transaction on one connection.
+
+A batch carries archived chunks, file offsets, bad lines and job records of many files and
+many sessions; its offsets are committed in the same transaction as the bytes they cover, so
+after a crash a file is re-read exactly from where its archived bytes end.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import zstandard
+
+from jobvault.errors import StoreError
+from jobvault.records import JobDetail
+from jobvault.sources.base import UsageCandidate
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class FileRow:
+    """A tracked file as stored (one generation of a path)."""
+
+    id: int
+    source: str
+    path: str
+    root: str
+    rel_path: str
+    generation: int
+    dev: int
+    ino: int
+    fp_len: int
+    fp_hash: bytes | None
+    offset: int
+    size: int
+    mtime_ns: int
+    in_long_line: bool
+    partial_tail: bool
+    state: str
+    job_key: str | None
+    role: str
+    agent_id: str | None
+    line_count: int
+    bad_lines: int
+    lost_bytes: int
+
+
+FILE_COLUMNS = (
+    "id, source, path, root, rel_path, generation, dev, ino, fp_len, fp_hash, offset, size, "
+    "mtime_ns, in_long_line, partial_tail, state, job_key, role, agent_id, line_count, "
+    "bad_lines, lost_bytes"
+)
+
+
+def _file_row(row: tuple[Any, ...]) -> FileRow:
+    values = list(row)
+    values[13] = bool(values[13])
+    values[14] = bool(values[14])
+    return FileRow(*values)
+
+
+@dataclass(slots=True)
+class Chunk:
+    file_id: int
+    offset: int
+    data: bytes
+    line_count: int
+
+
+@dataclass(slots=True)
+class BadLine:
+    file_id: int
+    offset: int
+    length: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Batch:
+    chunks: list[Chunk] = field(default_factory=list)
+    files: dict[int, FileRow] = field(default_factory=dict)
+    bad_lines: list[BadLine] = field(default_factory=list)
+    jobs: list[tuple[JobDetail, bool]] = field(default_factory=list)  # (detail, finalized)
+
+    def empty(self) -> bool:
+        return not (self.chunks or self.files or self.bad_lines or self.jobs)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(len(c.data) for c in self.chunks)
+
+
+class Store:
+    """Writes batches and reads back the archive, on the one writer connection."""
+
+    def __init__(self, conn: sqlite3.Connection, compression_level: int = 3) -> None:
+        self.conn = conn
+        self._compressor = zstandard.ZstdCompressor(level=compression_level)
+        self._decompressor = zstandard.ZstdDecompressor()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'machine_id'").fetchone()
+        self.machine_id: str | None = row[0] if row else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- files -------------------------------------------------------------------------------
+
+    def load_files(self) -> list[FileRow]:
+        """Return every current (not superseded) generation of every tracked file."""
+        rows = self.conn.execute(
+            f"SELECT {FILE_COLUMNS} FROM files WHERE state IN ('active', 'deleted') ORDER BY id"
+        )
+        return [_file_row(r) for r in rows]
+
+    def files_of_job(self, job_key: str) -> list[FileRow]:
+        rows = self.conn.execute(
+            f"SELECT {FILE_COLUMNS} FROM files WHERE job_key = ? "
+            "AND state IN ('active', 'deleted') ORDER BY id",
+            (job_key,),
+        )
+        return [_file_row(r) for r in rows]
+
+    def next_generation(self, root: str, rel_path: str) -> int:
+        row = self.conn.execute(
+            "SELECT MAX(generation) FROM files WHERE root = ? AND rel_path = ?", (root, rel_path)
+        ).fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def insert_file(self, row: FileRow) -> int:
+        """Create a file row (its own small transaction; it covers no bytes yet)."""
+        now = now_iso()
+        with self._transaction():
+            cur = self.conn.execute(
+                "INSERT INTO files (source, path, root, rel_path, generation, dev, ino, fp_len, "
+                "fp_hash, offset, size, mtime_ns, in_long_line, partial_tail, state, job_key, "
+                "role, agent_id, line_count, bad_lines, lost_bytes, first_seen_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    row.source, row.path, row.root, row.rel_path, row.generation, row.dev,
+                    row.ino, row.fp_len, row.fp_hash, row.offset, row.size, row.mtime_ns,
+                    int(row.in_long_line), int(row.partial_tail), row.state, row.job_key,
+                    row.role, row.agent_id, row.line_count, row.bad_lines, row.lost_bytes,
+                    now, now,
+                ),
+            )  # fmt: skip
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    # -- batches -----------------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> None:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+            elif self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+
+    def _transaction(self) -> Store._Tx:
+        return Store._Tx(self.conn)
+
+    def write_file_path(self, file_id: int, path: str) -> None:
+        with self._transaction():
+            self.conn.execute(
+                "UPDATE files SET path = ?, updated_at = ? WHERE id = ?", (path, now_iso(), file_id)
+            )
+
+    def write_file_state(self, file_id: int, state: str) -> None:
+        with self._transaction():
+            self.conn.execute(
+                "UPDATE files SET state = ?, updated_at = ? WHERE id = ?",
+                (state, now_iso(), file_id),
+            )
+
+    def job_has_archive(self, job_key: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM files WHERE job_key = ? AND offset > 0 "
+            "AND state IN ('active', 'deleted') LIMIT 1",
+            (job_key,),
+        ).fetchone()
+        return row is not None
+
+    def unfinalized_job_keys(self) -> list[str]:
+        """Sessions with archived bytes whose record is missing or not final."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT f.job_key FROM files f "
+            "LEFT JOIN jobs j ON j.session_id = f.job_key AND j.source = f.source "
+            "WHERE f.job_key IS NOT NULL AND f.state IN ('active', 'deleted') AND f.offset > 0 "
+            "AND (j.id IS NULL OR j.finalized_at IS NULL) ORDER BY f.job_key"
+        )
+        return [r[0] for r in rows]
+
+    def delete_orphan_jobs(self, keep: list[str]) -> None:
+        """Delete job rows whose session no longer has any current file."""
+        with self._transaction():
+            wanted = set(keep)
+            for job_id, session in self.conn.execute("SELECT id, session_id FROM jobs").fetchall():
+                if session not in wanted:
+                    self._retract_usage(job_id)
+                    self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def commit(self, batch: Batch, stale_jobs: set[str]) -> None:
+        """Write one batch atomically; on any error nothing of it is kept.
+
+        `stale_jobs` (session ids) gained bytes in this batch: their records are marked not
+        final in the same transaction, so a crash before the record is rewritten is noticed
+        at the next start.
+        """
+        if batch.empty():
+            return
+        now = now_iso()
+        compress = self._compressor.compress
+        chunk_rows = []
+        for c in batch.chunks:
+            packed = compress(c.data)
+            if len(packed) < len(c.data):
+                chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "zstd", packed))
+            else:
+                chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "raw", c.data))
+        try:
+            with self._transaction():
+                self.conn.executemany(
+                    "INSERT INTO chunks (file_id, offset, length, line_count, codec, data) "
+                    "VALUES (?,?,?,?,?,?)",
+                    chunk_rows,
+                )
+                self.conn.executemany(
+                    "UPDATE files SET path=?, offset=?, size=?, mtime_ns=?, in_long_line=?, "
+                    "partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, line_count=?, "
+                    "bad_lines=?, lost_bytes=?, updated_at=? WHERE id=?",
+                    [
+                        (
+                            f.path, f.offset, f.size, f.mtime_ns, int(f.in_long_line),
+                            int(f.partial_tail), f.state, f.job_key, f.fp_len, f.fp_hash,
+                            f.line_count, f.bad_lines, f.lost_bytes, now, f.id,
+                        )
+                        for f in batch.files.values()
+                    ],
+                )  # fmt: skip
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO bad_lines (file_id, offset, length, reason, detected_at)"
+                    " VALUES (?,?,?,?,?)",
+                    [(b.file_id, b.offset, b.length, b.reason, now) for b in batch.bad_lines],
+                )
+                self.conn.executemany(
+                    "UPDATE jobs SET finalized_at = NULL, status = 'active' "
+                    "WHERE session_id = ? AND finalized_at IS NOT NULL",
+                    [(key,) for key in sorted(stale_jobs)],
+                )
+                for detail, finalized in batch.jobs:
+                    self._write_job(detail, finalized, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not write a batch: {exc}") from exc
+
+    def write_jobs(self, jobs: Iterable[tuple[JobDetail, bool]]) -> None:
+        now = now_iso()
+        try:
+            with self._transaction():
+                for detail, finalized in jobs:
+                    self._write_job(detail, finalized, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not write job records: {exc}") from exc
+
+    def _write_job(self, detail: JobDetail, finalized: bool, now: str) -> None:
+        rec = detail.record
+        record_json = orjson.dumps(rec.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
+        self._retract_usage(rec.id)
+        self.conn.execute("DELETE FROM jobs WHERE id = ?", (rec.id,))  # cascades to children
+        self.conn.execute(
+            "INSERT INTO jobs (id, source, session_id, project, cwd, git_branch, version, model, "
+            "models, status, started_at, ended_at, duration_ms, prompt, summary, title, "
+            "input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, "
+            "reasoning_tokens, cost_usd, pricing_version, tool_call_count, failed_tool_calls, "
+            "primary_tool, message_count, user_message_count, subagent_count, context_window, "
+            "context_used_pct, source_path, machine_id, record, finalized_at, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                rec.id, rec.source, rec.session_id, rec.project, rec.cwd, rec.git_branch,
+                rec.version, rec.model, orjson.dumps(rec.models).decode(), rec.status,
+                rec.started_at, rec.ended_at, rec.duration_ms, rec.prompt, rec.summary,
+                rec.title, rec.input_tokens, rec.output_tokens, rec.cache_creation_tokens,
+                rec.cache_read_tokens, rec.reasoning_tokens, rec.cost_usd, rec.pricing_version,
+                rec.tool_call_count, rec.failed_tool_calls, rec.primary_tool, rec.message_count,
+                rec.user_message_count, rec.subagent_count, rec.context_window,
+                rec.context_used_pct, rec.source_path, rec.machine_id, record_json,
+                now if finalized else None, now,
+            ),
+        )  # fmt: skip
+        self.conn.executemany(
+            "INSERT INTO tool_calls (job_id, seq, tool_use_id, name, agent_id, is_error, "
+            "timestamp, input_preview, output_preview) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (rec.id, t.seq, t.tool_use_id, t.name, t.agent_id, int(t.is_error), t.timestamp,
+                 t.input_preview, t.output_preview)
+                for t in detail.tool_calls
+            ],
+        )  # fmt: skip
+        self.conn.executemany(
+            "INSERT INTO subagents (job_id, agent_id, agent_type, description, layout, "
+            "started_at, ended_at, message_count, tool_call_count, input_tokens, output_tokens, "
+            "cache_creation_tokens, cache_read_tokens, cost_usd) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (rec.id, s.agent_id, s.agent_type, s.description, s.layout, s.started_at,
+                 s.ended_at, s.message_count, s.tool_call_count, s.input_tokens,
+                 s.output_tokens, s.cache_creation_tokens, s.cache_read_tokens, s.cost_usd)
+                for s in detail.subagents
+            ],
+        )  # fmt: skip
+        self.conn.executemany(
+            "INSERT INTO files_modified (job_id, path, tool, count) VALUES (?,?,?,?)",
+            [(rec.id, f.path, f.tool, f.count) for f in detail.files],
+        )
+        self.conn.executemany(
+            "INSERT INTO job_usage (job_id, hour, model, messages, input_tokens, output_tokens, "
+            "cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (rec.id, u.hour, u.model, u.messages, u.input_tokens, u.output_tokens,
+                 u.cache_creation_tokens, u.cache_read_tokens, u.reasoning_tokens, u.cost_usd)
+                for u in detail.usage
+            ],
+        )  # fmt: skip
+        self._apply_usage(rec.id, rec.source, sign=1)
+
+    def _retract_usage(self, job_id: str) -> None:
+        row = self.conn.execute("SELECT source FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None:
+            self._apply_usage(job_id, row[0], sign=-1)
+
+    def _apply_usage(self, job_id: str, source: str, sign: int) -> None:
+        """Add (or subtract) a job's usage rows to the daily metrics."""
+        self.conn.execute(
+            """
+            INSERT INTO daily_metrics AS d (day, source, model, messages, input_tokens,
+                output_tokens, cache_creation_tokens, cache_read_tokens, reasoning_tokens,
+                cost_usd)
+            SELECT substr(hour, 1, 10), ?, model, ? * SUM(messages), ? * SUM(input_tokens),
+                   ? * SUM(output_tokens), ? * SUM(cache_creation_tokens),
+                   ? * SUM(cache_read_tokens), ? * SUM(reasoning_tokens), ? * SUM(cost_usd)
+            FROM job_usage WHERE job_id = ? GROUP BY substr(hour, 1, 10), model
+            ON CONFLICT (day, source, model) DO UPDATE SET
+                messages = d.messages + excluded.messages,
+                input_tokens = d.input_tokens + excluded.input_tokens,
+                output_tokens = d.output_tokens + excluded.output_tokens,
+                cache_creation_tokens = d.cache_creation_tokens + excluded.cache_creation_tokens,
+                cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
+                reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
+                cost_usd = d.cost_usd + excluded.cost_usd
+            """,
+            (source, sign, sign, sign, sign, sign, sign, sign, job_id),
+        )
+        if sign < 0:
+            self.conn.execute(
+                "DELETE FROM daily_metrics WHERE messages = 0 AND input_tokens = 0 "
+                "AND output_tokens = 0 AND cache_creation_tokens = 0 AND cache_read_tokens = 0"
+            )
+
+    # -- duplicates across jobs ---------------------------------------------------------------
+
+    def settle_usage(
+        self, session: str, candidates: dict[str, UsageCandidate]
+    ) -> tuple[frozenset[str], set[str]]:
+        """Record a job's best message copies; return (keys it loses, other jobs affected).
+
+        Other jobs sharing a key whose copy changed here must be recomputed: the winner of
+        that key may have moved.
+        """
+        new = {k: (int(c.sidechain), c.total, c.path, c.offset) for k, c in candidates.items()}
+        try:
+            with self._transaction():
+                old = {
+                    r[0]: (r[1], r[2], r[3], r[4])
+                    for r in self.conn.execute(
+                        "SELECT key, sidechain, total, path, offset FROM usage_keys "
+                        "WHERE session_id = ?",
+                        (session,),
+                    )
+                }
+                removed = [k for k in old if k not in new]
+                changed = [k for k, v in new.items() if old.get(k) != v]
+                self.conn.executemany(
+                    "DELETE FROM usage_keys WHERE key = ? AND session_id = ?",
+                    [(k, session) for k in removed],
+                )
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO usage_keys "
+                    "(key, session_id, sidechain, total, path, offset) VALUES (?,?,?,?,?,?)",
+                    [(k, session, *new[k]) for k in changed],
+                )
+                affected: set[str] = set()
+                touched = removed + changed
+                for i in range(0, len(touched), 500):
+                    part = touched[i : i + 500]
+                    marks = ",".join("?" * len(part))
+                    affected.update(
+                        r[0]
+                        for r in self.conn.execute(
+                            f"SELECT DISTINCT session_id FROM usage_keys WHERE key IN ({marks}) "
+                            "AND session_id != ?",
+                            (*part, session),
+                        )
+                    )
+                lost = frozenset(
+                    r[0]
+                    for r in self.conn.execute(
+                        """
+                        SELECT u.key FROM usage_keys u WHERE u.session_id = ?1 AND EXISTS (
+                            SELECT 1 FROM usage_keys o
+                            WHERE o.key = u.key AND o.session_id != u.session_id
+                              AND (o.sidechain, -o.total, o.path, o.offset)
+                                < (u.sidechain, -u.total, u.path, u.offset))
+                        """,
+                        (session,),
+                    )
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not record message keys: {exc}") from exc
+        return lost, affected
+
+    def clear_usage_keys(self) -> None:
+        with self._transaction():
+            self.conn.execute("DELETE FROM usage_keys")
+
+    # -- reading the archive -----------------------------------------------------------------
+
+    def iter_chunks(self, file_id: int) -> Iterator[tuple[int, bytes]]:
+        """Yield (offset, raw bytes) of a file's archived chunks, in order."""
+        return iter_chunks(self.conn, file_id, self._decompressor)
+
+    def job_keys(self) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT job_key FROM files WHERE job_key IS NOT NULL "
+            "AND state IN ('active', 'deleted') ORDER BY job_key"
+        )
+        return [r[0] for r in rows]
+
+
+def iter_chunks(
+    conn: sqlite3.Connection, file_id: int, decompressor: zstandard.ZstdDecompressor | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, raw bytes) of a file's chunks in offset order, one chunk in memory."""
+    dctx = decompressor or zstandard.ZstdDecompressor()
+    ids = [
+        r[0]
+        for r in conn.execute("SELECT id FROM chunks WHERE file_id = ? ORDER BY offset", (file_id,))
+    ]
+    for chunk_id in ids:
+        offset, length, codec, data = conn.execute(
+            "SELECT offset, length, codec, data FROM chunks WHERE id = ?", (chunk_id,)
+        ).fetchone()
+        raw = dctx.decompress(data, max_output_size=length) if codec == "zstd" else bytes(data)
+        if len(raw) != length:
+            raise StoreError(f"archive chunk {chunk_id} is damaged (length {len(raw)} != {length})")
+        yield offset, raw
+
+
+def iter_archived_lines(
+    chunks: Iterable[tuple[int, bytes]], max_line: int
+) -> Iterator[tuple[int, bytes | None]]:
+    """Split archived chunks back into (offset, line) pairs, joining lines split across chunks.
+
+    A line longer than `max_line` is yielded as (offset, None) without being held in memory;
+    the final unterminated line (if any) is yielded too.
+    """
+    carry = b""
+    carry_start = 0
+    skipping = False
+    for offset, data in chunks:
+        if skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                continue
+            yield carry_start, None
+            skipping = False
+            data, offset = data[newline + 1 :], offset + newline + 1
+        elif carry:
+            data, offset = carry + data, carry_start
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            if newline - start > max_line:
+                yield offset + start, None
+            else:
+                yield offset + start, data[start:newline]
+            start = newline + 1
+        carry = data[start:]
+        carry_start = offset + start
+        if len(carry) > max_line:
+            skipping, carry = True, b""
+    if skipping:
+        yield carry_start, None
+    elif carry:
+        yield carry_start, carry

@@ -1,0 +1,77 @@
+"""Filesystem events as hints: watchdog's observer thread tells the event loop which paths
+changed. The periodic rescan remains the source of truth, so a lost event only delays
+ingestion until the next rescan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = structlog.get_logger("jobvault.watch")
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[str], None]) -> None:
+        self._loop = loop
+        self._notify = notify
+
+    def _hint(self, path: str | bytes) -> None:
+        text = os.fsdecode(path)
+        if text.endswith(".jsonl"):
+            # RuntimeError: the loop is closed, we are shutting down.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._notify, text)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            if event.event_type in ("created", "moved"):
+                # A new directory (a subagents/ folder, say) may arrive with files already in
+                # it; ask for a rescan of it through a sentinel hint.
+                dest = getattr(event, "dest_path", "") or event.src_path
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._notify, os.fsdecode(dest) + os.sep)
+            return
+        self._hint(event.src_path)
+        dest = getattr(event, "dest_path", None)
+        if dest:
+            self._hint(dest)
+
+
+class Watcher:
+    """Watches the roots that exist; `refresh` adds roots that appeared since."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[str], None]) -> None:
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._handler = _Handler(loop, notify)
+        self._watched: set[str] = set()
+        self._started = False
+
+    def refresh(self, roots: list[Path]) -> None:
+        for root in roots:
+            key = os.path.abspath(str(root))
+            if key in self._watched or not os.path.isdir(key):
+                continue
+            try:
+                self._observer.schedule(self._handler, key, recursive=True)
+            except OSError as exc:  # e.g. inotify watch limit reached: the rescan still works
+                log.warning("watch_failed", root=key, error=str(exc))
+                continue
+            self._watched.add(key)
+            log.info("watching", root=key)
+        if not self._started:
+            self._observer.start()
+            self._started = True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._started:
+            self._observer.stop()
+            self._observer.join(timeout)
