@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
@@ -37,6 +38,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         if var.startswith("JOBVAULT_"):
             monkeypatch.delenv(var)
     yield home
+    structlog.reset_defaults()  # the CLI configures logging onto this test's captured stream
 
 
 @pytest.fixture

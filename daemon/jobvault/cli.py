@@ -125,6 +125,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         store = Store(open_writer(config.db, config.synchronous), config.compression_level)
         engine = Engine(config, store, job_write_interval=math.inf)
         try:
+            # Sessions archived by an interrupted earlier run get their records too.
+            engine.recover()
             paths = engine.scan(roots)
             sizes = {p: _size(p) for p in paths}
             with render.Progress(

@@ -39,6 +39,7 @@ log = structlog.get_logger("jobvault.engine")
 
 CHUNK_MAX = 4 * 1024 * 1024
 TOO_LONG = "line longer than max_line_bytes"
+UNTERMINATED = "unterminated final line"
 
 
 @dataclass(slots=True)
@@ -472,20 +473,27 @@ class Engine:
         max_line = self.config.max_line_bytes
         count = 0
         job = self._job(row.job_key, tracked.adapter) if row.job_key else None
+        is_tail = segment.kind == "tail"
         for offset, line in _iter_segment_lines(segment):
             count += 1
+            problem = None
+            obj: Any = None
             if len(line) > max_line:
-                self._bad(batch, tracked, offset, len(line), TOO_LONG)
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                self._bad(batch, tracked, offset, len(line), f"invalid JSON: {exc}")
-                continue
+                problem = TOO_LONG
+            elif line.strip():
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    problem = f"invalid JSON: {exc}"
+                else:
+                    if not isinstance(obj, dict):
+                        problem = "not a JSON object"
+            if is_tail:
+                # The unterminated last line of a finalized file: archived, always reported.
+                problem = UNTERMINATED + (f" ({problem})" if problem else "")
+            if problem is not None:
+                self._bad(batch, tracked, offset, len(line), problem)
             if not isinstance(obj, dict):
-                self._bad(batch, tracked, offset, len(line), "not a JSON object")
                 continue
             if job is None:
                 key = tracked.adapter.job_key_from_line(obj)
@@ -503,8 +511,6 @@ class Engine:
             touched.add(job.key)
             if job.acc is not None:
                 job.acc.feed(obj, replace(ctx_base, offset=offset))
-        if segment.kind == "tail":
-            self._bad(batch, tracked, segment.start, len(segment.data), "unterminated final line")
         row.line_count += count
         self.stats.lines_archived += count
         return count
@@ -660,6 +666,14 @@ class Engine:
         return keys
 
     def finalize_all(self) -> None:
+        """Archive every unterminated tail and finalize every open session (shutdown, import)."""
+        waiting = [
+            t
+            for t in self.by_id.values()
+            if t.row.state == "active" and (t.row.size > t.row.offset or t.pending)
+        ]
+        if waiting:
+            self._drain(waiting, final=True)
         for key in sorted(k for k, j in self.jobs.items() if not j.finalized):
             self.finalize(key)
 

@@ -1,0 +1,107 @@
+"""Bad input is archived, counted with its file and offset, logged, and never stops ingestion."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from jobvault import config as config_mod
+from jobvault.engine import Engine
+from jobvault.store.db import open_writer
+from jobvault.store.writer import Store
+from tests.helpers import SESSION, archived, dumps, run_json, session_lines, user
+
+
+def _bad_lines(db: Path) -> list[tuple[str, int, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        return [
+            (Path(p).name, off, reason)
+            for p, off, reason in conn.execute(
+                "SELECT f.path, b.offset, b.reason FROM bad_lines b JOIN files f "
+                "ON f.id = b.file_id ORDER BY f.path, b.offset"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def test_bad_lines_are_archived_counted_and_skipped(tmp_path: Path, db: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    project = tmp_path / "p"
+    project.mkdir()
+    good = session_lines(3)
+    big = dumps(user("x" * (5 * 1024 * 1024), 100, uuid="big"))  # a valid 5 MB line
+    parts = [
+        good[0],
+        b'{"type": "user", "message": \n',  # corrupt JSON
+        b"\x00" * 64 + b"\n",  # NUL bytes
+        b'{"type":"user","text":"\xff\xfe invalid utf-8"}\n',
+        big,
+        b"[1, 2, 3]\n",  # JSON, but not an object
+        *good[1:],
+    ]
+    path = project / f"{SESSION}.jsonl"
+    path.write_bytes(b"".join(parts))
+    (project / "empty.jsonl").write_bytes(b"")
+    nonl = project / "nonewline.jsonl"
+    nonl.write_bytes(dumps(user("a", 1, session="nonewline")) + b'{"type":"user","trunc')
+
+    from jobvault.cli import main
+
+    capsys.readouterr()
+    assert main(["import", str(project), "--db", str(db), "--no-progress", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    logs = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    assert summary["bytes_archived"] == sum(p.stat().st_size for p in project.iterdir())
+    assert archived(db, path) == path.read_bytes()
+    assert archived(db, nonl) == nonl.read_bytes()
+
+    offsets = [0]
+    for part in parts:
+        offsets.append(offsets[-1] + len(part))
+    bad = _bad_lines(db)
+    main_bad = [(off, reason) for name, off, reason in bad if name == path.name]
+    assert [off for off, _ in main_bad] == [offsets[1], offsets[2], offsets[3], offsets[5]]
+    assert main_bad[0][1].startswith("invalid JSON")
+    assert main_bad[3][1] == "not a JSON object"
+    [(name, reason)] = [(n, r) for n, _, r in bad if n == nonl.name]
+    assert reason.startswith("unterminated final line (invalid JSON")
+    assert summary["bad_lines"] == 5
+    assert sum(1 for e in logs if e["event"] == "bad_line") == 5
+    assert all(e["file"] and "offset" in e for e in logs if e["event"] == "bad_line")
+    assert all(e["level"] == "warning" for e in logs if e["event"] == "bad_line")
+
+    # The rest of the file continued: every good line and the 5 MB line were parsed.
+    job = run_json(capsys, "show", SESSION, "--db", str(db))
+    assert job["tool_call_count"] == 3
+    assert job["message_count"] == 3 + 3 + 1 + 1  # 3 answers, 3 results, 2 prompts
+    # The empty file is tracked and makes no job.
+    ids = {j["session_id"] for j in run_json(capsys, "jobs", "--db", str(db), "--limit", "0")}
+    assert ids == {SESSION, "nonewline"}
+
+
+def test_overlong_line_is_archived_not_parsed(tmp_path: Path, db: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    good = session_lines(2)
+    long_line = dumps(user("y" * 300_000, 50, uuid="long"))
+    path = project / f"{SESSION}.jsonl"
+    path.write_bytes(good[0] + long_line + b"".join(good[1:]))
+    config = config_mod.Config(watch=(project,), db=db, max_line_bytes=64 * 1024)
+    store = Store(open_writer(db))
+    engine = Engine(config, store)
+    engine.poll_all([project])
+    engine.finalize_all()
+    engine.close()
+    store.close()
+    assert archived(db, path) == path.read_bytes()
+    assert _bad_lines(db) == [(path.name, len(good[0]), "line longer than max_line_bytes")]
+    conn = sqlite3.connect(db)
+    record = conn.execute("SELECT tool_call_count, user_message_count FROM jobs").fetchone()
+    conn.close()
+    assert record == (2, 1)  # the long prompt was not parsed; the rest was

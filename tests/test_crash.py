@@ -1,0 +1,160 @@
+"""kill -9 in the middle of ingestion, then a restart: no line lost, none doubled."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import archived, expected_tokens, session_lines
+
+FILES = 300
+EXCHANGES = 40
+
+
+def _corpus(root: Path, files: int, rng: random.Random) -> dict[Path, int]:
+    project = root / "-work-app"
+    project.mkdir(parents=True)
+    sizes: dict[Path, int] = {}
+    for _ in range(files):
+        session = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        path = project / f"{session}.jsonl"
+        n = rng.randint(1, EXCHANGES)
+        path.write_bytes(b"".join(session_lines(n, session=session)))
+        sizes[path] = n
+    return sizes
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "daemon")
+    return env
+
+
+def _archived_total(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _check(db: Path, sizes: dict[Path, int]) -> None:
+    for path in sizes:
+        assert archived(db, path) == path.read_bytes(), path.name
+    conn = sqlite3.connect(db)
+    try:
+        rows = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT session_id, tool_call_count, output_tokens, input_tokens, status FROM jobs"
+            )
+        }
+        # Chunks never overlap: each starts where the previous one ended.
+        gaps = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT file_id, offset, length, LAG(offset + length) OVER "
+            "(PARTITION BY file_id ORDER BY offset) AS prev_end FROM chunks) "
+            "WHERE prev_end IS NOT NULL AND prev_end != offset"
+        ).fetchone()[0]
+        bad = conn.execute("SELECT COUNT(*) FROM bad_lines").fetchone()[0]
+    finally:
+        conn.close()
+    assert gaps == 0
+    assert bad == 0
+    assert len(rows) == len(sizes)
+    for path, n in sizes.items():
+        tools, out, inp, status = rows[path.stem]
+        assert (tools, out, inp) == (
+            n,
+            expected_tokens(n)["output_tokens"],
+            expected_tokens(n)["input_tokens"],
+        ), path.name
+        assert status == "completed"
+
+
+@pytest.mark.slow
+def test_kill_9_during_import(tmp_path: Path, db: Path) -> None:
+    rng = random.Random(20261123)
+    sizes = _corpus(tmp_path / "projects", FILES, rng)
+    cmd = [sys.executable, "-m", "jobvault", "import", str(tmp_path / "projects"),
+           "--db", str(db), "--no-progress"]  # fmt: skip
+    killed = 0
+    total = sum(p.stat().st_size for p in sizes)
+    for _ in range(6):
+        before = _archived_total(db)
+        proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.DEVNULL)
+        # Kill once this run has archived something, at a random moment after that.
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and _archived_total(db) <= before < total:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait(30)
+    assert killed >= 3, "the import finished before most kills: grow the corpus"
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    _check(db, sizes)
+
+
+@pytest.mark.slow
+def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
+    rng = random.Random(7)
+    root = tmp_path / "projects"
+    project = root / "-work-app"
+    project.mkdir(parents=True)
+    sessions = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(40)]
+    plans = {project / f"{s}.jsonl": session_lines(10, session=s) for s in sessions}
+    cursor = dict.fromkeys(plans, 0)
+    cmd = [sys.executable, "-m", "jobvault", "run", "--watch", str(root), "--db", str(db),
+           "--idle-timeout", "0.5"]  # fmt: skip
+    for _cycle in range(5):
+        proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + rng.uniform(0.5, 1.5)
+        while time.monotonic() < deadline:
+            path = rng.choice(list(plans))
+            line_no = cursor[path]
+            if line_no < len(plans[path]):
+                line = plans[path][line_no]
+                cut = rng.randint(1, len(line) - 1)
+                with path.open("ab") as fh:  # sometimes a line arrives in two writes
+                    fh.write(line[:cut])
+                    fh.flush()
+                    fh.write(line[cut:])
+                cursor[path] += 1
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    for path, lines in plans.items():  # finish every session
+        with path.open("ab") as fh:
+            fh.write(b"".join(lines[cursor[path] :]))
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                conn = sqlite3.connect(db)
+                total = conn.execute("SELECT COALESCE(SUM(length),0) FROM chunks").fetchone()[0]
+                conn.close()
+            except sqlite3.OperationalError:
+                continue
+            if total == sum(p.stat().st_size for p in plans):
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    _check(db, dict.fromkeys(plans, 10))

@@ -1,0 +1,144 @@
+"""End to end with the real daemon, started in-process on temporary directories."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobvault.config import Config
+from jobvault.service import run_daemon
+from tests.helpers import SESSION, archived, expected_tokens, run, session_lines, sha256
+
+
+def _config(root: Path, db: Path, **extra: Any) -> Config:
+    values: dict[str, Any] = {"watch": (root,), "db": db, "idle_timeout": 0.6,
+                              "rescan_interval": 0.3, "batch_interval": 0.02}  # fmt: skip
+    values.update(extra)
+    return Config(**values)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll `check` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check}")
+        await asyncio.sleep(0.05)
+
+
+def _job(db: Path, session: str = SESSION) -> dict[str, Any] | None:
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute("SELECT * FROM jobs WHERE session_id = ?", (session,)).fetchone()
+        return dict(row) if row else None
+    finally:
+        conn.close()
+
+
+def _chunk_bytes(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["events", "rescan-only"])
+async def test_small_appends_become_one_job(tmp_path: Path, db: Path, events: bool) -> None:
+    root = tmp_path / "projects"
+    project = root / "-work-app"
+    lines = session_lines(8)
+    path = project / f"{SESSION}.jsonl"
+    # The watch root does not exist yet: it is picked up when it appears.
+    async with run_daemon(_config(root, db, watch_events=events)) as daemon:
+        project.mkdir(parents=True)
+        with path.open("ab", buffering=0) as fh:
+            for i, line in enumerate(lines):
+                if i % 3 == 1:  # split this line in two writes
+                    fh.write(line[:17])
+                    await asyncio.sleep(0.03)
+                    fh.write(line[17:])
+                else:
+                    fh.write(line)
+                await asyncio.sleep(0.01)
+        job = await eventually(lambda: (j := _job(db)) and j["finalized_at"] and j)
+        assert daemon.engine is not None
+        assert daemon.engine.stats.bad_lines == 0
+    assert job["status"] == "completed"
+    assert job["input_tokens"] == expected_tokens(8)["input_tokens"]
+    assert job["output_tokens"] == expected_tokens(8)["output_tokens"]
+    assert job["tool_call_count"] == 8
+    assert job["failed_tool_calls"] == 1
+    assert archived(db, path) == path.read_bytes()
+
+
+async def test_deleted_right_after_last_write(tmp_path: Path, db: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    root = tmp_path / "projects"
+    project = root / "-work-app"
+    project.mkdir(parents=True)
+    path = project / f"{SESSION}.jsonl"
+    data = b"".join(session_lines(12))
+    digest = None
+    async with run_daemon(_config(root, db, idle_timeout=60)):
+        with path.open("ab", buffering=0) as fh:
+            for start in range(0, len(data), 700):
+                fh.write(data[start : start + 700])
+                await asyncio.sleep(0.005)
+        digest = sha256(path)
+        path.unlink()
+        job = await eventually(lambda: (j := _job(db)) and j["finalized_at"] and j)
+    assert job["tool_call_count"] == 12
+    assert job["output_tokens"] == expected_tokens(12)["output_tokens"]
+    out = tmp_path / "export.jsonl"
+    assert run(capsys, "export", SESSION, "--db", str(db), "-o", str(out))[0] == 0
+    assert sha256(out) == digest
+
+
+async def test_restart_does_not_reread(tmp_path: Path, db: Path) -> None:
+    root = tmp_path / "projects"
+    project = root / "-work-app"
+    project.mkdir(parents=True)
+    path = project / f"{SESSION}.jsonl"
+    lines = session_lines(6)
+    path.write_bytes(b"".join(lines[:10]))
+    config = _config(root, db)
+    async with run_daemon(config):
+        await eventually(lambda: _chunk_bytes(db) == path.stat().st_size)
+    first = _chunk_bytes(db)
+    async with run_daemon(config) as daemon:
+        await asyncio.sleep(0.5)  # a few rescans with nothing new
+        assert daemon.engine is not None
+        assert daemon.engine.stats.bytes_archived == 0
+        with path.open("ab") as fh:
+            fh.write(b"".join(lines[10:]))
+        await eventually(lambda: _chunk_bytes(db) == path.stat().st_size)
+        assert daemon.engine.stats.bytes_archived == path.stat().st_size - first
+        job = await eventually(lambda: (j := _job(db)) and j["finalized_at"] and j)
+    assert archived(db, path) == path.read_bytes()
+    # The resumed session is one job, recomputed over both runs' bytes.
+    assert job["tool_call_count"] == 6
+    assert job["output_tokens"] == expected_tokens(6)["output_tokens"]
+
+
+async def test_database_is_private(tmp_path: Path) -> None:
+    db = tmp_path / "fresh" / "data" / "jobvault.db"
+    root = tmp_path / "projects"
+    async with run_daemon(_config(root, db)):
+        pass
+    assert (os.stat(db.parent).st_mode & 0o777) == 0o700
+    for name in os.listdir(db.parent):
+        if name.startswith("jobvault.db"):
+            assert (os.stat(db.parent / name).st_mode & 0o777) == 0o600, name
