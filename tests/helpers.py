@@ -25,32 +25,67 @@ def dumps(obj: dict[str, Any]) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
-def user(text: str, second: int, *, session: str = SESSION, uuid: str | None = None,
-         **extra: Any) -> dict[str, Any]:  # fmt: skip
+def user(
+    text: str, second: int, *, session: str = SESSION, uuid: str | None = None, **extra: Any
+) -> dict[str, Any]:
     return {
-        "parentUuid": None, "isSidechain": False, "userType": "external", "cwd": "/work/app",
-        "sessionId": session, "version": "2.0.37", "gitBranch": "main", "type": "user",
-        "message": {"role": "user", "content": text}, "uuid": uuid or f"u{second}",
-        "timestamp": ts(second), **extra,
-    }  # fmt: skip
+        "parentUuid": None,
+        "isSidechain": False,
+        "userType": "external",
+        "cwd": "/work/app",
+        "sessionId": session,
+        "version": "2.0.37",
+        "gitBranch": "main",
+        "type": "user",
+        "message": {"role": "user", "content": text},
+        "uuid": uuid or f"u{second}",
+        "timestamp": ts(second),
+        **extra,
+    }
 
 
-def assistant(msg_id: str, second: int, *, session: str = SESSION, text: str = "ok",
-              inp: int = 10, out: int = 100, write: int = 0, read: int = 0,
-              model: str = "claude-sonnet-4-20250514", request: str | None = None,
-              content: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+def assistant(
+    msg_id: str,
+    second: int,
+    *,
+    session: str = SESSION,
+    text: str = "ok",
+    inp: int = 10,
+    out: int = 100,
+    write: int = 0,
+    read: int = 0,
+    model: str = "claude-sonnet-4-20250514",
+    request: str | None = None,
+    content: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     return {
-        "parentUuid": None, "isSidechain": False, "userType": "external", "cwd": "/work/app",
-        "sessionId": session, "version": "2.0.37", "gitBranch": "main", "type": "assistant",
+        "parentUuid": None,
+        "isSidechain": False,
+        "userType": "external",
+        "cwd": "/work/app",
+        "sessionId": session,
+        "version": "2.0.37",
+        "gitBranch": "main",
+        "type": "assistant",
         "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": model,
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
             "content": content if content is not None else [{"type": "text", "text": text}],
-            "usage": {"input_tokens": inp, "output_tokens": out,
-                      "cache_creation_input_tokens": write, "cache_read_input_tokens": read},
+            "usage": {
+                "input_tokens": inp,
+                "output_tokens": out,
+                "cache_creation_input_tokens": write,
+                "cache_read_input_tokens": read,
+            },
         },
-        "requestId": request or f"req_{msg_id}", "uuid": f"a{msg_id}{second}",
-        "timestamp": ts(second), **extra,
-    }  # fmt: skip
+        "requestId": request or f"req_{msg_id}",
+        "uuid": f"a{msg_id}{second}",
+        "timestamp": ts(second),
+        **extra,
+    }
 
 
 def session_lines(n: int, *, session: str = SESSION, base: int = 0) -> list[bytes]:
@@ -61,15 +96,42 @@ def session_lines(n: int, *, session: str = SESSION, base: int = 0) -> list[byte
         tool_id = f"toolu_{session[:8]}_{base}_{i}"
         sec = base + 2 * i + 1
         lines.append(dumps(assistant(mid, sec, session=session, out=1, text=f"thinking {i}")))
-        lines.append(dumps(assistant(mid, sec, session=session, out=50 + i, content=[
-            {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": f"ls {i}"}}
-        ])))  # fmt: skip
-        lines.append(dumps({
-            **user("", sec + 1, session=session, uuid=f"r{base}_{i}"),
-            "message": {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": tool_id, "content": f"out {i}",
-                 "is_error": i % 5 == 4}]},
-        }))  # fmt: skip
+        lines.append(
+            dumps(
+                assistant(
+                    mid,
+                    sec,
+                    session=session,
+                    out=50 + i,
+                    content=[
+                        {
+                            "type": "tool_use",
+                            "id": tool_id,
+                            "name": "Bash",
+                            "input": {"command": f"ls {i}"},
+                        }
+                    ],
+                )
+            )
+        )
+        lines.append(
+            dumps(
+                {
+                    **user("", sec + 1, session=session, uuid=f"r{base}_{i}"),
+                    "message": {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": tool_id,
+                                "content": f"out {i}",
+                                "is_error": i % 5 == 4,
+                            }
+                        ],
+                    },
+                }
+            )
+        )
     return lines
 
 

@@ -29,8 +29,9 @@ def _bad_lines(db: Path) -> list[tuple[str, int, str]]:
         conn.close()
 
 
-def test_bad_lines_are_archived_counted_and_skipped(tmp_path: Path, db: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_bad_lines_are_archived_counted_and_skipped(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     project = tmp_path / "p"
     project.mkdir()
     good = session_lines(3)
@@ -69,7 +70,7 @@ def test_bad_lines_are_archived_counted_and_skipped(tmp_path: Path, db: Path,
     assert [off for off, _ in main_bad] == [offsets[1], offsets[2], offsets[3], offsets[5]]
     assert main_bad[0][1].startswith("invalid JSON")
     assert main_bad[3][1] == "not a JSON object"
-    [(name, reason)] = [(n, r) for n, _, r in bad if n == nonl.name]
+    [(_name, reason)] = [(n, r) for n, _, r in bad if n == nonl.name]
     assert reason.startswith("unterminated final line (invalid JSON")
     assert summary["bad_lines"] == 5
     assert sum(1 for e in logs if e["event"] == "bad_line") == 5

@@ -87,8 +87,16 @@ def _check(db: Path, sizes: dict[Path, int]) -> None:
 def test_kill_9_during_import(tmp_path: Path, db: Path) -> None:
     rng = random.Random(20261123)
     sizes = _corpus(tmp_path / "projects", FILES, rng)
-    cmd = [sys.executable, "-m", "jobvault", "import", str(tmp_path / "projects"),
-           "--db", str(db), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobvault",
+        "import",
+        str(tmp_path / "projects"),
+        "--db",
+        str(db),
+        "--no-progress",
+    ]
     killed = 0
     total = sum(p.stat().st_size for p in sizes)
     for _ in range(6):
@@ -119,8 +127,18 @@ def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
     sessions = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(40)]
     plans = {project / f"{s}.jsonl": session_lines(10, session=s) for s in sessions}
     cursor = dict.fromkeys(plans, 0)
-    cmd = [sys.executable, "-m", "jobvault", "run", "--watch", str(root), "--db", str(db),
-           "--idle-timeout", "0.5"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobvault",
+        "run",
+        "--watch",
+        str(root),
+        "--db",
+        str(db),
+        "--idle-timeout",
+        "0.5",
+    ]
     for _cycle in range(5):
         proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + rng.uniform(0.5, 1.5)

@@ -17,8 +17,13 @@ from tests.helpers import SESSION, archived, expected_tokens, run, session_lines
 
 
 def _config(root: Path, db: Path, **extra: Any) -> Config:
-    values: dict[str, Any] = {"watch": (root,), "db": db, "idle_timeout": 0.6,
-                              "rescan_interval": 0.3, "batch_interval": 0.02}  # fmt: skip
+    values: dict[str, Any] = {
+        "watch": (root,),
+        "db": db,
+        "idle_timeout": 0.6,
+        "rescan_interval": 0.3,
+        "batch_interval": 0.02,
+    }
     values.update(extra)
     return Config(**values)
 
@@ -84,8 +89,9 @@ async def test_small_appends_become_one_job(tmp_path: Path, db: Path, events: bo
     assert archived(db, path) == path.read_bytes()
 
 
-async def test_deleted_right_after_last_write(tmp_path: Path, db: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+async def test_deleted_right_after_last_write(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "projects"
     project = root / "-work-app"
     project.mkdir(parents=True)

@@ -15,8 +15,9 @@ def _project(tmp_path: Path) -> Path:
     return project
 
 
-def test_export_is_byte_identical_after_delete(tmp_path: Path, db: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_export_is_byte_identical_after_delete(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     project = _project(tmp_path)
     main_file = project / f"{SESSION}.jsonl"
     main_file.write_bytes(b"".join(session_lines(6)))
@@ -63,8 +64,9 @@ def test_export_to_stdout(
     assert capfdbinary.readouterr().out == data
 
 
-def test_unknown_job_is_a_clear_error(tmp_path: Path, db: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_unknown_job_is_a_clear_error(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     project = _project(tmp_path)
     (project / f"{SESSION}.jsonl").write_bytes(b"".join(session_lines(1)))
     run(capsys, "import", str(project), "--db", str(db), "--no-progress")

@@ -17,8 +17,9 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_real_lines_import_without_crash(samples: Path, tmp_path: Path, db: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_real_lines_import_without_crash(
+    samples: Path, tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tree = _copy(samples / "claude-real-lines", tmp_path / "real")
     files = sorted(tree.rglob("*.jsonl"))
     summary = run_json(capsys, "import", str(tree), "--db", str(db), "--no-progress")
@@ -32,8 +33,9 @@ def test_real_lines_import_without_crash(samples: Path, tmp_path: Path, db: Path
     assert sum(j["tool_call_count"] for j in jobs) > 0
 
 
-def test_shape_fixtures_import_and_attach_subagents(samples: Path, tmp_path: Path, db: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_shape_fixtures_import_and_attach_subagents(
+    samples: Path, tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tree = _copy(samples / "shape-fixtures" / "claude", tmp_path / "shape")
     files = sorted(tree.rglob("*.jsonl"))
     summary = run_json(capsys, "import", str(tree), "--db", str(db), "--no-progress")
