@@ -1,0 +1,90 @@
+"""The store: private files, WAL, named migrations, and the generated schema document."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from jobvault.store import migrations
+from jobvault.store.db import open_reader, open_writer
+from jobvault.store.schema_doc import DESCRIPTIONS, render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_database_created_private_in_private_dir(tmp_path: Path) -> None:
+    db = tmp_path / "a" / "b" / "jobvault.db"
+    conn = open_writer(db)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+    conn.execute("COMMIT")
+    assert (os.stat(db.parent).st_mode & 0o777) == 0o700
+    for name in ("jobvault.db", "jobvault.db-wal", "jobvault.db-shm"):
+        assert (os.stat(db.parent / name).st_mode & 0o777) == 0o600, name
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "jobvault.db"
+    open_writer(db).close()
+    conn = open_writer(db)  # opening again applies nothing new
+    names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+    assert names == [m.__name__ for m in migrations.MIGRATIONS]
+    assert migrations.migrate(conn) == []
+    conn.close()
+
+
+def test_failed_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+
+    def m900_broken(c: sqlite3.Connection) -> None:
+        c.execute("CREATE TABLE half (x)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        migrations.migrate(conn, [migrations.m001_initial, m900_broken])
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "jobs" in tables  # m001 committed in its own transaction
+    assert "half" not in tables  # m900 rolled back whole
+    assert migrations.applied(conn) == ["m001_initial"]
+    conn.close()
+
+
+def test_every_migration_upgrades_from_each_older_schema(tmp_path: Path) -> None:
+    steps = migrations.MIGRATIONS
+    for upto in range(len(steps) + 1):
+        conn = sqlite3.connect(tmp_path / f"v{upto}.db", isolation_level=None)
+        migrations.migrate(conn, steps[:upto])
+        migrations.migrate(conn)
+        assert migrations.applied(conn) == [m.__name__ for m in steps]
+        conn.close()
+
+
+def test_reader_is_read_only(tmp_path: Path) -> None:
+    db = tmp_path / "jobvault.db"
+    open_writer(db).close()
+    conn = open_reader(db)
+    with pytest.raises(sqlite3.OperationalError):
+        conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+    conn.close()
+
+
+def test_schema_doc_is_current() -> None:
+    committed = (ROOT / "docs" / "schema.md").read_text()
+    assert committed == render(), "docs/schema.md is stale: run `make schema-doc`"
+
+
+def test_every_table_is_described() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrations.migrate(conn)
+    tables = {
+        r[0]
+        for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        if not r[0].startswith("sqlite_")
+    }
+    conn.close()
+    assert tables == set(DESCRIPTIONS)

@@ -1,0 +1,95 @@
+"""The tailer reads complete lines only, streams long lines, and splits nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobvault.store.writer import iter_archived_lines
+from jobvault.tail import read_lines, read_tail
+
+
+def _fd(path: Path, data: bytes) -> int:
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY)
+
+
+def test_partial_line_waits_for_its_newline(tmp_path: Path) -> None:
+    fd = _fd(tmp_path / "f", b'{"a":1}\n{"b":')
+    result = read_lines(fd, 0, False, 1 << 20, 1 << 20)
+    assert [s.data for s in result.segments] == [b'{"a":1}\n']
+    assert result.offset == 8 and result.pending == 5 and result.eof
+    tail = read_tail(fd, result.offset, 1 << 20)
+    assert tail is not None and tail.data == b'{"b":' and tail.kind == "tail"
+    os.close(fd)
+
+
+def test_multibyte_character_split_across_read_blocks(tmp_path: Path) -> None:
+    line = ('{"t":"' + "é" * 40 + '"}\n').encode()
+    data = line * 3
+    fd = _fd(tmp_path / "f", data)
+    # Blocks of 7 bytes cut inside the two-byte characters again and again.
+    result = read_lines(fd, 0, False, 1 << 20, 1 << 20, block=7)
+    assert b"".join(s.data for s in result.segments) == data
+    for segment in result.segments:
+        segment.data.decode()  # every segment ends on a line boundary: valid UTF-8
+    os.close(fd)
+
+
+def test_long_line_is_streamed_in_parts(tmp_path: Path) -> None:
+    data = b"x" * 5000 + b"\n" + b'{"ok":1}\n'
+    fd = _fd(tmp_path / "f", data)
+    result = read_lines(fd, 0, False, 1 << 20, 1024, block=512)
+    kinds = [(s.kind, s.line_start) for s in result.segments]
+    assert kinds[0] == ("long", True)
+    assert all(k == "long" for k, _ in kinds[:-1])
+    assert result.segments[-1].data.endswith(b'{"ok":1}\n')
+    assert b"".join(s.data for s in result.segments) == data
+    assert not result.in_long_line
+    os.close(fd)
+
+
+def test_budget_bounds_one_read(tmp_path: Path) -> None:
+    data = b"".join(b'{"n":%d}\n' % i for i in range(10_000))
+    fd = _fd(tmp_path / "f", data)
+    first = read_lines(fd, 0, False, 4096, 1 << 20, block=1024)
+    assert not first.eof and 0 < first.offset <= 4096 + 1024
+    rest = read_lines(fd, first.offset, False, 1 << 30, 1 << 20)
+    assert b"".join(s.data for s in first.segments + rest.segments) == data
+    os.close(fd)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=20),
+    trailing=st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")),
+)
+def test_archive_splits_back_into_the_same_lines(lines: list[bytes], cuts: list[int],
+                                                trailing: bytes) -> None:
+    data = b"".join(line + b"\n" for line in lines) + trailing
+    chunks, pos = [], 0
+    for cut in cuts:  # arbitrary chunk boundaries, as partial tails and long lines produce
+        if pos >= len(data):
+            break
+        chunks.append((pos, data[pos : pos + cut]))
+        pos += cut
+    if pos < len(data):
+        chunks.append((pos, data[pos:]))
+    got = list(iter_archived_lines(chunks, max_line=1 << 20))
+    expected, offset = [], 0
+    for line in lines:
+        expected.append((offset, line))
+        offset += len(line) + 1
+    if trailing:
+        expected.append((offset, trailing))
+    assert got == expected
+
+
+def test_archive_skips_lines_over_the_limit() -> None:
+    data = b"a\n" + b"y" * 100 + b"\nb\n"
+    chunks = [(0, data[:10]), (10, data[10:60]), (60, data[60:])]
+    assert list(iter_archived_lines(chunks, max_line=50)) == [(0, b"a"), (2, None), (103, b"b")]
