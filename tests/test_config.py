@@ -11,8 +11,9 @@ from jobvault.cli import main
 from jobvault.errors import ConfigError, ExitCode
 
 
-def test_defaults_follow_xdg_and_claude_dirs(isolated_home: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_follow_xdg_and_claude_dirs(
+    isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CLAUDE_CONFIG_DIR", f"{tmp_path}/c1, {tmp_path}/c2")
     config = config_mod.load()
     assert config.db == tmp_path / "xdg-data" / "jobvault" / "jobvault.db"
@@ -68,8 +69,9 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     assert key in str(info.value)
 
 
-def test_bad_config_exits_with_config_code(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_exits_with_config_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("idle_timeout = -5\n")
     code = main(["jobs", "--config", str(cfg)])
@@ -78,8 +80,9 @@ def test_bad_config_exits_with_config_code(tmp_path: Path,
     assert "idle_timeout" in err and err.count("\n") == 1
 
 
-def test_missing_database_is_a_clear_error(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_database_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["jobs", "--db", str(tmp_path / "none.db")]) == ExitCode.NOT_FOUND
     assert "no database at" in capsys.readouterr().err
 
@@ -96,7 +99,9 @@ def test_example_config_values_are_the_defaults(tmp_path: Path) -> None:
     lines = [
         line[2:]
         for line in example.splitlines()
-        if line.startswith("# ") and " = " in line and line[2:].split(" = ")[0] in config_mod.KEYS
+        if line.startswith("# ")
+        and " = " in line
+        and line[2:].split(" = ")[0] in config_mod.KEYS
         and line[2:].split(" = ")[0] not in ("watch", "db")
     ]
     cfg = tmp_path / "all.toml"

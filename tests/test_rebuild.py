@@ -76,8 +76,9 @@ def _tree(tmp_path: Path) -> Path:
     return tmp_path / "projects"
 
 
-def test_rebuild_reproduces_every_record(tmp_path: Path, db: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_rebuild_reproduces_every_record(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _tree(tmp_path)
     assert run(capsys, "import", str(root), "--db", str(db), "--no-progress")[0] == 0
     before, children = _records(db), _children(db)
@@ -98,18 +99,23 @@ def test_rebuild_reproduces_every_record(tmp_path: Path, db: Path,
     assert kept == fresh and kept
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(order=st.permutations(list(range(6))), seed=st.integers(0, 10_000))
-def test_daily_metrics_equal_recomputation_in_any_order(tmp_path_factory: pytest.TempPathFactory,
-                                                        order: list[int], seed: int) -> None:
+def test_daily_metrics_equal_recomputation_in_any_order(
+    tmp_path_factory: pytest.TempPathFactory, order: list[int], seed: int
+) -> None:
     """Finalize, update and rebuild jobs in random order; daily metrics always match."""
     tmp = tmp_path_factory.mktemp("orders")
     root = tmp / "projects" / "-p"
     root.mkdir(parents=True)
     rng = random.Random(seed)
     sessions = [f"{i:08d}-2222-4333-8444-555555555555" for i in range(6)]
-    plans = {s: session_lines(rng.randint(1, 6), session=s, base=3600 * i * 7)
-             for i, s in enumerate(sessions)}
+    plans = {
+        s: session_lines(rng.randint(1, 6), session=s, base=3600 * i * 7)
+        for i, s in enumerate(sessions)
+    }
     db = tmp / "db.sqlite"
     store = Store(open_writer(db))
     engine = Engine(Config(watch=(root,), db=db), store, job_write_interval=0)

@@ -68,8 +68,9 @@ def test_budget_bounds_one_read(tmp_path: Path) -> None:
     cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=20),
     trailing=st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")),
 )
-def test_archive_splits_back_into_the_same_lines(lines: list[bytes], cuts: list[int],
-                                                trailing: bytes) -> None:
+def test_archive_splits_back_into_the_same_lines(
+    lines: list[bytes], cuts: list[int], trailing: bytes
+) -> None:
     data = b"".join(line + b"\n" for line in lines) + trailing
     chunks, pos = [], 0
     for cut in cuts:  # arbitrary chunk boundaries, as partial tails and long lines produce

@@ -99,6 +99,8 @@ class Engine:
         self.job_write_interval = job_write_interval
         self.by_path: dict[str, Tracked] = {}
         self.by_id: dict[int, Tracked] = {}
+        self.by_inode: dict[tuple[int, int], Tracked] = {}
+        self._open_count = 0
         self.jobs: dict[str, Job] = {}
         self.stats = Stats()
         self._adapters = list(ADAPTERS.values())
@@ -109,6 +111,8 @@ class Engine:
             if tracked is not None:
                 self.by_path[row.path] = tracked
                 self.by_id[row.id] = tracked
+                if row.state == "active":
+                    self.by_inode[(row.dev, row.ino)] = tracked
         self.stats.files_tracked = len(self.by_path)
 
     # -- discovery ---------------------------------------------------------------------------
@@ -222,17 +226,21 @@ class Engine:
         tracked = Tracked(row, info, adapter, last_activity=time.monotonic())
         self.by_path[path] = tracked
         self.by_id[row.id] = tracked
+        self.by_inode[(row.dev, row.ino)] = tracked
         self.stats.files_tracked = len(self.by_path)
         log.debug("file_tracked", file=path, file_id=row.id, job=info.job_key)
         return tracked
 
     def _find_moved(self, path: str, st: os.stat_result) -> Tracked | None:
-        for old_path, tracked in list(self.by_path.items()):
+        """A tracked file renamed inside the tree: same device, inode and first bytes."""
+        tracked = self.by_inode.get((st.st_dev, st.st_ino))
+        if tracked is not None and tracked.row.state == "active":
             row = tracked.row
-            if (row.dev, row.ino) != (st.st_dev, st.st_ino) or os.path.exists(old_path):
-                continue
+            old_path = row.path
+            if old_path == path or os.path.exists(old_path):
+                return None
             if not self._fingerprint_ok(tracked, path):
-                continue
+                return None
             del self.by_path[old_path]
             row.path = path
             self.by_path[path] = tracked
@@ -240,6 +248,17 @@ class Engine:
             log.info("file_moved", file=path, old=old_path, file_id=row.id)
             return tracked
         return None
+
+    def _forget_inode(self, tracked: Tracked) -> None:
+        key = (tracked.row.dev, tracked.row.ino)
+        if self.by_inode.get(key) is tracked:
+            del self.by_inode[key]
+
+    def _close(self, tracked: Tracked) -> None:
+        if tracked.fd is not None:
+            os.close(tracked.fd)
+            tracked.fd = None
+            self._open_count -= 1
 
     def _open(self, tracked: Tracked, path: str | None = None) -> int | None:
         if tracked.fd is not None:
@@ -253,22 +272,22 @@ class Engine:
             os.close(fd)
             return None
         tracked.fd = fd
-        self._limit_open_files()
+        self._open_count += 1
+        if self._open_count > self.config.max_open_files:
+            self._limit_open_files()
         return fd
 
     def _limit_open_files(self) -> None:
         """Close descriptors of fully read, idle files beyond `max_open_files`."""
         open_files = [t for t in self.by_id.values() if t.fd is not None]
-        excess = len(open_files) - self.config.max_open_files
-        if excess <= 0:
-            return
+        # Close down to three quarters of the limit so this sort runs rarely.
+        excess = len(open_files) - (self.config.max_open_files * 3) // 4
         open_files.sort(key=lambda t: t.last_activity)
         for tracked in open_files:
             if excess <= 0:
                 break
-            if tracked.pending == 0 and tracked.row.offset >= tracked.row.size and tracked.fd:
-                os.close(tracked.fd)
-                tracked.fd = None
+            if tracked.pending == 0 and tracked.row.offset >= tracked.row.size:
+                self._close(tracked)
                 excess -= 1
 
     def _fingerprint_ok(self, tracked: Tracked, path: str | None = None) -> bool:
@@ -295,13 +314,12 @@ class Engine:
         log.info("file_" + reason, file=row.path, file_id=row.id, offset=row.offset, size=new_size)
         if reason == "replaced" and tracked.fd is not None:
             self._drain([tracked], final=True)
-        if tracked.fd is not None:
-            os.close(tracked.fd)
-            tracked.fd = None
+        self._close(tracked)
         row.state = reason
         self.store.write_file_state(row.id, reason)
         self.by_path.pop(row.path, None)
         self.by_id.pop(row.id, None)
+        self._forget_inode(tracked)
         if row.job_key is not None:
             self._invalidate(row.job_key, tracked.adapter)
 
@@ -317,12 +335,11 @@ class Engine:
             row.lost_bytes = row.size - row.offset
             self.stats.lost_bytes += row.lost_bytes
             log.warning("file_lost_bytes", file=path, file_id=row.id, lost_bytes=row.lost_bytes)
-        if tracked.fd is not None:
-            os.close(tracked.fd)
-            tracked.fd = None
+        self._close(tracked)
         row.state = "deleted"
         self.store.commit(Batch(files={row.id: row}), stale_jobs=set())
         del self.by_path[path]
+        self._forget_inode(tracked)
         log.info("file_deleted", file=path, file_id=row.id, offset=row.offset)
         if row.job_key is not None and row.role == "main":
             self.finalize(row.job_key)
@@ -683,9 +700,7 @@ class Engine:
 
     def close(self) -> None:
         for tracked in self.by_id.values():
-            if tracked.fd is not None:
-                os.close(tracked.fd)
-                tracked.fd = None
+            self._close(tracked)
 
     # -- rebuild -----------------------------------------------------------------------------
 
