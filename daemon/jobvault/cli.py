@@ -132,12 +132,9 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
             with render.Progress(
                 "importing", sum(sizes.values()), enabled=not args.no_progress
             ) as progress:
-                for i in range(0, len(paths), 64):
-                    group = paths[i : i + 64]
-                    engine.poll(group, roots)
-                    progress.advance(sum(sizes[p] for p in group))
-                progress.label("finalizing")
-                engine.finalize_all()
+                engine.ingest_once(
+                    roots, lambda group: progress.advance(sum(sizes.get(p, 0) for p in group))
+                )
             summary = {
                 "files": len(paths),
                 "bytes_archived": engine.stats.bytes_archived,

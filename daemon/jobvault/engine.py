@@ -263,6 +263,8 @@ class Engine:
     def _open(self, tracked: Tracked, path: str | None = None) -> int | None:
         if tracked.fd is not None:
             return tracked.fd
+        if self._open_count >= self.config.max_open_files:
+            self._limit_open_files()
         try:
             fd = os.open(path or tracked.row.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
@@ -273,8 +275,6 @@ class Engine:
             return None
         tracked.fd = fd
         self._open_count += 1
-        if self._open_count > self.config.max_open_files:
-            self._limit_open_files()
         return fd
 
     def _limit_open_files(self) -> None:
@@ -361,6 +361,39 @@ class Engine:
     def poll_all(self, roots: Iterable[Path]) -> int:
         roots = list(roots)
         return self.poll(self.scan(roots), roots)
+
+    def ingest_once(
+        self, roots: Iterable[Path], progress: Any = None, group_size: int = 64
+    ) -> list[str]:
+        """Read every transcript under `roots` once and finalize it (`jobvault import`).
+
+        Files are read grouped by session and each session is finalized as soon as all of its
+        files are read, so memory holds a few sessions at a time, not the whole import.
+        """
+        roots = list(roots)
+        paths = self.scan(roots)
+        keyed: list[tuple[str, str]] = []
+        for path in paths:
+            classified = self.classify(Path(path))
+            key = classified[1].job_key if classified else None
+            # Flat subagent files name their session inside: read them last.
+            keyed.append((key if key is not None else "\uffff", path))
+        keyed.sort()
+        last: dict[str, int] = {key: i for i, (key, _) in enumerate(keyed)}
+        for start in range(0, len(keyed), group_size):
+            group = keyed[start : start + group_size]
+            self.poll([p for _, p in group], roots)
+            end = start + len(group)
+            done = sorted(
+                k
+                for k, _ in group
+                if last[k] < end and k in self.jobs and not self.jobs[k].finalized
+            )
+            self.finalize_many(done)
+            if progress is not None:
+                progress([p for _, p in group])
+        self.finalize_all()
+        return paths
 
     def rescan(self, roots: Iterable[Path]) -> int:
         """Walk the roots and re-check every tracked file (finds deletions and missed events)."""
@@ -478,9 +511,8 @@ class Engine:
     ) -> int:
         """Parse the lines of a segment, feed their job; return the number of lines."""
         row = tracked.row
-        ctx_base = LineContext(
+        ctx = LineContext(
             file_id=row.id,
-            offset=0,
             role=tracked.info.role,
             agent_id=tracked.info.agent_id,
             layout=tracked.info.layout,
@@ -527,7 +559,7 @@ class Engine:
                 job.finalized = False
             touched.add(job.key)
             if job.acc is not None:
-                job.acc.feed(obj, replace(ctx_base, offset=offset))
+                job.acc.feed(obj, ctx, offset)
         row.line_count += count
         self.stats.lines_archived += count
         return count
@@ -577,9 +609,7 @@ class Engine:
             info = adapter.classify(Path(row.path))
             if info is None:
                 continue
-            ctx = LineContext(
-                row.id, 0, info.role, info.agent_id, info.layout, info.project, row.path
-            )
+            ctx = LineContext(row.id, info.role, info.agent_id, info.layout, info.project, row.path)
             for offset, line in iter_archived_lines(self.store.iter_chunks(row.id), max_line):
                 if line is None or not line.strip():
                     continue
@@ -588,7 +618,7 @@ class Engine:
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(obj, dict):
-                    acc.feed(obj, replace(ctx, offset=offset))
+                    acc.feed(obj, ctx, offset)
         return acc
 
     def _detail(self, job: Job) -> JobDetail:
@@ -658,18 +688,44 @@ class Engine:
 
     def finalize(self, key: str) -> None:
         """Archive the session's unterminated tails and write its final record."""
-        job = self.jobs.get(key)
-        if job is None:
-            job = self.jobs[key] = Job(key, self._adapter_of_job(key), None)
-        tails = [t for t in self.by_id.values() if t.row.job_key == key and t.row.state == "active"]
+        self.finalize_many([key])
+
+    def finalize_many(self, keys: Iterable[str]) -> None:
+        """Finalize several sessions with one read pass and one write transaction."""
+        keys = list(keys)
+        if not keys:
+            return
+        wanted = set(keys)
+        for key in keys:
+            if key not in self.jobs:
+                self.jobs[key] = Job(key, self._adapter_of_job(key), None)
+        tails = [
+            t
+            for t in self.by_id.values()
+            if t.row.job_key in wanted and t.row.state == "active" and self._unread(t)
+        ]
         if tails:
             self._drain(tails, final=True)
-        job.finalized = True
-        job.dirty = True
-        self._write_due([key], force=True)
-        log.info("job_finalized", job=key)
-        # Free the memory; a resumed session is rebuilt from the archive.
-        job.acc = None
+        for key in keys:
+            job = self.jobs[key]
+            job.finalized = True
+            job.dirty = True
+        self._write_due(keys, force=True)
+        for key in keys:
+            # Free the memory; a resumed session is rebuilt from the archive.
+            self.jobs[key].acc = None
+        log.info("jobs_finalized", count=len(keys), jobs=keys[:20])
+
+    def _unread(self, tracked: Tracked) -> bool:
+        """Does the file hold bytes past the archived offset (a tail, or new appends)?"""
+        try:
+            if tracked.fd is not None:
+                size = os.fstat(tracked.fd).st_size
+            else:
+                size = os.stat(tracked.row.path).st_size
+        except OSError:
+            return False
+        return size > tracked.row.offset or tracked.row.in_long_line
 
     def finalize_idle(self, idle_timeout: float) -> list[str]:
         now = time.monotonic()
@@ -678,21 +734,15 @@ class Engine:
             for k, j in self.jobs.items()
             if not j.finalized and now - j.last_activity >= idle_timeout
         ]
-        for key in keys:
-            self.finalize(key)
+        self.finalize_many(keys)
         return keys
 
     def finalize_all(self) -> None:
         """Archive every unterminated tail and finalize every open session (shutdown, import)."""
-        waiting = [
-            t
-            for t in self.by_id.values()
-            if t.row.state == "active" and (t.row.size > t.row.offset or t.pending)
-        ]
+        waiting = [t for t in self.by_id.values() if t.row.state == "active" and self._unread(t)]
         if waiting:
             self._drain(waiting, final=True)
-        for key in sorted(k for k, j in self.jobs.items() if not j.finalized):
-            self.finalize(key)
+        self.finalize_many(sorted(k for k, j in self.jobs.items() if not j.finalized))
 
     def flush(self) -> None:
         """Write every job whose record changed since it was last written."""

@@ -13,6 +13,7 @@ visible. Bump it whenever a figure changes. Rules (see docs/architecture.md):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -77,6 +78,7 @@ PRICES: dict[str, Price] = {
 _DATE_SUFFIX = re.compile(r"-\d{8}$")
 
 
+@functools.lru_cache(maxsize=512)
 def lookup(model: str | None) -> Price | None:
     """Return the price of `model`, or None when it is unknown (its cost is then 0)."""
     if not model:

@@ -28,10 +28,9 @@ class FileInfo:
 
 @dataclass(frozen=True, slots=True)
 class LineContext:
-    """Where a line came from; (file_id, offset) orders lines deterministically."""
+    """Which file a line came from; (file_id, offset) orders lines deterministically."""
 
     file_id: int
-    offset: int
     role: Literal["main", "subagent"]
     agent_id: str | None
     layout: Literal["subagents-dir", "flat-file"] | None
@@ -56,7 +55,7 @@ class UsageCandidate:
 class Accumulator(Protocol):
     job_key: str
 
-    def feed(self, obj: dict[str, Any], ctx: LineContext) -> None: ...
+    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None: ...
 
     def build(
         self,

@@ -182,11 +182,11 @@ class ClaudeJob:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def feed(self, obj: dict[str, Any], ctx: LineContext) -> None:
+    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None:
         kind = obj.get("type")
         ts = obj.get("timestamp")
         ts = ts if isinstance(ts, str) else ""
-        order: Order = (ts, ctx.file_id, ctx.offset)
+        order: Order = (ts, ctx.file_id, offset)
         sidechain = bool(obj.get("isSidechain")) or ctx.role == "subagent"
         agent_id = ctx.agent_id or (obj.get("agentId") if sidechain else None)
         if ts:
@@ -224,7 +224,7 @@ class ClaudeJob:
         elif kind == "summary":
             text = obj.get("summary")
             if isinstance(text, str) and text and ctx.role == "main":
-                self.summary_line.offer((ts, ctx.file_id, ctx.offset), text)
+                self.summary_line.offer(order, text)
         elif kind == "custom-title":
             text = obj.get("customTitle") or obj.get("title")
             if isinstance(text, str) and text:
