@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from types import TracebackType
 from typing import Any
@@ -110,27 +111,36 @@ def jobs_table(jobs: list[dict[str, Any]]) -> None:
     if not jobs:
         console.print("no jobs yet: run `jobvault import PATH` or `jobvault run`")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (("session", "left"), ("started (UTC)", "left"), ("time", "right"),
-                          ("model", "left"), ("status", "left"), ("tokens", "right"),
-                          ("cost", "right"), ("tools", "right"), ("prompt", "left")):  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=name != "prompt")  # type: ignore[arg-type]
+    headers = ("session", "started (UTC)", "time", "model", "status", "tokens", "cost",
+               "tools", "prompt")  # fmt: skip
+    right = {2, 5, 6, 7}
+    rows = []
     for job in jobs:
         tools = str(job["tool_call_count"])
         if job["failed_tool_calls"]:
             tools += f" ({job['failed_tool_calls']}✗)"
-        table.add_row(
-            job["session_id"][:8],
-            (job["started_at"] or "")[:16].replace("T", " "),
-            _duration(job["duration_ms"]),
-            (job["model"] or "-").removeprefix("claude-"),
-            job["status"],
-            _tokens(_total_tokens(job)),
-            f"${job['cost_usd']:.2f}",
-            tools,
-            _one_line(job["prompt"], 60),
+        rows.append(
+            [
+                job["session_id"][:8],
+                (job["started_at"] or "")[:16].replace("T", " "),
+                _duration(job["duration_ms"]),
+                (job["model"] or "-").removeprefix("claude-"),
+                job["status"],
+                _tokens(_total_tokens(job)),
+                f"${job['cost_usd']:.2f}",
+                tools,
+                " ".join((job["prompt"] or "").split()),
+            ]
         )
-    console.print(table)
+    widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) for i in range(len(headers) - 1)]
+    room = max(20, shutil.get_terminal_size((120, 24)).columns - sum(widths) - 2 * len(widths))
+    for row in [list(headers), *rows]:
+        cells = [
+            row[i].rjust(widths[i]) if i in right else row[i].ljust(widths[i])
+            for i in range(len(widths))
+        ]
+        cells.append(_one_line(row[-1], room))
+        console.print("  ".join(cells).rstrip(), markup=False, soft_wrap=True)
 
 
 def job_detail(job: dict[str, Any]) -> None:
