@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class Stats:
     jobs_written: int = 0
     lost_bytes: int = 0
     last_error: str | None = None
-    errors: list[str] = field(default_factory=list)
 
 
 def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, bytes]]:
@@ -106,13 +105,19 @@ class Engine:
         self._adapters = list(ADAPTERS.values())
         self._affected: set[str] = set()
         self._settling = False
+        # Deleted files whose inode and first bytes may reappear under another name (a move
+        # whose events were lost): they are revived rather than archived a second time.
+        self.deleted_by_inode: dict[tuple[int, int], Tracked] = {}
         for row in store.load_files():
             tracked = self._restore(row)
-            if tracked is not None:
+            if tracked is None:
+                continue
+            if row.state == "active":
                 self.by_path[row.path] = tracked
                 self.by_id[row.id] = tracked
-                if row.state == "active":
-                    self.by_inode[(row.dev, row.ino)] = tracked
+                self.by_inode[(row.dev, row.ino)] = tracked
+            else:
+                self.deleted_by_inode[(row.dev, row.ino)] = tracked
         self.stats.files_tracked = len(self.by_path)
 
     # -- discovery ---------------------------------------------------------------------------
@@ -233,19 +238,35 @@ class Engine:
 
     def _find_moved(self, path: str, st: os.stat_result) -> Tracked | None:
         """A tracked file renamed inside the tree: same device, inode and first bytes."""
-        tracked = self.by_inode.get((st.st_dev, st.st_ino))
-        if tracked is not None and tracked.row.state == "active":
+        key = (st.st_dev, st.st_ino)
+        tracked = self.by_inode.get(key)
+        if tracked is not None:
             row = tracked.row
             old_path = row.path
             if old_path == path or os.path.exists(old_path):
                 return None
-            if not self._fingerprint_ok(tracked, path):
+            if st.st_size < row.offset or not self._fingerprint_ok(tracked, path):
                 return None
+            self.store.write_file_path(row.id, path, "active")
             del self.by_path[old_path]
             row.path = path
             self.by_path[path] = tracked
-            self.store.write_file_path(row.id, path)
             log.info("file_moved", file=path, old=old_path, file_id=row.id)
+            return tracked
+        tracked = self.deleted_by_inode.get(key)
+        if tracked is not None:
+            row = tracked.row
+            if st.st_size < row.offset or not self._fingerprint_ok(tracked, path):
+                return None
+            # Taken for deleted (its old name vanished before the new one was seen): the
+            # same file, so continue it instead of archiving its bytes a second time.
+            self.store.write_file_path(row.id, path, "active")
+            del self.deleted_by_inode[key]
+            old_path, row.path, row.state = row.path, path, "active"
+            self.by_path[path] = tracked
+            self.by_id[row.id] = tracked
+            self.by_inode[key] = tracked
+            log.info("file_reappeared", file=path, old=old_path, file_id=row.id)
             return tracked
         return None
 
@@ -336,10 +357,12 @@ class Engine:
             self.stats.lost_bytes += row.lost_bytes
             log.warning("file_lost_bytes", file=path, file_id=row.id, lost_bytes=row.lost_bytes)
         self._close(tracked)
+        self.store.commit(Batch(files={row.id: replace(row, state="deleted")}), stale_jobs=set())
         row.state = "deleted"
-        self.store.commit(Batch(files={row.id: row}), stale_jobs=set())
         del self.by_path[path]
+        del self.by_id[row.id]
         self._forget_inode(tracked)
+        self.deleted_by_inode[(row.dev, row.ino)] = tracked
         log.info("file_deleted", file=path, file_id=row.id, offset=row.offset)
         if row.job_key is not None and row.role == "main":
             self.finalize(row.job_key)
@@ -350,6 +373,9 @@ class Engine:
         """Track and read the given paths until each is read to its end; return bytes read."""
         roots = list(roots)
         todo: list[Tracked] = []
+        # Paths that exist first, missing ones last: a rename's new name must be seen
+        # before its old name is taken for a deletion.
+        paths = sorted(paths, key=lambda p: not os.path.exists(p))
         for path in paths:
             tracked = self.track(path, roots)
             if tracked is not None and (
@@ -650,11 +676,15 @@ class Engine:
                 continue
             if force or now - job.last_written >= self.job_write_interval:
                 due.append((self._detail(job), job.finalized))
-                job.dirty = False
-                job.last_written = now
         if due:
             self.store.write_jobs(due)
             self.stats.jobs_written += len(due)
+            for detail, _ in due:
+                job = self.jobs[detail.record.session_id]
+                job.dirty = False
+                job.last_written = now
+                if job.finalized:
+                    job.acc = None  # free the memory; rebuilt from the archive if resumed
         if self._affected and not self._settling:
             # Rewrite the jobs whose share of duplicated messages may have moved. Their own
             # message copies did not change, so this does not cascade further.

@@ -176,10 +176,11 @@ class Store:
     def _transaction(self) -> Store._Tx:
         return Store._Tx(self.conn)
 
-    def write_file_path(self, file_id: int, path: str) -> None:
+    def write_file_path(self, file_id: int, path: str, state: str) -> None:
         with self._transaction():
             self.conn.execute(
-                "UPDATE files SET path = ?, updated_at = ? WHERE id = ?", (path, now_iso(), file_id)
+                "UPDATE files SET path = ?, state = ?, updated_at = ? WHERE id = ?",
+                (path, state, now_iso(), file_id),
             )
 
     def write_file_state(self, file_id: int, state: str) -> None:

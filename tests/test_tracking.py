@@ -1,0 +1,166 @@
+"""File identity through renames, moves with lost events, truncation, replacement, deletion."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobvault.config import Config
+from jobvault.engine import Engine
+from jobvault.store.db import open_writer
+from jobvault.store.writer import Store
+from tests.helpers import SESSION, archived, session_lines
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "projects" / "-p"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def engine(tmp_path: Path, db: Path, project: Path) -> Iterator[Engine]:
+    store = Store(open_writer(db))
+    eng = Engine(Config(watch=(project.parent,), db=db), store, job_write_interval=0)
+    yield eng
+    eng.close()
+    store.close()
+
+
+def _files(db: Path) -> list[tuple[str, str, int, int]]:
+    conn = sqlite3.connect(db)
+    try:
+        return [
+            (Path(p).name, state, gen, offset)
+            for p, state, gen, offset in conn.execute(
+                "SELECT path, state, generation, offset FROM files ORDER BY id"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def _tool_calls(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT tool_call_count FROM jobs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_rename_inside_the_tree_keeps_the_file(engine: Engine, project: Path, db: Path) -> None:
+    lines = session_lines(4)
+    path = project / f"{SESSION}.jsonl"
+    path.write_bytes(b"".join(lines[:6]))
+    engine.rescan([project.parent])
+    moved = project / "sub" / f"{SESSION}.jsonl"
+    moved.parent.mkdir()
+    path.rename(moved)
+    with moved.open("ab") as fh:
+        fh.write(b"".join(lines[6:]))
+    engine.rescan([project.parent])
+    engine.finalize_all()
+    assert _files(db) == [(moved.name, "active", 0, moved.stat().st_size)]
+    assert archived(db, moved) == moved.read_bytes()
+    assert _tool_calls(db) == 4
+
+
+def test_move_whose_old_name_was_seen_missing_first(
+    engine: Engine, project: Path, db: Path
+) -> None:
+    path = project / f"{SESSION}.jsonl"
+    path.write_bytes(b"".join(session_lines(3)))
+    engine.rescan([project.parent])
+    other = project / "elsewhere" / f"{SESSION}.jsonl"
+    other.parent.mkdir()
+    path.rename(other)
+    engine.poll([str(path)], [project.parent])  # only the old name's event arrived
+    engine.rescan([project.parent])  # the rescan finds the new name
+    engine.finalize_all()
+    assert [(n, s) for n, s, _, _ in _files(db)] == [(other.name, "active")]
+    assert archived(db, other) == other.read_bytes()
+    assert _tool_calls(db) == 3
+
+
+@pytest.mark.parametrize("size", [0, 100])
+def test_truncation_starts_a_new_generation(
+    engine: Engine, project: Path, db: Path, size: int
+) -> None:
+    path = project / f"{SESSION}.jsonl"
+    old = b"".join(session_lines(5))
+    path.write_bytes(old)
+    engine.rescan([project.parent])
+    os.truncate(path, size)
+    new = b"".join(session_lines(2))
+    with path.open("r+b") as fh:
+        fh.seek(size)
+        fh.write(new)
+    # The file is now shorter than what was archived: truncated, then rewritten.
+    assert path.stat().st_size < len(old)
+    engine.rescan([project.parent])
+    engine.finalize_all()
+    states = _files(db)
+    assert [(s, g) for _, s, g, _ in states] == [("truncated", 0), ("active", 1)]
+    assert archived(db, path) == path.read_bytes()
+    assert states[0][3] == len(old)  # the old generation's bytes are kept
+
+
+def test_replacement_by_another_inode(engine: Engine, project: Path, db: Path) -> None:
+    path = project / f"{SESSION}.jsonl"
+    path.write_bytes(b"".join(session_lines(2)))
+    engine.rescan([project.parent])
+    tmp = project / "tmp.new"
+    tmp.write_bytes(b"".join(session_lines(3, base=500)))
+    os.replace(tmp, path)  # an atomic rewrite: a new inode at the same path
+    engine.rescan([project.parent])
+    engine.finalize_all()
+    assert [(s, g) for _, s, g, _ in _files(db)] == [("replaced", 0), ("active", 1)]
+    assert archived(db, path) == path.read_bytes()
+    assert _tool_calls(db) == 3  # the job follows the current generation
+
+
+def test_deleted_while_stopped_counts_lost_bytes(tmp_path: Path, db: Path, project: Path) -> None:
+    path = project / f"{SESSION}.jsonl"
+    lines = session_lines(3)
+    path.write_bytes(b"".join(lines[:4]))
+    config = Config(watch=(project.parent,), db=db)
+    store = Store(open_writer(db))
+    first = Engine(config, store)
+    first.rescan([project.parent])
+    first.close()
+    with path.open("ab") as fh:  # appended while stopped, then deleted
+        fh.write(b"".join(lines[4:]))
+    os.utime(path)
+    archived_before = len(b"".join(lines[:4]))
+    second = Engine(config, store)
+    second.track(str(path), [project.parent])  # sees the new size...
+    path.unlink()
+    second.rescan([project.parent])  # ...and then the file is gone
+    assert second.stats.lost_bytes == len(b"".join(lines)) - archived_before
+    conn = sqlite3.connect(db)
+    lost = conn.execute("SELECT state, lost_bytes FROM files").fetchone()
+    conn.close()
+    assert lost == ("deleted", len(b"".join(lines)) - archived_before)
+    second.close()
+    store.close()
+
+
+def test_many_files_do_not_exhaust_descriptors(tmp_path: Path, db: Path, project: Path) -> None:
+    for i in range(300):
+        sid = f"{i:08d}-0000-4000-8000-000000000000"
+        (project / f"{sid}.jsonl").write_bytes(b"".join(session_lines(1, session=sid)))
+    store = Store(open_writer(db))
+    eng = Engine(Config(watch=(project.parent,), db=db, max_open_files=16), store)
+    eng.rescan([project.parent])
+    assert sum(1 for t in eng.by_id.values() if t.fd is not None) <= 16
+    eng.finalize_all()
+    eng.close()
+    store.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 300
+    conn.close()
