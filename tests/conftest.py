@@ -3,7 +3,9 @@ pointed at a temporary directory: the machine's own home is never read."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +29,11 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         ("XDG_CONFIG_HOME", "xdg-config"),
         ("XDG_STATE_HOME", "xdg-state"),
         ("XDG_CACHE_HOME", "xdg-cache"),
-        ("XDG_RUNTIME_DIR", "xdg-run"),
     ):
         monkeypatch.setenv(var, str(tmp_path / sub))
+    # Unix socket paths are limited to ~104 bytes: keep the runtime dir short.
+    runtime = Path(tempfile.mkdtemp(prefix="jv-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     for var in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"):
         monkeypatch.delenv(var, raising=False)
     import os
@@ -38,6 +42,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         if var.startswith("JOBVAULT_"):
             monkeypatch.delenv(var)
     yield home
+    shutil.rmtree(runtime, ignore_errors=True)
     structlog.reset_defaults()  # the CLI configures logging onto this test's captured stream
 
 

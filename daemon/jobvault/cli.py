@@ -15,9 +15,11 @@ import orjson
 
 from jobvault import __version__, render
 from jobvault import config as config_mod
+from jobvault.client import Client, DaemonUnavailable
 from jobvault.config import Config
 from jobvault.errors import ExitCode, JobvaultError, NotFoundError, UsageError
 from jobvault.log import configure as configure_logging
+from jobvault.protocol import METHOD_NOT_FOUND, RpcError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +36,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _socket(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket", type=Path, help="the daemon's socket (env JOBVAULT_SOCKET; default: XDG)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jobvault",
@@ -46,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon in the foreground")
     _common(p)
+    _socket(p)
     p.add_argument("--watch", action="append", type=Path, metavar="DIR",
                    help="directory to watch (repeatable; replaces the default roots)")  # fmt: skip
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
@@ -64,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="started at or after (ISO date/time, or an age: 7d, 12h)")
     p.add_argument("--until", help="started before (ISO date/time, or an age)")
 
+    _socket(p)
+
     p = sub.add_parser("show", help="show one job with its tool calls, subagents and files")
     _common(p)
+    _socket(p)
     p.add_argument("id", help="job id, session id, or a unique prefix of either")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -77,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the main file here (default: standard output)")  # fmt: skip
     out.add_argument("--dir", type=Path, metavar="DIR",
                      help="restore every file of the job (subagents too) under DIR")  # fmt: skip
+
+    p = sub.add_parser("status", help="the daemon's state (or the database's, if it is stopped)")
+    _common(p)
+    _socket(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("query", help="call a socket method (JSON-RPC) and print its JSON result")
+    _common(p)
+    _socket(p)
+    p.add_argument("method", help="status, jobs.list, jobs.get, jobs.transcript, sql, subscribe")
+    p.add_argument("params", nargs="?", default="{}", help="parameters as a JSON object")
 
     p = sub.add_parser("rebuild", help="recompute every job record from the archive alone")
     _common(p)
@@ -95,6 +118,8 @@ def _load_config(args: argparse.Namespace) -> Config:
         overrides["watch"] = [str(w) for w in args.watch]
     if getattr(args, "idle_timeout", None) is not None:
         overrides["idle_timeout"] = args.idle_timeout
+    if getattr(args, "socket", None):
+        overrides["socket"] = str(args.socket)
     return config_mod.load(getattr(args, "config", None), overrides)
 
 
@@ -160,19 +185,63 @@ def _size(path: str) -> int:
         return 0
 
 
-def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
+def _daemon(config: Config, args: argparse.Namespace) -> Client | None:
+    """A client of the running daemon, or None when it is not running (read the DB instead)."""
+    try:
+        return Client(config.socket)
+    except DaemonUnavailable:
+        if getattr(args, "socket", None):  # asked for explicitly: say so
+            raise
+        return None
+
+
+def _offline(config: Config, method: str, params: Any) -> Any:
+    """Answer a socket method from the database directly (the daemon is not running)."""
+    from jobvault.methods import Limits, read_methods, run_read
     from jobvault.store import queries
     from jobvault.store.db import open_reader
 
-    if args.limit < 0:
-        raise UsageError("--limit must be 0 (all) or a positive number")
-    since = queries.parse_time(args.since) if args.since else None
-    until = queries.parse_time(args.until) if args.until else None
+    if method == "subscribe":
+        raise DaemonUnavailable("subscribe needs the running daemon (start `jobvault run`)")
     conn = open_reader(config.db)
     try:
-        jobs = queries.list_jobs(conn, since, until, args.limit)
+        if method == "status":
+            return {"daemon": "not running", **queries.db_status(conn, str(config.db))}
+        handler = read_methods(Limits()).get(method)
+        if handler is None:
+            raise RpcError(METHOD_NOT_FOUND, "method_not_found", f"no method {method!r}")
+        return run_read(handler, conn, params, Limits().request_timeout)
     finally:
         conn.close()
+
+
+def _call(config: Config, args: argparse.Namespace, method: str, params: Any) -> Any:
+    client = _daemon(config, args)
+    if client is None:
+        return _offline(config, method, params)
+    with client:
+        return client.call(method, params)
+
+
+def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
+    from jobvault.store import queries
+
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 (all) or a positive number")
+    params: dict[str, Any] = {}
+    if args.since:
+        params["since"] = queries.parse_time(args.since)
+    if args.until:
+        params["until"] = queries.parse_time(args.until)
+    jobs: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        want = 1000 if args.limit == 0 else min(1000, args.limit - len(jobs))
+        page = _call(config, args, "jobs.list", {**params, "limit": want, "cursor": cursor})
+        jobs.extend(page["jobs"])
+        cursor = page["next_cursor"]
+        if cursor is None or (args.limit and len(jobs) >= args.limit):
+            break
     if args.json:
         _print_json(jobs)
     else:
@@ -181,18 +250,41 @@ def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_show(config: Config, args: argparse.Namespace) -> int:
-    from jobvault.store import queries
-    from jobvault.store.db import open_reader
-
-    conn = open_reader(config.db)
-    try:
-        job = queries.get_job(conn, args.id)
-    finally:
-        conn.close()
+    job = _call(config, args, "jobs.get", {"id": args.id})
     if args.json:
         _print_json(job)
     else:
         render.job_detail(job)
+    return ExitCode.OK
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    status = _call(config, args, "status", {})
+    if args.json:
+        _print_json(status)
+    else:
+        render.status(status)
+    return ExitCode.OK
+
+
+def cmd_query(config: Config, args: argparse.Namespace) -> int:
+    try:
+        params = orjson.loads(args.params)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"PARAMS must be JSON: {exc}") from None
+    if not isinstance(params, dict | list):
+        raise UsageError("PARAMS must be a JSON object or array")
+    if args.method == "subscribe":
+        client = _daemon(config, args)
+        if client is None:
+            raise DaemonUnavailable("subscribe needs the running daemon (start `jobvault run`)")
+        with client:
+            _print_json(client.call("subscribe", params))
+            for message in client.notifications():
+                sys.stdout.write(orjson.dumps(message).decode() + "\n")
+                sys.stdout.flush()
+        return ExitCode.OK
+    _print_json(_call(config, args, args.method, params))
     return ExitCode.OK
 
 
@@ -283,10 +375,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "import": cmd_import,
             "jobs": cmd_jobs,
             "show": cmd_show,
+            "status": cmd_status,
+            "query": cmd_query,
             "export": cmd_export,
             "rebuild": cmd_rebuild,
         }[args.command]
         return handler(config, args)
+    except RpcError as exc:
+        code = ExitCode.NOT_FOUND if exc.kind == "not_found" else ExitCode.FAILURE
+        if exc.kind in ("invalid_params", "sql_refused", "method_not_found"):
+            code = ExitCode.USAGE
+        print(f"jobvault: error: {exc} ({exc.kind})", file=sys.stderr)
+        return int(code)
     except JobvaultError as exc:
         print(f"jobvault: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)

@@ -37,6 +37,13 @@ class Config:
     watch_events: bool = True
     synchronous: Synchronous = "FULL"
     log_level: LogLevel = "info"
+    socket: Path = field(default_factory=paths.default_socket_path)
+    max_connections: int = 64
+    max_request_bytes: int = 1024 * 1024
+    request_timeout: float = 10.0
+    connection_idle_timeout: float = 300.0
+    sql_time_limit: float = 5.0
+    sql_max_rows: int = 10_000
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -96,6 +103,16 @@ def _as_paths(key: str, value: object) -> tuple[Path, ...]:
     return tuple(_as_path(key, item) for item in items)
 
 
+def _as_socket(key: str, value: object) -> Path:
+    path = _as_path(key, value)
+    if len(os.fsencode(str(path.absolute()))) > paths.SOCKET_PATH_MAX:
+        raise ConfigError(
+            key,
+            f"{path} is longer than the {paths.SOCKET_PATH_MAX} bytes a Unix socket path allows",
+        )
+    return path
+
+
 def _as_choice(key: str, value: object, choices: tuple[str, ...], upper: bool = False) -> str:
     text = str(value).upper() if upper else str(value).lower()
     if text not in choices:
@@ -116,6 +133,13 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "watch_events": _as_bool,
     "synchronous": lambda k, v: _as_choice(k, v, ("NORMAL", "FULL"), upper=True),
     "log_level": lambda k, v: _as_choice(k, v, LOG_LEVELS),
+    "socket": lambda k, v: _as_socket(k, v),
+    "max_connections": lambda k, v: _as_int(k, v, 1),
+    "max_request_bytes": lambda k, v: _as_int(k, v, 1024),
+    "request_timeout": lambda k, v: _as_float(k, v, 0.01),
+    "connection_idle_timeout": lambda k, v: _as_float(k, v, 0.01),
+    "sql_time_limit": lambda k, v: _as_float(k, v, 0.01),
+    "sql_max_rows": lambda k, v: _as_int(k, v, 1),
 }
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
 assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"

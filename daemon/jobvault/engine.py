@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import structlog
 
 from jobvault.config import Config
 from jobvault.errors import StoreError
-from jobvault.records import JobDetail
+from jobvault.records import JobDetail, JobRecord
 from jobvault.sources import ADAPTERS, Adapter, FileInfo, LineContext
 from jobvault.sources.base import Accumulator
 from jobvault.store.writer import (
@@ -105,6 +105,8 @@ class Engine:
         self._adapters = list(ADAPTERS.values())
         self._affected: set[str] = set()
         self._settling = False
+        # Called on the worker thread after a record is written: (record, finalized).
+        self.on_record: Callable[[JobRecord, bool], None] | None = None
         # Deleted files whose inode and first bytes may reappear under another name (a move
         # whose events were lost): they are revived rather than archived a second time.
         self.deleted_by_inode: dict[tuple[int, int], Tracked] = {}
@@ -429,6 +431,32 @@ class Engine:
         paths.extend(p for p in list(self.by_path) if p not in seen)
         return self.poll(paths, roots)
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the engine knows now (for `status`); call it on the engine's thread."""
+        now = time.time()
+        lag = 0.0
+        pending = 0
+        for tracked in self.by_id.values():
+            row = tracked.row
+            # A partial last line is not lag: it waits for its newline.
+            unread = row.size - row.offset - tracked.pending
+            if row.state == "active" and unread > 0:
+                pending += unread
+                lag = max(lag, now - row.mtime_ns / 1e9)
+        return {
+            "files_tracked": len(self.by_path),
+            "files_open": self._open_count,
+            "bytes_archived_since_start": self.stats.bytes_archived,
+            "lines_archived_since_start": self.stats.lines_archived,
+            "bad_lines_since_start": self.stats.bad_lines,
+            "lost_bytes_since_start": self.stats.lost_bytes,
+            "sessions_active": sum(1 for j in self.jobs.values() if not j.finalized),
+            "sessions_in_memory": sum(1 for j in self.jobs.values() if j.acc is not None),
+            "pending_bytes": pending,
+            "ingest_lag_seconds": round(lag, 3) if pending else 0.0,
+            "last_error": self.stats.last_error,
+        }
+
     def write_pending(self) -> None:
         """Write the records that were held back by the write interval."""
         self._write_due([k for k, j in self.jobs.items() if j.dirty])
@@ -679,7 +707,9 @@ class Engine:
         if due:
             self.store.write_jobs(due)
             self.stats.jobs_written += len(due)
-            for detail, _ in due:
+            for detail, finalized in due:
+                if self.on_record is not None:
+                    self.on_record(detail.record, finalized)
                 job = self.jobs[detail.record.session_id]
                 job.dirty = False
                 job.last_written = now

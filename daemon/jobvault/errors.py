@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 66  # EX_NOINPUT: the job, file or path asked for does not exist
     STORE = 74  # EX_IOERR: the database could not be opened or written
     LOCKED = 75  # EX_TEMPFAIL: another jobvault process is writing this database
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: the daemon is needed and not running
     CONFIG = 78  # EX_CONFIG: the configuration is invalid; restarting will not help
 
 

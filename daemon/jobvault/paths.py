@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -63,3 +64,21 @@ def default_watch_roots() -> list[Path]:
         if root not in roots:
             roots.append(root)
     return roots
+
+
+# Unix socket paths are limited to 104 bytes on macOS and 108 on Linux (with the NUL).
+SOCKET_PATH_MAX = 103 if is_macos() else 107
+
+
+def runtime_dir() -> Path:
+    """Return jobvault's runtime directory: $XDG_RUNTIME_DIR/jobvault, else a per-user tmp dir."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "jobvault"
+    # macOS has no XDG runtime dir; its $TMPDIR is already per user. Elsewhere /tmp is shared,
+    # so the directory carries the uid and is checked to be ours and 0700 before use.
+    return Path(tempfile.gettempdir()) / f"jobvault-{os.getuid()}"
+
+
+def default_socket_path() -> Path:
+    return runtime_dir() / "jobvault.sock"

@@ -214,3 +214,37 @@ def import_summary(summary: dict[str, Any]) -> None:
         f"{summary['lines']:,} lines ({summary['bad_lines']} bad), {summary['jobs']} jobs "
         f"→ {summary['db']}"
     )
+
+
+def status(info: dict[str, Any]) -> None:
+    running = info.get("daemon") != "not running"
+    if running:
+        uptime = _duration(int(info["uptime_seconds"] * 1000))
+        lines = [("daemon", f"running (pid {info['pid']}, up {uptime})")]
+    else:
+        lines = [("daemon", "not running")]
+    lines += [
+        ("database", f"{info['db_path']} ({info['db_size_bytes'] / 1e6:.1f} MB)"),
+        (
+            "archived",
+            f"{info['bytes_archived']:,} bytes, {info['lines_archived']:,} lines "
+            f"in {info['files_known']:,} files",
+        ),
+        ("bad lines", f"{info['bad_lines']:,}"),
+        ("lost bytes", f"{info['lost_bytes']:,}"),
+        ("jobs", f"{info['jobs']:,} ({info['sessions_active']:,} active)"),
+    ]
+    if running:
+        lines += [
+            ("watching", ", ".join(info["watch_existing"]) or "nothing yet"),
+            ("socket", info["socket"]),
+            (
+                "ingest lag",
+                f"{info.get('ingest_lag_seconds', 0):.1f} s "
+                f"({info.get('pending_bytes', 0):,} bytes waiting)",
+            ),
+            ("last error", info.get("last_error") or "none"),
+        ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        console.print(f"{key.ljust(width)}  {value}", markup=False, highlight=False)

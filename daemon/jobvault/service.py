@@ -25,6 +25,8 @@ import structlog
 from jobvault.config import Config
 from jobvault.engine import Engine
 from jobvault.errors import JobvaultError, StoreError
+from jobvault.records import JobRecord
+from jobvault.server import Hub, InstanceLock, Server, ServerLimits, bind_socket, prepare_socket_dir
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from jobvault.watch import Watcher
@@ -44,6 +46,7 @@ class Daemon:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     engine: Engine | None = None
+    server: Server | None = None
     started_at: float = field(default_factory=time.time)
     _dirty: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,19 +79,56 @@ async def serve(daemon: Daemon) -> None:
     watcher: Watcher | None = None
     store: Store | None = None
     engine: Engine | None = None
+    server: Server | None = None
+    instance = InstanceLock(config.socket)
+    bound: Path | None = None
+    hub = Hub()
     try:
+        prepare_socket_dir(config.socket)
+        instance.acquire()  # one instance at a time: fail before touching anything
         store = Store(
             await _on_worker(executor, open_writer, config.db, config.synchronous),
             config.compression_level,
         )
         engine = Engine(config, store)
         daemon.engine = engine
+        sock = bind_socket(config.socket)
+        bound = config.socket
+        last_snapshot: dict[str, Any] = {}
+
+        async def status() -> dict[str, Any]:
+            nonlocal last_snapshot
+            assert engine is not None
+            try:
+                last_snapshot = await asyncio.wait_for(_on_worker(executor, engine.snapshot), 2.0)
+                fresh = True
+            except TimeoutError:  # the worker is busy with a long batch
+                fresh = False
+            return {
+                **last_snapshot,
+                "snapshot_fresh": fresh,
+                "watch": [str(r) for r in roots],
+                "watch_existing": [str(r) for r in roots if r.is_dir()],
+                "idle_timeout": config.idle_timeout,
+                "socket": str(config.socket),
+            }
+
+        server = Server(config.db, _limits(config), status, hub)
+        await server.start(sock)
+        daemon.server = server
+
+        def on_record(record: JobRecord, finalized: bool) -> None:
+            event = "job.finalized" if finalized else "job.updated"
+            loop.call_soon_threadsafe(hub.publish, event, record.to_dict())
+
+        engine.on_record = on_record
         if config.watch_events:
             watcher = Watcher(loop, daemon.hint)
             watcher.refresh(roots)
         log.info(
             "daemon_started",
             db=str(config.db),
+            socket=str(config.socket),
             roots=[str(r) for r in roots],
             idle_timeout=config.idle_timeout,
         )
@@ -98,8 +138,12 @@ async def serve(daemon: Daemon) -> None:
         daemon.ready.set()
         await _loop(daemon, engine, executor, watcher, roots)
     finally:
+        # Fixed order: stop intake, close the socket server, finalize, close the database,
+        # remove the socket file.
         if watcher is not None:
             watcher.stop()
+        if server is not None:
+            await server.close()
         if engine is not None:
             try:
                 await asyncio.wait_for(
@@ -111,7 +155,22 @@ async def serve(daemon: Daemon) -> None:
         if store is not None:
             await _on_worker(executor, store.close)
         executor.shutdown(wait=True)
+        if bound is not None:
+            with contextlib.suppress(FileNotFoundError):
+                bound.unlink()
+        instance.release()
         log.info("daemon_stopped")
+
+
+def _limits(config: Config) -> ServerLimits:
+    return ServerLimits(
+        request_timeout=config.request_timeout,
+        sql_time_limit=config.sql_time_limit,
+        sql_max_rows=config.sql_max_rows,
+        max_request_bytes=config.max_request_bytes,
+        max_connections=config.max_connections,
+        idle_timeout=config.connection_idle_timeout,
+    )
 
 
 def _final_pass(engine: Engine, roots: list[Path]) -> None:

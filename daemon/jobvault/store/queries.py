@@ -6,8 +6,12 @@ short: readers must never hold back WAL checkpoints.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import orjson
 
 from jobvault.errors import NotFoundError, UsageError
-from jobvault.store.writer import FILE_COLUMNS, FileRow, _file_row, iter_chunks
+from jobvault.store.writer import FILE_COLUMNS, FileRow, file_row, iter_archived_lines, iter_chunks
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -46,27 +50,117 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     return record
 
 
+ORDERS: dict[str, tuple[str, str]] = {
+    # name -> (sort expression, direction); NULLs sort as the empty string / zero.
+    "-started_at": ("COALESCE(started_at, '')", "DESC"),
+    "started_at": ("COALESCE(started_at, '')", "ASC"),
+    "-ended_at": ("COALESCE(ended_at, '')", "DESC"),
+    "ended_at": ("COALESCE(ended_at, '')", "ASC"),
+    "-cost_usd": ("cost_usd", "DESC"),
+    "cost_usd": ("cost_usd", "ASC"),
+    "-duration_ms": ("COALESCE(duration_ms, 0)", "DESC"),
+    "duration_ms": ("COALESCE(duration_ms, 0)", "ASC"),
+}
+FILTERS = ("since", "until", "source", "model", "status", "project", "cwd", "tool", "file",
+           "min_cost", "max_cost")  # fmt: skip
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _encode_cursor(value: Any, ident: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([value, ident])).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[Any, str]:
+    try:
+        value, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(ident, str):
+            raise ValueError
+        return value, ident
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise UsageError(f"invalid cursor {cursor!r}: pass back next_cursor unchanged") from None
+
+
 def list_jobs(
     conn: sqlite3.Connection,
     since: str | None = None,
     until: str | None = None,
     limit: int = 50,
+    *,
+    filters: dict[str, Any] | None = None,
+    order: str = "-started_at",
+    cursor: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Return job records, newest first."""
-    where, params = [], []
-    if since:
+    """Return job records, newest first (see `page_jobs` for pagination)."""
+    page = page_jobs(
+        conn, {**(filters or {}), "since": since, "until": until}, order, limit, cursor
+    )
+    return list(page["jobs"])
+
+
+def page_jobs(
+    conn: sqlite3.Connection,
+    filters: dict[str, Any],
+    order: str = "-started_at",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Return one page of job records matching `filters`, and the cursor of the next page."""
+    if order not in ORDERS:
+        raise UsageError(f"unknown order {order!r} (one of {', '.join(ORDERS)})")
+    expr, direction = ORDERS[order]
+    where: list[str] = []
+    params: list[Any] = []
+    f = {k: v for k, v in filters.items() if v is not None}
+    if "since" in f:
         where.append("started_at >= ?")
-        params.append(since)
-    if until:
+        params.append(f["since"])
+    if "until" in f:
         where.append("started_at < ?")
-        params.append(until)
-    sql = "SELECT record, status FROM jobs"
+        params.append(f["until"])
+    for key in ("source", "status", "project"):
+        if key in f:
+            where.append(f"{key} = ?")
+            params.append(f[key])
+    if "model" in f:
+        where.append("(model = ? OR EXISTS (SELECT 1 FROM json_each(models) WHERE value = ?))")
+        params += [f["model"], f["model"]]
+    if "cwd" in f:
+        cwd = str(f["cwd"]).rstrip("/") or "/"
+        where.append("(cwd = ? OR cwd LIKE ? ESCAPE '\\')")
+        params += [cwd, _like_prefix(cwd.rstrip("/") + "/")]
+    if "tool" in f:
+        where.append("EXISTS (SELECT 1 FROM tool_calls t WHERE t.job_id = jobs.id AND t.name = ?)")
+        params.append(f["tool"])
+    if "file" in f:
+        where.append(
+            "EXISTS (SELECT 1 FROM files_modified m WHERE m.job_id = jobs.id AND m.path = ?)"
+        )
+        params.append(f["file"])
+    if "min_cost" in f:
+        where.append("cost_usd >= ?")
+        params.append(float(f["min_cost"]))
+    if "max_cost" in f:
+        where.append("cost_usd <= ?")
+        params.append(float(f["max_cost"]))
+    if cursor:
+        value, ident = _decode_cursor(cursor)
+        op = "<" if direction == "DESC" else ">"
+        where.append(f"({expr}, id) {op} (?, ?)")
+        params += [value, ident]
+    sql = f"SELECT record, status, {expr} AS sort_key, id FROM jobs"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY started_at DESC, id DESC"
+    sql += f" ORDER BY sort_key {direction}, id {direction}"
     if limit > 0:
-        sql += f" LIMIT {int(limit)}"
-    return [_record(r) for r in conn.execute(sql, params)]
+        sql += f" LIMIT {int(limit) + 1}"
+    rows = conn.execute(sql, params).fetchall()
+    more = limit > 0 and len(rows) > limit
+    rows = rows[:limit] if limit > 0 else rows
+    next_cursor = _encode_cursor(rows[-1][2], rows[-1][3]) if more and rows else None
+    return {"jobs": [_record(r) for r in rows], "next_cursor": next_cursor}
 
 
 def resolve_job_id(conn: sqlite3.Connection, ident: str) -> str:
@@ -133,7 +227,7 @@ def job_files(conn: sqlite3.Connection, ident: str) -> tuple[str, list[FileRow]]
         "AND state IN ('active', 'deleted') ORDER BY role, id",
         (session, source),
     )
-    return job_id, [_file_row(r) for r in rows]
+    return job_id, [file_row(r) for r in rows]
 
 
 def archived_bytes(conn: sqlite3.Connection, file_id: int) -> Iterator[bytes]:
@@ -163,3 +257,180 @@ def bad_lines(conn: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]
         (limit,),
     )
     return [dict(zip(("file", "offset", "length", "reason"), r, strict=True)) for r in rows]
+
+
+TRANSCRIPT_MAX_LINES = 5000
+TRANSCRIPT_MAX_BYTES = 8 * 1024 * 1024
+TRANSCRIPT_LINE_LIMIT = 16 * 1024 * 1024
+
+
+def transcript(
+    conn: sqlite3.Connection, ident: str, cursor: str | None = None, limit: int = 500
+) -> dict[str, Any]:
+    """Return one page of a job's archived lines, main file first, each file in order.
+
+    Works from the archive alone, so a session can be replayed after its files are gone.
+    """
+    job_id, files = job_files(conn, ident)
+    files = sorted(files, key=lambda f: (f.role != "main", f.id))
+    start_file, start_offset = 0, 0
+    if cursor:
+        value, _ = _decode_cursor(cursor)
+        if not (
+            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
+        ):
+            raise UsageError(f"invalid cursor {cursor!r}: pass back next_cursor unchanged")
+        start_file, start_offset = value
+    limit = max(1, min(limit, TRANSCRIPT_MAX_LINES))
+    lines: list[dict[str, Any]] = []
+    size = 0
+    for index in range(start_file, len(files)):
+        row = files[index]
+        offset = start_offset if index == start_file else 0
+        for line_offset, line in iter_archived_lines(
+            _chunks_from(conn, row.id, offset), TRANSCRIPT_LINE_LIMIT
+        ):
+            if line_offset < offset:
+                continue
+            if len(lines) >= limit or size >= TRANSCRIPT_MAX_BYTES:
+                return {
+                    "job_id": job_id,
+                    "lines": lines,
+                    "next_cursor": _encode_cursor([index, line_offset], job_id),
+                }
+            entry: dict[str, Any] = {"file": row.path, "role": row.role, "agent_id": row.agent_id,
+                                     "offset": line_offset}  # fmt: skip
+            if line is None:
+                entry["omitted"] = "line longer than the transcript limit"
+            elif line.strip():
+                size += len(line)
+                try:
+                    entry["line"] = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    entry["raw"] = line.decode("utf-8", "replace")
+                    entry["error"] = f"invalid JSON: {exc}"
+            else:
+                continue
+            lines.append(entry)
+    return {"job_id": job_id, "lines": lines, "next_cursor": None}
+
+
+def _chunks_from(
+    conn: sqlite3.Connection, file_id: int, offset: int
+) -> Iterator[tuple[int, bytes]]:
+    """The file's chunks from the one holding `offset` (one earlier, for a line split across)."""
+    row = conn.execute(
+        "SELECT offset FROM chunks WHERE file_id = ? AND offset <= ? ORDER BY offset DESC "
+        "LIMIT 1 OFFSET 1",
+        (file_id, offset),
+    ).fetchone()
+    first = row[0] if row else 0
+    for chunk_offset, data in iter_chunks(conn, file_id):
+        if chunk_offset >= first:
+            yield chunk_offset, data
+
+
+# -- the `sql` method ---------------------------------------------------------------------------
+
+_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                    getattr(sqlite3, "SQLITE_RECURSIVE", 33)}  # fmt: skip
+
+
+class SqlRefused(UsageError):
+    """The query is not a single read-only SELECT."""
+
+
+def run_sql(
+    conn: sqlite3.Connection,
+    query: str,
+    params: list[Any] | dict[str, Any] | None = None,
+    *,
+    max_rows: int = 1000,
+    time_limit: float = 5.0,
+) -> dict[str, Any]:
+    """Run one read-only SELECT with a time limit and a row cap.
+
+    SQLite's authorizer refuses every action but reading (so no write, ATTACH or PRAGMA can
+    run, whatever the text looks like), the connection is read-only besides, and a progress
+    handler interrupts the query once `time_limit` has passed.
+    """
+    if not sqlite3.complete_statement(query.strip().rstrip(";") + ";"):
+        raise SqlRefused("the query is not one complete SQL statement")
+    refused: list[str] = []
+
+    def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None,
+                  trigger: str | None) -> int:  # fmt: skip
+        if action in _ALLOWED_ACTIONS:
+            return sqlite3.SQLITE_OK
+        refused.append(f"action {action} ({arg1 or ''} {arg2 or ''})".strip())
+        return sqlite3.SQLITE_DENY
+
+    deadline = time.monotonic() + time_limit
+    conn.set_authorizer(authorize)
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        try:
+            cur = conn.execute(query, params or ())
+        except sqlite3.ProgrammingError as exc:
+            raise SqlRefused(str(exc)) from None
+        except sqlite3.DatabaseError:
+            if refused:
+                raise SqlRefused(
+                    "only SELECT queries are allowed (no writes, ATTACH or PRAGMA)"
+                ) from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the query ran longer than {time_limit:g}s") from None
+            raise
+        columns = [d[0] for d in cur.description or ()]
+        try:
+            rows = cur.fetchmany(max_rows + 1)
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the query ran longer than {time_limit:g}s") from None
+            raise
+    finally:
+        conn.set_progress_handler(None, 0)
+        conn.set_authorizer(None)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    truncated = len(rows) > max_rows
+    rows = rows[:max_rows]
+    return {
+        "columns": columns,
+        "rows": [[_plain(v) for v in r] for r in rows],
+        "truncated": truncated,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"blob_bytes": len(value)}
+    return value
+
+
+def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
+    """Counts and sizes read from the database alone."""
+    files, active_files, lines, bad, lost = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(state = 'active'), 0), COALESCE(SUM(line_count), 0), "
+        "COALESCE(SUM(bad_lines), 0), COALESCE(SUM(lost_bytes), 0) FROM files"
+    ).fetchone()
+    archived = conn.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0]
+    jobs, active = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(status = 'active'), 0) FROM jobs"
+    ).fetchone()
+    size = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size += os.stat(path + suffix).st_size
+    return {
+        "files_tracked": active_files,
+        "files_known": files,
+        "bytes_archived": archived,
+        "lines_archived": lines,
+        "bad_lines": bad,
+        "lost_bytes": lost,
+        "jobs": jobs,
+        "sessions_active": active,
+        "db_path": path,
+        "db_size_bytes": size,
+    }

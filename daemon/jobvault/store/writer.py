@@ -60,7 +60,7 @@ FILE_COLUMNS = (
 )
 
 
-def _file_row(row: tuple[Any, ...]) -> FileRow:
+def file_row(row: tuple[Any, ...]) -> FileRow:
     values = list(row)
     values[13] = bool(values[13])
     values[14] = bool(values[14])
@@ -118,7 +118,7 @@ class Store:
         rows = self.conn.execute(
             f"SELECT {FILE_COLUMNS} FROM files WHERE state IN ('active', 'deleted') ORDER BY id"
         )
-        return [_file_row(r) for r in rows]
+        return [file_row(r) for r in rows]
 
     def files_of_job(self, job_key: str) -> list[FileRow]:
         rows = self.conn.execute(
@@ -126,7 +126,7 @@ class Store:
             "AND state IN ('active', 'deleted') ORDER BY id",
             (job_key,),
         )
-        return [_file_row(r) for r in rows]
+        return [file_row(r) for r in rows]
 
     def next_generation(self, root: str, rel_path: str) -> int:
         row = self.conn.execute(

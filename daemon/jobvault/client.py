@@ -1,0 +1,84 @@
+"""A small blocking client for the daemon's socket (what the CLI uses)."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from jobvault.errors import ExitCode, JobvaultError
+from jobvault.protocol import RpcError
+
+
+class DaemonUnavailable(JobvaultError):
+    """The daemon is not running (no socket, or nobody listening on it)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class Client:
+    """One connection; requests are answered in order."""
+
+    def __init__(self, path: Path, timeout: float = 60.0) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            self._sock.close()
+            raise DaemonUnavailable(f"no daemon listening on {path}: {exc.strerror}") from None
+        self._file = self._sock.makefile("rb")
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> Any:
+        """Send one request and return its result; raise RpcError for an error answer."""
+        ident = next(self._ids)
+        request = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params or {}}
+        self._sock.sendall(orjson.dumps(request) + b"\n")
+        while True:
+            message = self._read()
+            if message.get("id") == ident:
+                break
+        if "error" in message:
+            error = message["error"]
+            data = error.get("data") or {}
+            raise RpcError(error.get("code", -32603), data.get("kind", "unknown"),
+                           error.get("message", "error"))  # fmt: skip
+        return message.get("result")
+
+    def _read(self) -> dict[str, Any]:
+        line = self._file.readline()
+        if not line:
+            raise DaemonUnavailable(f"the daemon closed the connection on {self.path}")
+        message: dict[str, Any] = orjson.loads(line)
+        return message
+
+    def notifications(self) -> Iterator[dict[str, Any]]:
+        """Yield pushed notifications until the connection closes (after `subscribe`)."""
+        self._sock.settimeout(None)
+        while True:
+            try:
+                yield self._read()
+            except DaemonUnavailable:
+                return
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

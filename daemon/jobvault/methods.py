@@ -1,0 +1,173 @@
+"""The query methods, shared by the socket server and the CLI's offline fallback.
+
+Each read method is a plain function of (read-only connection, params): the server runs it on
+a reader thread with a time limit, the CLI runs it directly on the database when no daemon is
+running. Parameters are validated here; errors become JSON-RPC errors with a stable kind.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jobvault.errors import NotFoundError, UsageError
+from jobvault.protocol import (
+    INTERNAL_ERROR,
+    NOT_FOUND,
+    REFUSED,
+    SQL_ERROR,
+    TIMEOUT,
+    RpcError,
+    invalid_params,
+)
+from jobvault.store import queries
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may cost."""
+
+    request_timeout: float = 10.0
+    sql_time_limit: float = 5.0
+    sql_max_rows: int = 10_000
+
+
+def _params(params: dict[str, Any] | list[Any]) -> dict[str, Any]:
+    if isinstance(params, list):
+        if params:
+            raise invalid_params("this method takes named parameters (an object)")
+        return {}
+    return params
+
+
+def _opt(
+    params: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None
+) -> Any:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and kind is not bool:
+        raise invalid_params(f"{name} must be {_kind_name(kind)}")
+    if not isinstance(value, kind):
+        raise invalid_params(f"{name} must be {_kind_name(kind)}")
+    return value
+
+
+def _req(params: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if params.get(name) is None:
+        raise invalid_params(f"{name} is required")
+    return _opt(params, name, kind)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "an array",
+             dict: "an object", bool: "true or false"}  # fmt: skip
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _check_unknown(params: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise invalid_params(
+            f"unknown parameter(s): {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+
+
+def jobs_list(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    params = _params(raw)
+    _check_unknown(params, (*queries.FILTERS, "order", "limit", "cursor"))
+    filters: dict[str, Any] = {}
+    for key in ("source", "model", "status", "project", "cwd", "tool", "file"):
+        filters[key] = _opt(params, key, str)
+    for key in ("since", "until"):
+        value = _opt(params, key, str)
+        filters[key] = queries.parse_time(value) if value else None
+    for key in ("min_cost", "max_cost"):
+        filters[key] = _opt(params, key, (int, float))
+    limit = _opt(params, "limit", int, 50)
+    if not 1 <= limit <= MAX_PAGE:
+        raise invalid_params(f"limit must be between 1 and {MAX_PAGE}")
+    order = _opt(params, "order", str, "-started_at")
+    return queries.page_jobs(conn, filters, order, limit, _opt(params, "cursor", str))
+
+
+def jobs_get(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    params = _params(raw)
+    _check_unknown(params, ("id",))
+    return queries.get_job(conn, _req(params, "id", str))
+
+
+def jobs_transcript(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    params = _params(raw)
+    _check_unknown(params, ("id", "cursor", "limit"))
+    limit = _opt(params, "limit", int, 500)
+    if not 1 <= limit <= queries.TRANSCRIPT_MAX_LINES:
+        raise invalid_params(f"limit must be between 1 and {queries.TRANSCRIPT_MAX_LINES}")
+    return queries.transcript(conn, _req(params, "id", str), _opt(params, "cursor", str), limit)
+
+
+def make_sql(limits: Limits) -> Callable[[sqlite3.Connection, dict[str, Any] | list[Any]], Any]:
+    def sql(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+        params = _params(raw)
+        _check_unknown(params, ("query", "params", "max_rows"))
+        query = _req(params, "query", str)
+        bind = _opt(params, "params", (list, dict))
+        max_rows = _opt(params, "max_rows", int, limits.sql_max_rows)
+        if not 1 <= max_rows <= limits.sql_max_rows:
+            raise invalid_params(f"max_rows must be between 1 and {limits.sql_max_rows}")
+        return queries.run_sql(
+            conn, query, bind, max_rows=max_rows, time_limit=limits.sql_time_limit
+        )
+
+    return sql
+
+
+Handler = Callable[[sqlite3.Connection, dict[str, Any] | list[Any]], Any]
+
+
+def read_methods(limits: Limits) -> dict[str, Handler]:
+    """The methods that only read the database."""
+    return {
+        "jobs.list": jobs_list,
+        "jobs.get": jobs_get,
+        "jobs.transcript": jobs_transcript,
+        "sql": make_sql(limits),
+    }
+
+
+def run_read(handler: Handler, conn: sqlite3.Connection, params: Any, timeout: float) -> Any:
+    """Run a read method under a deadline (SQLite is interrupted once it passes)."""
+    deadline = time.monotonic() + timeout
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
+    try:
+        return handler(conn, params)
+    except RpcError:
+        raise
+    except queries.SqlRefused as exc:
+        raise RpcError(REFUSED, "sql_refused", str(exc)) from None
+    except NotFoundError as exc:
+        raise RpcError(NOT_FOUND, "not_found", str(exc)) from None
+    except UsageError as exc:
+        raise invalid_params(str(exc)) from None
+    except TimeoutError as exc:
+        raise RpcError(TIMEOUT, "timeout", str(exc)) from None
+    except sqlite3.OperationalError as exc:
+        if time.monotonic() > deadline:
+            raise RpcError(
+                TIMEOUT, "timeout", f"the request took longer than {timeout:g}s"
+            ) from None
+        raise RpcError(SQL_ERROR, "sql_error", str(exc)) from None
+    except sqlite3.Error as exc:
+        raise RpcError(SQL_ERROR, "sql_error", str(exc)) from None
+    except Exception as exc:  # a bug: report it, keep serving
+        raise RpcError(INTERNAL_ERROR, "internal", f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        conn.set_progress_handler(None, 0)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
