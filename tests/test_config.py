@@ -22,6 +22,8 @@ def test_defaults_follow_xdg_and_claude_dirs(
         tmp_path / "xdg-config" / "claude" / "projects",
         tmp_path / "c1" / "projects",
         tmp_path / "c2" / "projects",
+        isolated_home / ".codex" / "sessions",
+        isolated_home / ".codex" / "archived_sessions",
     )
     assert 60 <= config.idle_timeout <= 900
     assert config.max_line_bytes >= 1024 * 1024

@@ -1,6 +1,6 @@
 """Default locations: where agents write their logs and where jobvault keeps its data.
 
-Only environment variables decide these paths (HOME, XDG_*, CLAUDE_CONFIG_DIR), so tests
+Only environment variables decide these paths (HOME, XDG_*, CLAUDE_CONFIG_DIR, CODEX_HOME), so tests
 can point every one of them at a temporary directory.
 """
 
@@ -57,13 +57,29 @@ def claude_config_dirs() -> list[Path]:
 
 
 def default_watch_roots() -> list[Path]:
-    """Return the directories of Claude Code transcripts watched when none are configured."""
+    """Return the transcript directories watched when none are configured.
+
+    Claude Code's `projects/` folders, then Codex CLI's `sessions/` and `archived_sessions/`.
+    """
     roots: list[Path] = []
     for base in claude_config_dirs():
         root = base / "projects"
         if root not in roots:
             roots.append(root)
+    roots.extend(codex_session_roots())
     return roots
+
+
+def codex_home() -> Path:
+    """Return Codex CLI's home: $CODEX_HOME, else ~/.codex."""
+    value = os.environ.get("CODEX_HOME", "").strip()
+    return Path(value).expanduser() if value else home() / ".codex"
+
+
+def codex_session_roots() -> list[Path]:
+    """Return where Codex CLI writes rollouts: live sessions first, then archived ones."""
+    base = codex_home()
+    return [base / "sessions", base / "archived_sessions"]
 
 
 # Unix socket paths are limited to 104 bytes on macOS and 108 on Linux (with the NUL).

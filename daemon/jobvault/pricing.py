@@ -17,7 +17,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-PRICING_VERSION = "2026.11.1"
+PRICING_VERSION = "2026.11.2"
 LONG_CONTEXT_THRESHOLD = 200_000
 MTOK = 1_000_000
 
@@ -43,6 +43,11 @@ def _sonnet_long(inp: float, out: float, write: float, read: float) -> Price:
     """A Sonnet 4/4.5 price with its long-context tier (beyond 200k tokens in one message)."""
     return Price(inp, out, write, read, input_long=6.0, output_long=22.5, cache_write_long=7.5,
                  cache_read_long=0.6)  # fmt: skip
+
+
+def _openai(inp: float, out: float, read: float, context_window: int = 272_000) -> Price:
+    """An OpenAI price: no cache writes, so the write figure is the input price (unused)."""
+    return Price(inp, out, inp, read, context_window=context_window)
 
 
 # Family name (date suffix stripped) -> price, USD per million tokens: input, output,
@@ -74,8 +79,38 @@ PRICES: dict[str, Price] = {
     "claude-fable-5": Price(10.0, 50.0, 12.5, 1.0),
     "claude-mythos-5": Price(10.0, 50.0, 12.5, 1.0),
     "claude-mythos-preview": Price(10.0, 50.0, 12.5, 1.0),
+    # OpenAI models used by Codex CLI. OpenAI has no cache writes: cache_write is set to
+    # the input price and never used (Codex reports none). Cached input is priced at the
+    # cache-read figure. Figures as ccusage 20.0.24 prices them offline, except o3,
+    # o4-mini (ccusage resolves them to $0.55/$2.20, not OpenAI's list price) and
+    # codex-mini-latest (unpriced there). The gpt-5.4/5.5 surcharge on prompts beyond
+    # 272k tokens is not modelled.
+    "gpt-5": _openai(1.25, 10.0, 0.125),
+    "gpt-5-codex": _openai(1.25, 10.0, 0.125),
+    "gpt-5-mini": _openai(0.25, 2.0, 0.025),
+    "gpt-5-nano": _openai(0.05, 0.4, 0.005),
+    "gpt-5-pro": _openai(15.0, 120.0, 15.0),
+    "gpt-5.1": _openai(1.25, 10.0, 0.125),
+    "gpt-5.1-codex": _openai(1.25, 10.0, 0.125),
+    "gpt-5.1-codex-max": _openai(1.25, 10.0, 0.125),
+    "gpt-5.1-codex-mini": _openai(0.25, 2.0, 0.025),
+    "gpt-5.2": _openai(1.75, 14.0, 0.175),
+    "gpt-5.2-codex": _openai(1.75, 14.0, 0.175),
+    "gpt-5.3-codex": _openai(1.75, 14.0, 0.175),
+    "gpt-5.4": _openai(2.5, 15.0, 0.25, 1_050_000),
+    "gpt-5.4-mini": _openai(0.75, 4.5, 0.075),
+    "gpt-5.5": _openai(5.0, 30.0, 0.5, 1_050_000),
+    "gpt-4.1": _openai(2.0, 8.0, 0.5, 1_047_576),
+    "gpt-4.1-mini": _openai(0.4, 1.6, 0.1, 1_047_576),
+    "gpt-4.1-nano": _openai(0.1, 0.4, 0.025, 1_047_576),
+    "gpt-4o": _openai(2.5, 10.0, 1.25, 128_000),
+    "gpt-4o-mini": _openai(0.15, 0.6, 0.075, 128_000),
+    "o3": _openai(2.0, 8.0, 0.5, 200_000),
+    "o3-mini": _openai(1.1, 4.4, 0.55, 200_000),
+    "o4-mini": _openai(1.1, 4.4, 0.275, 200_000),
+    "codex-mini-latest": _openai(1.5, 6.0, 0.375, 200_000),
 }
-_DATE_SUFFIX = re.compile(r"-\d{8}$")
+_DATE_SUFFIX = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2})$")  # Anthropic / OpenAI styles
 
 
 @functools.lru_cache(maxsize=512)

@@ -106,6 +106,13 @@ class JobRecord:
     source_path: str | None
     machine_id: str | None
     unpriced_models: list[str] = field(default_factory=list)
+    # Added with the Codex source; other sources keep the defaults.
+    parent_session_id: str | None = None  # the session this one was forked or spawned from
+    reasoning_effort: str | None = None  # of the last turn
+    sandbox_policy: str | None = None  # of the last turn
+    approval_policy: str | None = None  # of the last turn
+    skipped_records: int = 0  # lines of a kind the adapter does not know: archived, not parsed
+    skipped_kinds: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
