@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint schema-doc clean
+.PHONY: run test lint schema-doc install-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## install-service: run jobvault as a systemd user service (Linux) or launchd agent (macOS).
+install-service: $(STAMP)
+	$(BIN)/jobvault service install
 
 ## schema-doc: regenerate docs/schema.md from the migrated schema.
 schema-doc: $(STAMP)

@@ -101,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", help="status, jobs.list, jobs.get, jobs.transcript, sql, subscribe")
     p.add_argument("params", nargs="?", default="{}", help="parameters as a JSON object")
 
+    p = sub.add_parser("backup", help="copy the database consistently, even while the daemon runs")
+    _common(p)
+    p.add_argument("path", type=Path, help="where to write the copy")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = sub.add_parser("service", help="install, uninstall or inspect the user service")
+    p.add_argument("action", choices=("install", "uninstall", "status"))
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
+    p.add_argument("--log-level", choices=config_mod.LOG_LEVELS, help=argparse.SUPPRESS)
+    p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+
     p = sub.add_parser("rebuild", help="recompute every job record from the archive alone")
     _common(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -127,12 +139,13 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def cmd_run(config: Config) -> int:
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from jobvault import service
     from jobvault.lock import WriterLock
 
     with WriterLock(config.db):
-        asyncio.run(service.main(config))
+        # SIGHUP re-reads the file and the environment; flags given here still win.
+        asyncio.run(service.main(config, lambda: _load_config(args)))
     return ExitCode.OK
 
 
@@ -361,6 +374,38 @@ def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_backup(config: Config, args: argparse.Namespace) -> int:
+    from jobvault.store.backup import backup
+
+    summary = backup(config.db, args.path, force=args.force)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"backed up {summary['jobs']} jobs and {summary['bytes_archived']:,} archived bytes "
+            f"to {summary['backup']} ({summary['bytes']:,} bytes)"
+        )
+    return ExitCode.OK
+
+
+def cmd_service(config: Config, args: argparse.Namespace) -> int:
+    from jobvault import install
+
+    out: list[str] = []
+    if args.action == "install":
+        install.install(install.install_plan(), dry_run=args.dry_run, out=out)
+    elif args.action == "uninstall":
+        install.uninstall(install.uninstall_plan(), dry_run=args.dry_run, out=out)
+    else:
+        ok, out = install.status()
+        print("\n".join(out))
+        return ExitCode.OK if ok else ExitCode.UNAVAILABLE
+    print("\n".join(out))
+    if args.dry_run:
+        print("(dry run: nothing was changed)")
+    return ExitCode.OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     parser = build_parser()
@@ -370,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(config.log_level if args.command == "run" else
                           (args.log_level or "warning"))  # fmt: skip
         if args.command == "run":
-            return cmd_run(config)
+            return cmd_run(config, args)
         handler = {
             "import": cmd_import,
             "jobs": cmd_jobs,
@@ -379,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "query": cmd_query,
             "export": cmd_export,
             "rebuild": cmd_rebuild,
+            "backup": cmd_backup,
+            "service": cmd_service,
         }[args.command]
         return handler(config, args)
     except RpcError as exc:

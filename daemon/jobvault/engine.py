@@ -11,6 +11,7 @@ affected sessions are rebuilt from the archive on their next use.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -105,6 +106,9 @@ class Engine:
         self._adapters = list(ADAPTERS.values())
         self._affected: set[str] = set()
         self._settling = False
+        # Set (from any thread) to stop reading after the batch in progress: a shutdown
+        # commits what was read and leaves the rest in the files for the next start.
+        self.stopping = threading.Event()
         # Called on the worker thread after a record is written: (record, finalized).
         self.on_record: Callable[[JobRecord, bool], None] | None = None
         # Deleted files whose inode and first bytes may reappear under another name (a move
@@ -428,7 +432,15 @@ class Engine:
         roots = list(roots)
         paths = self.scan(roots)
         seen = set(paths)
-        paths.extend(p for p in list(self.by_path) if p not in seen)
+        prefixes = tuple(os.path.abspath(str(r)).rstrip(os.sep) + os.sep for r in roots)
+        files = {os.path.abspath(str(r)) for r in roots}
+        # Tracked files under the roots that the walk did not find: deleted or moved away.
+        # (Files under a root removed from the configuration are left alone.)
+        paths.extend(
+            p
+            for p in list(self.by_path)
+            if p not in seen and (p.startswith(prefixes) or p in files)
+        )
         return self.poll(paths, roots)
 
     def snapshot(self) -> dict[str, Any]:
@@ -464,7 +476,7 @@ class Engine:
     def _drain(self, files: list[Tracked], final: bool) -> int:
         total = 0
         queue = [t for t in files if t.row.state == "active"]
-        while queue:
+        while queue and not self.stopping.is_set():
             batch = Batch()
             touched: set[str] = set()
             snapshot: dict[int, FileRow] = {}

@@ -1,10 +1,14 @@
-"""The daemon's lifecycle: start-up, the event loop's schedule, signals and shutdown.
+"""The daemon's lifecycle: start-up, the event loop's schedule, signals, reload and shutdown.
 
 All engine work runs on one worker thread (so SQLite has exactly one writer); the event loop
 only decides *when*: watchdog hints and the periodic rescan mark files dirty, an idle timer
-finalizes sessions. Signal handlers only set an event. Shutdown runs in a fixed order with a
-bound: stop intake (watcher) → read what is left → finalize every session → close the
-database.
+finalizes sessions. Signal handlers only set events.
+
+Start-up: instance lock → database and migrations → socket (bound, or passed by systemd) →
+READY=1 → backfill (STATUS= reports progress). Shutdown, in a fixed order with a bound:
+STOPPING=1 → stop intake (watcher; the read in progress ends after its batch) → close the
+socket server → finalize every session with what was read → close the database → remove the
+socket file (unless systemd owns it) → release the lock.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +33,7 @@ from jobvault.records import JobRecord
 from jobvault.server import Hub, InstanceLock, Server, ServerLimits, bind_socket, prepare_socket_dir
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
+from jobvault.systemd import Notifier, listen_socket, watchdog_interval
 from jobvault.watch import Watcher
 
 log = structlog.get_logger("jobvault.service")
@@ -36,13 +41,16 @@ T = TypeVar("T")
 
 SHUTDOWN_BOUND = 60.0
 MAX_BACKOFF = 30.0
+STATUS_EVERY = 5.0
 
 
 @dataclass
 class Daemon:
-    """A running daemon; `stop()` asks it to shut down."""
+    """A running daemon; `stop()` asks it to shut down, `request_reload()` to re-read config."""
 
     config: Config
+    # Re-reads the configuration on SIGHUP (the CLI passes its file and flags along).
+    reloader: Callable[[], Config] | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     engine: Engine | None = None
@@ -51,9 +59,17 @@ class Daemon:
     _dirty: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rescan_dirs: set[str] = field(default_factory=set)
+    _reload: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
         self.stopping.set()
+        self._wake.set()
+        if self.engine is not None:
+            # Let a long backlog read end after the batch in progress (thread-safe Event).
+            self.engine.stopping.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
         self._wake.set()
 
     def hint(self, path: str) -> None:
@@ -73,16 +89,17 @@ async def _on_worker(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: 
 async def serve(daemon: Daemon) -> None:
     """Run the daemon until `daemon.stop()`; always shuts down in order."""
     config = daemon.config
-    roots = list(config.watch)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobvault-ingest")
     loop = asyncio.get_running_loop()
+    notifier = Notifier()
     watcher: Watcher | None = None
     store: Store | None = None
     engine: Engine | None = None
     server: Server | None = None
     instance = InstanceLock(config.socket)
-    bound: Path | None = None
+    owned_socket: Path | None = None
     hub = Hub()
+    helpers: list[asyncio.Task[None]] = []
     try:
         prepare_socket_dir(config.socket)
         instance.acquire()  # one instance at a time: fail before touching anything
@@ -92,28 +109,11 @@ async def serve(daemon: Daemon) -> None:
         )
         engine = Engine(config, store)
         daemon.engine = engine
-        sock = bind_socket(config.socket)
-        bound = config.socket
-        last_snapshot: dict[str, Any] = {}
-
-        async def status() -> dict[str, Any]:
-            nonlocal last_snapshot
-            assert engine is not None
-            try:
-                last_snapshot = await asyncio.wait_for(_on_worker(executor, engine.snapshot), 2.0)
-                fresh = True
-            except TimeoutError:  # the worker is busy with a long batch
-                fresh = False
-            return {
-                **last_snapshot,
-                "snapshot_fresh": fresh,
-                "watch": [str(r) for r in roots],
-                "watch_existing": [str(r) for r in roots if r.is_dir()],
-                "idle_timeout": config.idle_timeout,
-                "socket": str(config.socket),
-            }
-
-        server = Server(config.db, _limits(config), status, hub)
+        sock = listen_socket()  # systemd socket activation: serve it, never unlink it
+        if sock is None:
+            sock = bind_socket(config.socket)
+            owned_socket = config.socket
+        server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub)
         await server.start(sock)
         daemon.server = server
 
@@ -124,42 +124,73 @@ async def serve(daemon: Daemon) -> None:
         engine.on_record = on_record
         if config.watch_events:
             watcher = Watcher(loop, daemon.hint)
-            watcher.refresh(roots)
+            watcher.refresh(list(config.watch))
         log.info(
             "daemon_started",
             db=str(config.db),
             socket=str(config.socket),
-            roots=[str(r) for r in roots],
+            socket_activated=owned_socket is None,
+            roots=[str(r) for r in config.watch],
             idle_timeout=config.idle_timeout,
         )
         recovered = await _on_worker(executor, engine.recover)
         if recovered:
             log.info("sessions_recovered", count=len(recovered))
         daemon.ready.set()
-        await _loop(daemon, engine, executor, watcher, roots)
+        notifier.ready("database open, socket listening; reading transcripts")
+        helpers.append(asyncio.create_task(_report_status(daemon, engine, notifier)))
+        interval = watchdog_interval()
+        if interval:
+            helpers.append(asyncio.create_task(_watchdog(notifier, interval)))
+        await _loop(daemon, engine, executor, watcher)
     finally:
-        # Fixed order: stop intake, close the socket server, finalize, close the database,
-        # remove the socket file.
+        notifier.stopping()
+        for task in helpers:
+            task.cancel()
         if watcher is not None:
             watcher.stop()
         if server is not None:
             await server.close()
         if engine is not None:
             try:
-                await asyncio.wait_for(
-                    _on_worker(executor, _final_pass, engine, roots), SHUTDOWN_BOUND
-                )
+                await asyncio.wait_for(_on_worker(executor, _final_pass, engine), SHUTDOWN_BOUND)
             except (TimeoutError, JobvaultError) as exc:
                 log.error("shutdown_incomplete", error=str(exc) or type(exc).__name__)
             await _on_worker(executor, engine.close)
         if store is not None:
             await _on_worker(executor, store.close)
         executor.shutdown(wait=True)
-        if bound is not None:
+        if owned_socket is not None:
             with contextlib.suppress(FileNotFoundError):
-                bound.unlink()
+                owned_socket.unlink()
         instance.release()
+        notifier.close()
         log.info("daemon_stopped")
+
+
+def _status_provider(daemon: Daemon, executor: ThreadPoolExecutor) -> Callable[[], Any]:
+    last: dict[str, Any] = {}
+
+    async def status() -> dict[str, Any]:
+        nonlocal last
+        engine = daemon.engine
+        assert engine is not None
+        try:
+            last = await asyncio.wait_for(_on_worker(executor, engine.snapshot), 2.0)
+            fresh = True
+        except TimeoutError:  # the worker is busy with a long batch
+            fresh = False
+        roots = list(daemon.config.watch)
+        return {
+            **last,
+            "snapshot_fresh": fresh,
+            "watch": [str(r) for r in roots],
+            "watch_existing": [str(r) for r in roots if r.is_dir()],
+            "idle_timeout": daemon.config.idle_timeout,
+            "socket": str(daemon.config.socket),
+        }
+
+    return status
 
 
 def _limits(config: Config) -> ServerLimits:
@@ -173,9 +204,58 @@ def _limits(config: Config) -> ServerLimits:
     )
 
 
-def _final_pass(engine: Engine, roots: list[Path]) -> None:
-    engine.poll_all(roots)
+def _final_pass(engine: Engine) -> None:
+    """Finalize every open session with what was read; unread bytes wait in their files."""
+    engine.stopping.set()
     engine.finalize_all()
+
+
+async def _report_status(daemon: Daemon, engine: Engine, notifier: Notifier) -> None:
+    """Keep systemd's STATUS= current (backfill progress, then steady state)."""
+    if not notifier.enabled:
+        return
+    while True:
+        stats = engine.stats
+        notifier.status(
+            f"{len(engine.by_path)} files tracked, {stats.bytes_archived / 1e6:.1f} MB and "
+            f"{stats.lines_archived} lines archived since start, {stats.bad_lines} bad lines"
+        )
+        await asyncio.sleep(STATUS_EVERY)
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    """WATCHDOG=1 at half of WATCHDOG_USEC, from the event loop (a hung loop stops it)."""
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+def _apply_reload(daemon: Daemon, engine: Engine, watcher: Watcher | None) -> bool:
+    """Re-read the configuration; apply what can change while running. True if applied."""
+    if daemon.reloader is None:
+        return False
+    old = daemon.config
+    try:
+        new = daemon.reloader()
+    except JobvaultError as exc:
+        log.error("reload_failed", error=str(exc), kept="the previous configuration")
+        return False
+    for key in ("db", "socket", "synchronous"):
+        if getattr(new, key) != getattr(old, key):
+            log.warning("reload_needs_restart", key=key, value=str(getattr(new, key)))
+            new = replace(new, **{key: getattr(old, key)})
+    daemon.config = new
+    engine.config = new  # idle time, limits, batch sizes; the engine reads them per use
+    if watcher is not None:
+        watcher.retain(list(new.watch))
+    log.info(
+        "config_reloaded",
+        roots=[str(r) for r in new.watch],
+        added=[str(r) for r in new.watch if r not in old.watch],
+        removed=[str(r) for r in old.watch if r not in new.watch],
+        idle_timeout=new.idle_timeout,
+    )
+    return True
 
 
 async def _loop(
@@ -183,12 +263,16 @@ async def _loop(
     engine: Engine,
     executor: ThreadPoolExecutor,
     watcher: Watcher | None,
-    roots: list[Path],
 ) -> None:
-    config = daemon.config
     next_rescan = 0.0  # the first pass is the start-up backfill
     backoff = 0.0
     while not daemon.stopping.is_set():
+        if daemon._reload.is_set():
+            daemon._reload.clear()
+            if _apply_reload(daemon, engine, watcher):
+                next_rescan = 0.0  # pick up new roots now
+        config = daemon.config
+        roots = list(config.watch)
         now = time.monotonic()
         try:
             if now >= next_rescan or daemon._rescan_dirs:
@@ -217,6 +301,8 @@ async def _loop(
         daemon._wake.clear()
         if daemon._dirty or daemon._rescan_dirs or daemon.stopping.is_set():
             continue
+        if daemon._reload.is_set():
+            continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(daemon._wake.wait(), timeout)
 
@@ -226,7 +312,7 @@ def _idle_check(config: Config) -> float:
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
-    """SIGTERM/SIGINT ask for a clean stop; a second SIGINT forces an immediate exit."""
+    """SIGTERM/SIGINT ask for a clean stop (a second SIGINT exits at once); SIGHUP reloads."""
     loop = asyncio.get_running_loop()
     interrupted = 0
 
@@ -240,12 +326,15 @@ def install_signal_handlers(daemon: Daemon) -> None:
 
     loop.add_signal_handler(signal.SIGTERM, daemon.stop)
     loop.add_signal_handler(signal.SIGINT, on_sigint)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
 
 
 @contextlib.asynccontextmanager
-async def run_daemon(config: Config) -> AsyncIterator[Daemon]:
+async def run_daemon(
+    config: Config, reloader: Callable[[], Config] | None = None
+) -> AsyncIterator[Daemon]:
     """Start the daemon in this event loop for the duration of the block (tests, embedding)."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, reloader)
     task = asyncio.create_task(serve(daemon))
     ready = asyncio.create_task(daemon.ready.wait())
     done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -259,7 +348,7 @@ async def run_daemon(config: Config) -> AsyncIterator[Daemon]:
         await asyncio.wait_for(task, SHUTDOWN_BOUND + 10)
 
 
-async def main(config: Config) -> None:
-    daemon = Daemon(config)
+async def main(config: Config, reloader: Callable[[], Config] | None = None) -> None:
+    daemon = Daemon(config, reloader)
     install_signal_handlers(daemon)
     await serve(daemon)

@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 log = structlog.get_logger("jobvault.watch")
 
@@ -52,7 +53,7 @@ class Watcher:
         self._observer = Observer()
         self._observer.daemon = True
         self._handler = _Handler(loop, notify)
-        self._watched: set[str] = set()
+        self._watched: dict[str, ObservedWatch] = {}
         self._started = False
 
     def refresh(self, roots: list[Path]) -> None:
@@ -61,15 +62,25 @@ class Watcher:
             if key in self._watched or not os.path.isdir(key):
                 continue
             try:
-                self._observer.schedule(self._handler, key, recursive=True)
+                watch = self._observer.schedule(self._handler, key, recursive=True)
             except OSError as exc:  # e.g. inotify watch limit reached: the rescan still works
                 log.warning("watch_failed", root=key, error=str(exc))
                 continue
-            self._watched.add(key)
+            self._watched[key] = watch
             log.info("watching", root=key)
         if not self._started:
             self._observer.start()
             self._started = True
+
+    def retain(self, roots: list[Path]) -> None:
+        """Stop watching roots no longer configured, start on new ones (SIGHUP reload)."""
+        keep = {os.path.abspath(str(r)) for r in roots}
+        for key in [k for k in self._watched if k not in keep]:
+            with contextlib.suppress(KeyError, OSError):
+                self._observer.unschedule(self._watched[key])
+            del self._watched[key]
+            log.info("unwatching", root=key)
+        self.refresh(roots)
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._started:

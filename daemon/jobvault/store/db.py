@@ -22,7 +22,7 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def _umask(mask: int) -> Iterator[None]:
+def umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)
     try:
         yield
@@ -34,7 +34,7 @@ def ensure_private_dir(directory: Path) -> None:
     """Create `directory` (0700) if missing; tighten it if we created it."""
     if directory.is_dir():
         return
-    with _umask(0o077):
+    with umask(0o077):
         directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
 
@@ -57,14 +57,14 @@ def open_writer(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     try:
         ensure_private_dir(path.parent)
         if not path.exists():
-            with _umask(0o077):
+            with umask(0o077):
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
                 os.close(fd)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the database at {path}: {exc}") from exc
     try:
-        with _umask(0o077):  # the -wal and -shm files are created 0600 too
+        with umask(0o077):  # the -wal and -shm files are created 0600 too
             _set_pragmas(conn, synchronous)
             migrate(conn)
     except sqlite3.Error as exc:
