@@ -636,7 +636,13 @@ class Engine:
         self.stats.bad_lines += 1
         batch.bad_lines.append(BadLine(row.id, offset, length, reason))
         log.warning(
-            "bad_line", file=row.path, file_id=row.id, offset=offset, length=length, reason=reason
+            "bad_line",
+            file=row.path,
+            file_id=row.id,
+            session=row.job_key,
+            offset=offset,
+            length=length,
+            reason=reason,
         )
 
     # -- jobs --------------------------------------------------------------------------------
