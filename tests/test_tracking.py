@@ -125,29 +125,32 @@ def test_replacement_by_another_inode(engine: Engine, project: Path, db: Path) -
 
 
 def test_deleted_while_stopped_counts_lost_bytes(tmp_path: Path, db: Path, project: Path) -> None:
+    """What was known but not archived when the daemon died, then deleted, is counted lost."""
     path = project / f"{SESSION}.jsonl"
     lines = session_lines(3)
-    path.write_bytes(b"".join(lines[:4]))
+    partial = lines[4][:40]  # the daemon dies while a line is half written
+    path.write_bytes(b"".join(lines[:4]) + partial)
     config = Config(watch=(project.parent,), db=db)
     store = Store(open_writer(db))
     first = Engine(config, store)
-    first.rescan([project.parent])
-    first.close()
-    with path.open("ab") as fh:  # appended while stopped, then deleted
-        fh.write(b"".join(lines[4:]))
-    os.utime(path)
-    archived_before = len(b"".join(lines[:4]))
+    first.rescan([project.parent])  # archives the complete lines, sees the partial one
+    first.close()  # killed: no finalization
+    path.unlink()  # deleted while stopped (Claude Code's clean-up, say)
     second = Engine(config, store)
-    second.track(str(path), [project.parent])  # sees the new size...
-    path.unlink()
-    second.rescan([project.parent])  # ...and then the file is gone
-    assert second.stats.lost_bytes == len(b"".join(lines)) - archived_before
+    second.rescan([project.parent])
+    assert second.stats.lost_bytes == len(partial)
     conn = sqlite3.connect(db)
     lost = conn.execute("SELECT state, lost_bytes FROM files").fetchone()
     conn.close()
-    assert lost == ("deleted", len(b"".join(lines)) - archived_before)
+    assert lost == ("deleted", len(partial))
     second.close()
     store.close()
+    from jobvault.store import queries
+    from jobvault.store.db import open_reader
+
+    reader = open_reader(db)
+    assert queries.db_status(reader, str(db))["lost_bytes"] == len(partial)  # in `status`
+    reader.close()
 
 
 def test_many_files_do_not_exhaust_descriptors(tmp_path: Path, db: Path, project: Path) -> None:

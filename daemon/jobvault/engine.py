@@ -41,6 +41,7 @@ log = structlog.get_logger("jobvault.engine")
 CHUNK_MAX = 4 * 1024 * 1024
 TOO_LONG = "line longer than max_line_bytes"
 UNTERMINATED = "unterminated final line"
+TAIL_CHECK = 64  # bytes before the offset compared with the archive to detect rewrites
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class Tracked:
     fd: int | None = None
     last_activity: float = 0.0
     pending: int = 0  # bytes of an incomplete last line seen after the offset
+    tail: bytes | None = None  # the last archived bytes (None: not loaded yet)
 
 
 @dataclass(slots=True)
@@ -197,12 +199,21 @@ class Engine:
                 and (unchanged or self._fingerprint_ok(tracked))
             ):
                 row.size = st.st_size
+                if tracked.fd is None and self._open_count < self.config.max_open_files:
+                    # Hold every tracked file open while descriptors allow, so one deleted
+                    # right after an append is still drained to its end.
+                    self._open(tracked)
                 return tracked
             reason = "truncated" if same_inode and st.st_size < row.offset else "replaced"
-            self._supersede(tracked, reason, st.st_size)
+            # Another inode at the path: the old one still holds its bytes, drain it. The same
+            # inode rewritten in place holds only the new content: nothing left to drain.
+            self._supersede(tracked, reason, st.st_size, drain=not same_inode)
         else:
             moved = self._find_moved(path, st)
             if moved is not None:
+                moved.row.size = st.st_size  # it may have grown since: read on
+                if moved.fd is None and self._open_count < self.config.max_open_files:
+                    self._open(moved)
                 return moved
         classified = self.classify(Path(path))
         if classified is None:
@@ -252,6 +263,9 @@ class Engine:
             if old_path == path or os.path.exists(old_path):
                 return None
             if st.st_size < row.offset or not self._fingerprint_ok(tracked, path):
+                # Moved and then cut or rewritten in place: that generation is over.
+                reason = "truncated" if st.st_size < row.offset else "replaced"
+                self._supersede(tracked, reason, st.st_size, drain=False)
                 return None
             self.store.write_file_path(row.id, path, "active")
             del self.by_path[old_path]
@@ -330,17 +344,28 @@ class Engine:
                 return False
         assert fd is not None
         try:
-            return fingerprint(fd, row.fp_len) == row.fp_hash
+            if fingerprint(fd, row.fp_len) != row.fp_hash:
+                return False
+            # The first bytes match; so must the last bytes we archived, or the file was cut
+            # and rewritten past its start (a truncation that grew back beyond our offset).
+            tail = self._archived_tail(tracked)
+            return not tail or os.pread(fd, len(tail), row.offset - len(tail)) == tail
         finally:
             if own:
                 os.close(fd)
 
-    def _supersede(self, tracked: Tracked, reason: str, new_size: int) -> None:
+    def _archived_tail(self, tracked: Tracked) -> bytes:
+        """The last archived bytes of the file (kept in memory, else read from the archive)."""
+        if tracked.tail is None:
+            tracked.tail = self.store.archived_tail(tracked.row.id, TAIL_CHECK)
+        return tracked.tail
+
+    def _supersede(self, tracked: Tracked, reason: str, new_size: int, drain: bool) -> None:
         """Retire a file generation: drain what its descriptor still holds, then mark it."""
         row = tracked.row
         log.info("file_" + reason, file=row.path, file_id=row.id, offset=row.offset, size=new_size)
-        if reason == "replaced" and tracked.fd is not None:
-            self._drain([tracked], final=True)
+        if drain and tracked.fd is not None and self._fingerprint_ok(tracked):
+            self._drain([tracked], final=True, force=True)
         self._close(tracked)
         row.state = reason
         self.store.write_file_state(row.id, reason)
@@ -356,8 +381,10 @@ class Engine:
         if tracked is None or tracked.row.state != "active":
             return
         row = tracked.row
-        if tracked.fd is not None:
-            self._drain([tracked], final=True)
+        if tracked.fd is not None and self._fingerprint_ok(tracked):
+            # Its bytes exist nowhere else now: drain it even while shutting down. (If the
+            # inode was rewritten in place under another name, it is not ours to drain.)
+            self._drain([tracked], final=True, force=True)
         elif row.offset < row.size:
             row.lost_bytes = row.size - row.offset
             self.stats.lost_bytes += row.lost_bytes
@@ -469,14 +496,30 @@ class Engine:
             "last_error": self.stats.last_error,
         }
 
+    def drain_vanished(self) -> None:
+        """Drain the files that disappeared since the last look (at shutdown: their bytes
+        exist nowhere else, while files still present can be read at the next start)."""
+        for path, tracked in list(self.by_path.items()):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                self.gone(path)
+                continue
+            if tracked.fd is not None and (st.st_dev, st.st_ino) != (
+                tracked.row.dev,
+                tracked.row.ino,
+            ):
+                self._supersede(tracked, "replaced", st.st_size, drain=True)
+
     def write_pending(self) -> None:
         """Write the records that were held back by the write interval."""
         self._write_due([k for k, j in self.jobs.items() if j.dirty])
 
-    def _drain(self, files: list[Tracked], final: bool) -> int:
+    def _drain(self, files: list[Tracked], final: bool, force: bool = False) -> int:
+        """Read the files to their end in batches (stops early when stopping, unless forced)."""
         total = 0
         queue = [t for t in files if t.row.state == "active"]
-        while queue and not self.stopping.is_set():
+        while queue and (force or not self.stopping.is_set()):
             batch = Batch()
             touched: set[str] = set()
             snapshot: dict[int, FileRow] = {}
@@ -568,6 +611,9 @@ class Engine:
             row.fp_len = fingerprint_len(row.offset)
             row.fp_hash = fingerprint(fd, row.fp_len)
         batch.files[row.id] = row
+        last = segments[-1].data
+        if len(last) >= TAIL_CHECK or tracked.tail is not None:
+            tracked.tail = ((tracked.tail or b"") + last)[-TAIL_CHECK:]
         tracked.pending = result.pending if not final else 0
         tracked.last_activity = time.monotonic()
         return read, more
@@ -754,6 +800,7 @@ class Engine:
                 tracked = self.by_id.get(file_id)
                 if tracked is not None:
                     tracked.row = old
+                    tracked.tail = None  # reloaded from the archive when next needed
             for key in touched:
                 job = self.jobs.get(key)
                 if job is not None:

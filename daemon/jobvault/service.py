@@ -207,6 +207,7 @@ def _limits(config: Config) -> ServerLimits:
 def _final_pass(engine: Engine) -> None:
     """Finalize every open session with what was read; unread bytes wait in their files."""
     engine.stopping.set()
+    engine.drain_vanished()
     engine.finalize_all()
 
 

@@ -446,6 +446,24 @@ class Store:
         """Yield (offset, raw bytes) of a file's archived chunks, in order."""
         return iter_chunks(self.conn, file_id, self._decompressor)
 
+    def archived_tail(self, file_id: int, size: int) -> bytes:
+        """The last `size` archived bytes of a file (fewer if the archive is shorter)."""
+        out = b""
+        rows = self.conn.execute(
+            "SELECT codec, data, length FROM chunks WHERE file_id = ? ORDER BY offset DESC",
+            (file_id,),
+        )
+        for codec, data, length in rows:
+            raw = (
+                self._decompressor.decompress(data, max_output_size=length)
+                if codec == "zstd"
+                else bytes(data)
+            )
+            out = raw + out
+            if len(out) >= size:
+                break
+        return out[-size:]
+
     def job_keys(self) -> list[str]:
         rows = self.conn.execute(
             "SELECT DISTINCT job_key FROM files WHERE job_key IS NOT NULL "
