@@ -302,17 +302,17 @@ class FileModel(RuleBasedStateMachine):
             assert any(bytes(g.content).startswith(data) for g in self.generations), (
                 "archived bytes that no generation held (doubled or invented)"
             )
-        # Jobs: one tool call per complete, valid line of the current generation's archive.
-        current: dict[str, int] = {}
+        # Jobs: one tool call per distinct complete line (each carries its own tool_use id) in
+        # the archives the job is made of: the current generation of each of its paths, and
+        # files deleted (or moved away) with their history, which exists nowhere else.
+        current: dict[str, set[bytes]] = {}
         for (_file_id, path, state), data in zip(files, archives, strict=True):
             if state not in ("active", "deleted"):
                 continue
-            name = Path(path).stem
-            current[name] = current.get(name, 0) + sum(
-                1 for line in data.split(b"\n") if line.endswith(b"}")
-            )
-        for name, count in current.items():
-            assert tool_calls.get(name, 0) == count, (name, tool_calls.get(name), count)
+            lines = current.setdefault(Path(path).stem, set())
+            lines.update(line for line in data.split(b"\n") if line.endswith(b"}"))
+        for name, lines in current.items():
+            assert tool_calls.get(name, 0) == len(lines), (name, tool_calls.get(name), len(lines))
 
 
 def _archive(db: Path, file_id: int) -> bytes:
