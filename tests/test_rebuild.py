@@ -58,6 +58,22 @@ def _daily(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]
         conn.close()
 
 
+def _indexed(db: Path) -> bool:
+    """Every job has exactly one full-text document and no document outlives its job."""
+    conn = sqlite3.connect(db)
+    try:
+        jobs = sorted(r[0] for r in conn.execute("SELECT id FROM jobs"))
+        docs = sorted(r[0] for r in conn.execute("SELECT job_id FROM search_docs"))
+        rows = conn.execute("SELECT COUNT(*) FROM search_fts").fetchone()[0]
+        prompts = conn.execute(
+            "SELECT COUNT(*) FROM search_fts f JOIN search_docs d ON d.id = f.rowid "
+            "JOIN jobs j ON j.id = d.job_id WHERE f.prompt = COALESCE(j.prompt, '')"
+        ).fetchone()[0]
+        return bool(jobs) and jobs == docs and rows == len(jobs) == prompts
+    finally:
+        conn.close()
+
+
 def _tree(tmp_path: Path) -> Path:
     project = tmp_path / "projects" / "-work-app"
     (project / SESSION / "subagents").mkdir(parents=True)
@@ -102,11 +118,19 @@ def test_rebuild_reproduces_every_record(
 @settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(order=st.permutations(list(range(6))), seed=st.integers(0, 10_000))
+@given(
+    order=st.permutations(list(range(6))),
+    seed=st.integers(0, 10_000),
+    rebuild_after=st.sets(st.integers(0, 5), max_size=2),
+)
 def test_daily_metrics_equal_recomputation_in_any_order(
-    tmp_path_factory: pytest.TempPathFactory, order: list[int], seed: int
+    tmp_path_factory: pytest.TempPathFactory, order: list[int], seed: int, rebuild_after: set[int]
 ) -> None:
-    """Finalize, update and rebuild jobs in random order; daily metrics always match."""
+    """Finalize, update and rebuild jobs in random order; daily metrics always match.
+
+    The full-text index is checked alongside: exactly one document per job, whatever the
+    order of writes, rewrites and rebuilds.
+    """
     tmp = tmp_path_factory.mktemp("orders")
     root = tmp / "projects" / "-p"
     root.mkdir(parents=True)
@@ -133,12 +157,16 @@ def test_daily_metrics_equal_recomputation_in_any_order(
             with path.open("ab") as fh:
                 fh.write(b"".join(lines[half:]))
             engine.poll([str(path)], [root])
+        if step in rebuild_after:
+            engine.rebuild()  # mid-way: later appends resume rebuilt jobs
         kept, fresh = _daily(db)
         assert kept == fresh
+        assert _indexed(db)
     engine.finalize_all()
     kept, fresh = _daily(db)
     assert kept == fresh
     engine.rebuild()
     assert _daily(db) == (kept, fresh)
+    assert _indexed(db)
     engine.close()
     store.close()

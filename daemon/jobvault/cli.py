@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from jobvault import __version__, render
+from jobvault import __version__, cli_reports, render
 from jobvault import config as config_mod
 from jobvault.client import Client, DaemonUnavailable
 from jobvault.config import Config
@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="call a socket method (JSON-RPC) and print its JSON result")
     _common(p)
     _socket(p)
-    p.add_argument("method", help="status, jobs.list, jobs.get, jobs.transcript, sql, subscribe")
+    p.add_argument("method", help="status, jobs.list, jobs.get, jobs.transcript, search, "
+                   "stats.usage, stats.tools, stats.blocks, sql, subscribe")  # fmt: skip
     p.add_argument("params", nargs="?", default="{}", help="parameters as a JSON object")
 
     p = sub.add_parser("backup", help="copy the database consistently, even while the daemon runs")
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
     p.add_argument("--log-level", choices=config_mod.LOG_LEVELS, help=argparse.SUPPRESS)
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+
+    cli_reports.add_parsers(sub, _common, _socket)
 
     p = sub.add_parser("rebuild", help="recompute every job record from the archive alone")
     _common(p)
@@ -350,6 +353,13 @@ def _layout(files: Sequence[Any]) -> list[tuple[Any, Path]]:
     return out
 
 
+def cmd_reports(config: Config, args: argparse.Namespace) -> int:
+    """`stats`, `search` and `replay` (cli_reports.py), with this module's daemon client."""
+    handler = {"stats": cli_reports.cmd_stats, "search": cli_reports.cmd_search,
+               "replay": cli_reports.cmd_replay}[args.command]  # fmt: skip
+    return handler(args, lambda method, params: _call(config, args, method, params), config.db)
+
+
 def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
     from jobvault.engine import Engine
     from jobvault.lock import WriterLock
@@ -423,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": cmd_status,
             "query": cmd_query,
             "export": cmd_export,
+            "stats": cmd_reports,
+            "search": cmd_reports,
+            "replay": cmd_reports,
             "rebuild": cmd_rebuild,
             "backup": cmd_backup,
             "service": cmd_service,

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from jobvault.errors import NotFoundError, UsageError
@@ -23,7 +24,7 @@ from jobvault.protocol import (
     RpcError,
     invalid_params,
 )
-from jobvault.store import queries
+from jobvault.store import queries, search, stats
 
 MAX_PAGE = 1000
 
@@ -79,17 +80,25 @@ def _check_unknown(params: dict[str, Any], known: tuple[str, ...]) -> None:
         )
 
 
+JOB_FILTERS = tuple(k for k in queries.FILTERS if k not in ("since", "until"))
+
+
+def _job_filters(params: dict[str, Any]) -> dict[str, Any]:
+    """The `jobs.list` filters other than the time range, validated."""
+    filters: dict[str, Any] = {}
+    for key in JOB_FILTERS:
+        kind: type | tuple[type, ...] = (int, float) if key.endswith("_cost") else str
+        filters[key] = _opt(params, key, kind)
+    return filters
+
+
 def jobs_list(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
     params = _params(raw)
     _check_unknown(params, (*queries.FILTERS, "order", "limit", "cursor"))
-    filters: dict[str, Any] = {}
-    for key in ("source", "model", "status", "project", "cwd", "tool", "file"):
-        filters[key] = _opt(params, key, str)
+    filters = _job_filters(params)
     for key in ("since", "until"):
         value = _opt(params, key, str)
         filters[key] = queries.parse_time(value) if value else None
-    for key in ("min_cost", "max_cost"):
-        filters[key] = _opt(params, key, (int, float))
     limit = _opt(params, "limit", int, 50)
     if not 1 <= limit <= MAX_PAGE:
         raise invalid_params(f"limit must be between 1 and {MAX_PAGE}")
@@ -110,6 +119,92 @@ def jobs_transcript(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -
     if not 1 <= limit <= queries.TRANSCRIPT_MAX_LINES:
         raise invalid_params(f"limit must be between 1 and {queries.TRANSCRIPT_MAX_LINES}")
     return queries.transcript(conn, _req(params, "id", str), _opt(params, "cursor", str), limit)
+
+
+def _local_range(params: dict[str, Any], timezone: str) -> tuple[str | None, str | None]:
+    tz = stats.zone(timezone)
+    bounds = []
+    for key in ("since", "until"):
+        value = _opt(params, key, str)
+        bounds.append(stats.parse_local_time(value, tz) if value else None)
+    return bounds[0], bounds[1]
+
+
+def _bounded(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value: int = _opt(params, name, int, default)
+    if not low <= value <= high:
+        raise invalid_params(f"{name} must be between {low} and {high}")
+    return value
+
+
+def stats_usage(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    params = _params(raw)
+    _check_unknown(params, ("group_by", "timezone", "since", "until", "top", *JOB_FILTERS))
+    group_by = _opt(params, "group_by", str, "day")
+    if group_by not in stats.GROUP_BY:
+        raise invalid_params(f"group_by must be one of {', '.join(stats.GROUP_BY)}")
+    timezone = _opt(params, "timezone", str, "UTC")
+    since, until = _local_range(params, timezone)
+    return stats.usage(
+        conn,
+        group_by,
+        timezone=timezone,
+        since=since,
+        until=until,
+        filters=_job_filters(params),
+        top=_bounded(params, "top", 0, 0, 100),
+    )
+
+
+def stats_tools(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    params = _params(raw)
+    _check_unknown(params, ("timezone", "since", "until", "limit", *JOB_FILTERS))
+    since, until = _local_range(params, _opt(params, "timezone", str, "UTC"))
+    return stats.tools(
+        conn,
+        since=since,
+        until=until,
+        filters=_job_filters(params),
+        limit=_bounded(params, "limit", 100, 1, MAX_PAGE),
+    )
+
+
+def stats_blocks(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    params = _params(raw)
+    _check_unknown(params, ("timezone", "since", "until", "source", "hours", "now", "active"))
+    since, until = _local_range(params, _opt(params, "timezone", str, "UTC"))
+    now_text = _opt(params, "now", str)
+    now = None
+    if now_text:
+        now = datetime.fromisoformat(queries.parse_time(now_text).replace("Z", "+00:00"))
+    source = params.get("source", "claude")
+    if source is not None and not isinstance(source, str):
+        raise invalid_params("source must be a string or null (every source)")
+    return stats.blocks(
+        conn,
+        since=since,
+        until=until,
+        source=source,
+        hours=_bounded(params, "hours", 5, 1, 24),
+        now=now,
+        active_only=_opt(params, "active", bool, False),
+    )
+
+
+def search_jobs(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    params = _params(raw)
+    _check_unknown(params, ("query", *queries.FILTERS, "limit", "offset"))
+    filters = _job_filters(params)
+    for key in ("since", "until"):
+        value = _opt(params, key, str)
+        filters[key] = queries.parse_time(value) if value else None
+    return search.search(
+        conn,
+        _opt(params, "query", str, ""),
+        filters,
+        limit=_bounded(params, "limit", 20, 1, search.MAX_LIMIT),
+        offset=_bounded(params, "offset", 0, 0, 1_000_000),
+    )
 
 
 def make_sql(limits: Limits) -> Callable[[sqlite3.Connection, dict[str, Any] | list[Any]], Any]:
@@ -137,6 +232,10 @@ def read_methods(limits: Limits) -> dict[str, Handler]:
         "jobs.list": jobs_list,
         "jobs.get": jobs_get,
         "jobs.transcript": jobs_transcript,
+        "search": search_jobs,
+        "stats.usage": stats_usage,
+        "stats.tools": stats_tools,
+        "stats.blocks": stats_blocks,
         "sql": make_sql(limits),
     }
 

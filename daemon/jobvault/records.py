@@ -8,12 +8,14 @@ repeats the reasoning part. Token counts and costs include the job's subagents.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Status = Literal["active", "completed", "interrupted", "error"]
 STATUSES: tuple[Status, ...] = ("active", "completed", "interrupted", "error")
 PREVIEW_CHARS = 500
+SEARCH_TEXT_CHARS = 32 * 1024  # message text indexed for full-text search, per job
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,9 @@ class UsageRow:
     cache_read_tokens: int
     reasoning_tokens: int
     cost_usd: float
+    # The first and last counted message in this hour (ISO times): billing blocks need them.
+    first_at: str | None = None
+    last_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,8 @@ class JobDetail:
     subagents: list[Subagent]
     files: list[FileModified]
     usage: list[UsageRow]
+    # Prompts and assistant text, in order, cut at SEARCH_TEXT_CHARS: the full-text index.
+    search_text: str = ""
 
 
 def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:
@@ -134,3 +141,40 @@ def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:
     if text is None:
         return None
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class TextSample:
+    """The first `limit` characters of a job's text pieces, ordered by their line's order key.
+
+    Pieces may arrive in any order across files; a piece is dropped only once `limit`
+    characters of pieces ordered before it are held, and more pieces can only push it further
+    back, so the result is the same whatever order lines were fed in, and memory stays
+    bounded.
+    """
+
+    def __init__(self, limit: int = SEARCH_TEXT_CHARS) -> None:
+        self.limit = limit
+        self._pieces: list[tuple[Any, str]] = []
+        self._size = 0
+
+    def add(self, order: Any, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        text = text[: self.limit]
+        bisect.insort(self._pieces, (order, text))  # ties broken by the text itself
+        self._size += len(text) + 1
+        while len(self._pieces) > 1 and self._size - len(self._pieces[-1][1]) - 1 >= self.limit:
+            _, dropped = self._pieces.pop()
+            self._size -= len(dropped) + 1
+
+    def pieces(self) -> list[tuple[Any, str]]:
+        return list(self._pieces)
+
+    def text(self) -> str:
+        return join_sample(self._pieces, self.limit)
+
+
+def join_sample(pieces: list[tuple[Any, str]], limit: int = SEARCH_TEXT_CHARS) -> str:
+    """Join ordered text pieces with newlines, cut at `limit` characters."""
+    return "\n".join(text for _, text in sorted(pieces))[:limit]

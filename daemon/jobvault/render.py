@@ -248,3 +248,170 @@ def status(info: dict[str, Any]) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         console.print(f"{key.ljust(width)}  {value}", markup=False, highlight=False)
+
+
+# -- reports ------------------------------------------------------------------------------------
+
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+_TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
+
+
+def bar(value: float, largest: float, width: int = 24) -> str:
+    """A horizontal bar of `value` against `largest`, in eighths of a character."""
+    if largest <= 0 or value <= 0:
+        return ""
+    eighths = max(1, round(8 * width * value / largest))
+    full, rest = divmod(eighths, 8)
+    return "█" * full + (_EIGHTHS[rest] if rest else "")
+
+
+def _cost(value: float) -> str:
+    return f"${value:,.2f}" if value >= 0.995 or value == 0 else f"${value:.4f}"
+
+
+def usage_table(result: dict[str, Any]) -> None:
+    group = result["group_by"]
+    rows = result["rows"]
+    if not rows:
+        console.print("no usage in this range")
+        return
+    period = group in ("day", "week", "month")
+    title = f"usage by {group}" + (f" ({result['timezone']})" if period else "")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column(group, no_wrap=True, overflow="ellipsis", max_width=40, min_width=7)
+    if not period:
+        table.add_column("jobs", justify="right", no_wrap=True)
+    # On a narrow terminal keep the totals and the chart; the token kinds need ~110 columns.
+    detailed = console.width >= 110
+    names = ("input", "output", "cache write", "cache read") if detailed else ()
+    for name in (*names, "tokens", "cost"):
+        table.add_column(name, justify="right", no_wrap=True)
+    show_models = period and console.width >= 150  # the bar chart matters more than names
+    if show_models:
+        table.add_column("models", no_wrap=True, overflow="ellipsis", max_width=40)
+    if period:
+        table.add_column("", no_wrap=True)  # the bar chart of cost
+    largest = max(r["cost_usd"] for r in rows)
+    for r in rows:
+        cells = [str(r.get("period") or r.get(group) or "-")]
+        if not period:
+            cells.append(str(r["jobs"]))
+        if detailed:
+            cells += [_tokens(r[k]) for k in _TOKEN_KINDS]
+        cells += [_tokens(r["total_tokens"]), _cost(r["cost_usd"])]
+        if show_models:
+            cells.append(", ".join(m["model"].removeprefix("claude-") for m in r["models"]))
+        if period:
+            cells.append(f"[green]{bar(r['cost_usd'], largest, 16)}[/green]")
+        table.add_row(*cells)
+    t = result["totals"]
+    footer = ["total"] + ([""] if not period else [])
+    if detailed:
+        footer += [_tokens(t[k]) for k in _TOKEN_KINDS]
+    footer += [_tokens(t["total_tokens"]), _cost(t["cost_usd"])]
+    table.add_section()
+    table.add_row(*footer, *([""] * (int(show_models) + int(period))), style="bold")
+    console.print(table)
+    if period and len(rows) > 1:
+        first, last = rows[0]["cost_usd"], rows[-1]["cost_usd"]
+        console.print(
+            f"average {_cost(t.get('average_cost_per_period', 0))} per {group}; "
+            f"last {group} {_cost(last)} vs first {_cost(first)}"
+        )
+    if result.get("top_sessions"):
+        top = Table(title="most expensive sessions", box=box.SIMPLE_HEAD, title_justify="left")
+        top.add_column("session", no_wrap=True, min_width=8)
+        top.add_column("started", no_wrap=True, min_width=16)
+        top.add_column("model", no_wrap=True, overflow="ellipsis", max_width=20)
+        top.add_column("cost", justify="right", no_wrap=True, min_width=7)
+        top.add_column("prompt", no_wrap=True, overflow="ellipsis", ratio=1)
+        for s in result["top_sessions"]:
+            top.add_row(s["session_id"][:8], (s["started_at"] or "")[:16].replace("T", " "),
+                        (s["model"] or "-").removeprefix("claude-"), _cost(s["cost_usd"]),
+                        _one_line(s["prompt"], 60))  # fmt: skip
+        console.print(top)
+
+
+def tools_table(result: dict[str, Any]) -> None:
+    if not result["rows"]:
+        console.print("no tool calls in this range")
+        return
+    table = Table(title="tools", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("tool", "calls", "failures", "failure rate", "jobs", ""):
+        table.add_column(name, justify="left" if name in ("tool", "") else "right")
+    largest = max(r["calls"] for r in result["rows"])
+    for r in result["rows"]:
+        rate = f"{100 * r['failure_rate']:.1f}%"
+        style = "red" if r["failure_rate"] >= 0.2 and r["calls"] >= 5 else ""
+        table.add_row(r["tool"], f"{r['calls']:,}", f"{r['failures']:,}",
+                      f"[{style}]{rate}[/{style}]" if style else rate, f"{r['jobs']:,}",
+                      bar(r["calls"], largest, 16))  # fmt: skip
+    t = result["totals"]
+    table.add_section()
+    table.add_row("total", f"{t['calls']:,}", f"{t['failures']:,}",
+                  f"{100 * t['failure_rate']:.1f}%", "", "", style="bold")  # fmt: skip
+    console.print(table)
+
+
+def _local(text: str | None, timezone: str) -> str:
+    if not text:
+        return "-"
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(ZoneInfo(timezone))
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def blocks_table(result: dict[str, Any], timezone: str, *, active_only: bool = False) -> None:
+    blocks = result["blocks"]
+    if not blocks:
+        console.print("no active block" if active_only else "no usage in this range")
+        return
+    table = Table(title=f"{result['hours']}-hour billing blocks ({timezone})",
+                  box=box.SIMPLE_HEAD, title_justify="left")  # fmt: skip
+    for name in ("start", "status", "entries", "tokens", "cost", "models"):
+        table.add_column(name, justify="right" if name in ("entries", "tokens", "cost") else "left")
+    for b in blocks:
+        if b["is_gap"]:
+            table.add_row(f"[dim]{_local(b['start'], timezone)}[/dim]", "[dim]gap[/dim]",
+                          "", "", "", "")  # fmt: skip
+            continue
+        status = "[bold green]ACTIVE[/bold green]" if b["is_active"] else "done"
+        table.add_row(_local(b["start"], timezone), status, str(b["entries"]),
+                      _tokens(b["total_tokens"]), _cost(b["cost_usd"]),
+                      ", ".join(m.removeprefix("claude-") for m in b["models"]))  # fmt: skip
+    console.print(table)
+    for b in blocks:
+        if b["is_active"] and b["burn_rate"]:
+            rate, projection = b["burn_rate"], b["projection"]
+            console.print(
+                f"active block until {_local(b['end'], timezone)}: "
+                f"{rate['tokens_per_minute']:,.0f} tokens/min, "
+                f"{_cost(rate['cost_per_hour'])}/hour; projected "
+                f"{_tokens(projection['total_tokens'])} tokens, "
+                f"{_cost(projection['total_cost'])} "
+                f"({projection['remaining_minutes']} min left)"
+            )
+
+
+def search_results(result: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    if not result["results"]:
+        console.print("no matches")
+        return
+    for hit in result["results"]:
+        job = hit["job"]
+        when = (job["started_at"] or "")[:16].replace("T", " ")
+        console.print(
+            f"[bold]{job['session_id'][:8]}[/bold]  {when}  {escape(job['project'] or '-')}  "
+            f"{_cost(job['cost_usd'])}  [dim]{job['status']}[/dim]"
+        )
+        text = hit["snippet"] or job["prompt"] or ""
+        flat = escape(" ".join(text.split()))
+        console.print("   " + flat.replace("«", "[bold yellow]").replace("»", "[/bold yellow]"))
+        for path in hit.get("matched_files", []):
+            console.print(f"   [dim]file[/dim] {escape(path)}")
+    if result["next_offset"] is not None:
+        console.print(f"[dim]more results: --limit larger than {result['next_offset']}[/dim]")

@@ -29,6 +29,7 @@ from jobvault.records import (
     JobRecord,
     Status,
     Subagent,
+    TextSample,
     ToolCall,
     UsageRow,
     preview,
@@ -179,6 +180,7 @@ class ClaudeJob:
         self.agents: dict[str, _Agent] = {}
         self.sidechain_roots = 0
         self.excluded_keys: frozenset[str] = frozenset()
+        self.text = TextSample()  # prompts and assistant text, for full-text search
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -257,6 +259,8 @@ class ClaudeJob:
         text = _text_of(content)
         if text and not sidechain:
             self.last_text.offer(order, text)
+        if text:
+            self.text.add(order, text)
         if isinstance(content, list):
             for block in content:
                 if isinstance(block, dict) and block.get("type") == "tool_use":
@@ -343,6 +347,10 @@ class ClaudeJob:
         meta = bool(obj.get("isMeta")) or bool(obj.get("isCompactSummary"))
         if not meta:
             self.user_lines += 1
+        if not (has_result or meta):
+            typed = _text_of(content)
+            if not typed.startswith(INTERRUPT_MARK) and not _is_command_wrapper(typed):
+                self.text.add(order, typed)  # subagents' prompts too
         if sidechain or has_result or meta:
             return
         text = _text_of(content)
@@ -404,6 +412,7 @@ class ClaudeJob:
         """
         self.excluded_keys = excluded_keys
         usage_rows: dict[tuple[str, str], list[float]] = {}
+        usage_span: dict[tuple[str, str], tuple[str, str]] = {}  # first, last message time
         per_agent: dict[str, list[float]] = {}
         totals = [0, 0, 0, 0]  # input, output, cache write, cache read
         cost = 0.0
@@ -433,6 +442,12 @@ class ClaudeJob:
             row = usage_rows.setdefault((hour, u.model or "unknown"), [0, 0, 0, 0, 0, 0.0])
             for i, value in enumerate((1, u.input, u.output, write, u.cache_read, msg_cost)):
                 row[i] += value
+            if hour != "unknown":
+                first, last = usage_span.get((hour, u.model or "unknown"), (u.order[0],) * 2)
+                usage_span[(hour, u.model or "unknown")] = (
+                    min(first, u.order[0]),
+                    max(last, u.order[0]),
+                )
             if u.agent_id:
                 agent_row = per_agent.setdefault(u.agent_id, [0, 0, 0, 0, 0.0])
                 for i, value in enumerate((u.input, u.output, write, u.cache_read, msg_cost)):
@@ -511,10 +526,11 @@ class ClaudeJob:
                 int(r[4]),
                 0,
                 round(r[5], 6),
+                *usage_span.get((hour, model), (None, None)),
             )
             for (hour, model), r in sorted(usage_rows.items())
         ]
-        return JobDetail(record, tool_calls, subagents, files, usage)
+        return JobDetail(record, tool_calls, subagents, files, usage, self.text.text())
 
     def _tools(
         self,

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from jobvault import pricing
-from jobvault.records import FileModified, JobDetail, JobRecord, Status, ToolCall, UsageRow
+from jobvault.records import (
+    FileModified,
+    JobDetail,
+    JobRecord,
+    Status,
+    TextSample,
+    ToolCall,
+    UsageRow,
+    join_sample,
+)
 from jobvault.sources.base import FileInfo, LineContext, UsageCandidate
 from jobvault.sources.codex_file import Call, Delta, FileState, Order, Result
 
@@ -74,13 +83,32 @@ class CodexJob:
     def __init__(self, job_key: str) -> None:
         self.job_key = job_key
         self.files: dict[int, FileState] = {}
+        self.texts: dict[int, TextSample] = {}  # per file: prompts and agent messages
 
     def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None:
         state = self.files.get(ctx.file_id)
         if state is None:
             state = self.files[ctx.file_id] = FileState(ctx.file_id, ctx.path)
+            self.texts[ctx.file_id] = TextSample()
         state.path = ctx.path  # a rename keeps the file id; the latest name counts
+        self._sample_text(obj, state, offset)
         state.feed(obj, offset)
+
+    def _sample_text(self, obj: dict[str, Any], state: FileState, offset: int) -> None:
+        """Keep the prompts and agent messages for full-text search (not a fork's replay)."""
+        payload = obj.get("payload")
+        if obj.get("type") != "event_msg" or not isinstance(payload, dict):
+            return
+        if payload.get("type") not in ("user_message", "agent_message"):
+            return
+        ts = obj.get("timestamp")
+        ts = ts if isinstance(ts, str) else ""
+        # FileState's replay test, asked before it sees the line (it may clear the mark).
+        if state.replay_until is not None and ts[:19] <= state.replay_until:
+            return
+        text = payload.get("message")
+        if isinstance(text, str):
+            self.texts[state.file_id].add((ts, state.file_id, offset), text)
 
     def usage_candidates(self) -> dict[str, UsageCandidate]:
         """Codex usage is never shared between jobs: forks skip their replayed prefix."""
@@ -173,7 +201,8 @@ class CodexJob:
             skipped_records=sum(skipped.values()),
             skipped_kinds=sorted(skipped),
         )
-        return JobDetail(record, tool_calls, [], modified, usage)
+        pieces = [p for f in files for p in self.texts[f.file_id].pieces()]
+        return JobDetail(record, tool_calls, [], modified, usage, join_sample(pieces))
 
 
 def _preference(state: FileState) -> tuple[int, str, int]:
@@ -187,6 +216,7 @@ def _usage(
 ) -> tuple[list[UsageRow], list[int], float, set[str], Counter[str]]:
     """Price each delta and total it per UTC hour and model, as Claude's messages are."""
     rows: dict[tuple[str, str], list[float]] = {}
+    spans: dict[tuple[str, str], tuple[str, str]] = {}  # first, last delta time
     totals = [0, 0, 0, 0]  # input not cached, output, cached input, reasoning
     cost = 0.0
     unpriced: set[str] = set()
@@ -211,9 +241,12 @@ def _usage(
         row = rows.setdefault((hour, d.model or "unknown"), [0, 0, 0, 0, 0, 0.0])
         for i, amount in enumerate((1, fresh, u.output, u.cached, u.reasoning, delta_cost)):
             row[i] += amount
+        if hour != "unknown":
+            first, last = spans.get((hour, d.model or "unknown"), (ts, ts))
+            spans[(hour, d.model or "unknown")] = (min(first, ts), max(last, ts))
     usage = [
         UsageRow(hour, model, int(r[0]), int(r[1]), int(r[2]), 0, int(r[3]), int(r[4]),
-                 round(r[5], 6))
+                 round(r[5], 6), *spans.get((hour, model), (None, None)))
         for (hour, model), r in sorted(rows.items())
     ]  # fmt: skip
     return usage, totals, cost, unpriced, per_model

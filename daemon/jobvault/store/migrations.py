@@ -233,7 +233,56 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (now,))
 
 
-MIGRATIONS: list[Migration] = [m001_initial]
+def m002_analytics(conn: sqlite3.Connection) -> None:
+    """Add what usage reports, billing blocks and full-text search need.
+
+    * `job_usage.first_at` / `last_at`: the first and last counted message of each job, hour
+      and model. Billing blocks (ccusage's 5-hour windows) start at the hour of a block's
+      first message, but their end, burn rate, gaps and "active" state are measured from the
+      exact first and last message times; an hour's extremes are all they need, at a
+      fraction of the size of a row per message. Rows written before this migration keep
+      NULL (the hour's bounds are used) until `jobvault rebuild`.
+    * `search_docs` + `search_fts`: one FTS5 document per job (title, prompt, summary, and a
+      bounded sample of the messages' text). `search_docs` gives each job a stable integer
+      rowid (jobs.rowid is not stable across VACUUM); a trigger drops a job's document
+      whenever its row is deleted, which every rewrite of a record does first, so the index
+      can never hold a stale job. Existing jobs are indexed now from their prompt, summary
+      and title; their message text is indexed by the next `jobvault rebuild`.
+    """
+    run_script(
+        conn,
+        """
+        ALTER TABLE job_usage ADD COLUMN first_at TEXT;
+        ALTER TABLE job_usage ADD COLUMN last_at TEXT;
+        CREATE INDEX job_usage_hour ON job_usage (hour);
+
+        CREATE TABLE search_docs (
+            id     INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL UNIQUE
+        ) STRICT;
+
+        CREATE VIRTUAL TABLE search_fts USING fts5 (
+            title, prompt, summary, body,
+            tokenize = 'unicode61 remove_diacritics 2',
+            prefix = '2 3'
+        );
+
+        CREATE TRIGGER jobs_search_delete AFTER DELETE ON jobs BEGIN
+            DELETE FROM search_fts
+                WHERE rowid IN (SELECT id FROM search_docs WHERE job_id = old.id);
+            DELETE FROM search_docs WHERE job_id = old.id;
+        END;
+
+        INSERT INTO search_docs (job_id) SELECT id FROM jobs ORDER BY id;
+        INSERT INTO search_fts (rowid, title, prompt, summary, body)
+            SELECT d.id, COALESCE(j.title, ''), COALESCE(j.prompt, ''),
+                   COALESCE(j.summary, ''), ''
+            FROM search_docs d JOIN jobs j ON j.id = d.job_id;
+        """,
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_analytics]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

@@ -62,7 +62,7 @@ ORDERS: dict[str, tuple[str, str]] = {
     "duration_ms": ("COALESCE(duration_ms, 0)", "ASC"),
 }
 FILTERS = ("since", "until", "source", "model", "status", "project", "cwd", "tool", "file",
-           "min_cost", "max_cost")  # fmt: skip
+           "file_prefix", "file_glob", "min_cost", "max_cost")  # fmt: skip
 
 
 def _like_prefix(text: str) -> str:
@@ -111,40 +111,7 @@ def page_jobs(
     if order not in ORDERS:
         raise UsageError(f"unknown order {order!r} (one of {', '.join(ORDERS)})")
     expr, direction = ORDERS[order]
-    where: list[str] = []
-    params: list[Any] = []
-    f = {k: v for k, v in filters.items() if v is not None}
-    if "since" in f:
-        where.append("started_at >= ?")
-        params.append(f["since"])
-    if "until" in f:
-        where.append("started_at < ?")
-        params.append(f["until"])
-    for key in ("source", "status", "project"):
-        if key in f:
-            where.append(f"{key} = ?")
-            params.append(f[key])
-    if "model" in f:
-        where.append("(model = ? OR EXISTS (SELECT 1 FROM json_each(models) WHERE value = ?))")
-        params += [f["model"], f["model"]]
-    if "cwd" in f:
-        cwd = str(f["cwd"]).rstrip("/") or "/"
-        where.append("(cwd = ? OR cwd LIKE ? ESCAPE '\\')")
-        params += [cwd, _like_prefix(cwd.rstrip("/") + "/")]
-    if "tool" in f:
-        where.append("EXISTS (SELECT 1 FROM tool_calls t WHERE t.job_id = jobs.id AND t.name = ?)")
-        params.append(f["tool"])
-    if "file" in f:
-        where.append(
-            "EXISTS (SELECT 1 FROM files_modified m WHERE m.job_id = jobs.id AND m.path = ?)"
-        )
-        params.append(f["file"])
-    if "min_cost" in f:
-        where.append("cost_usd >= ?")
-        params.append(float(f["min_cost"]))
-    if "max_cost" in f:
-        where.append("cost_usd <= ?")
-        params.append(float(f["max_cost"]))
+    where, params = job_filters(filters)
     if cursor:
         value, ident = _decode_cursor(cursor)
         op = "<" if direction == "DESC" else ">"
@@ -161,6 +128,77 @@ def page_jobs(
     rows = rows[:limit] if limit > 0 else rows
     next_cursor = _encode_cursor(rows[-1][2], rows[-1][3]) if more and rows else None
     return {"jobs": [_record(r) for r in rows], "next_cursor": next_cursor}
+
+
+def job_filters(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """SQL conditions on the `jobs` table for the `jobs.list` filters (None = not given).
+
+    Shared by `jobs.list`, `search` and the usage reports, so a filter means the same
+    everywhere. Columns are qualified with `jobs.` so the conditions hold in joins.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    f = {k: v for k, v in filters.items() if v is not None}
+    if "since" in f:
+        where.append("jobs.started_at >= ?")
+        params.append(f["since"])
+    if "until" in f:
+        where.append("jobs.started_at < ?")
+        params.append(f["until"])
+    for key in ("source", "status", "project"):
+        if key in f:
+            where.append(f"jobs.{key} = ?")
+            params.append(f[key])
+    if "model" in f:
+        where.append(
+            "(jobs.model = ? OR EXISTS (SELECT 1 FROM json_each(jobs.models) WHERE value = ?))"
+        )
+        params += [f["model"], f["model"]]
+    if "cwd" in f:
+        cwd = str(f["cwd"]).rstrip("/") or "/"
+        where.append("(jobs.cwd = ? OR jobs.cwd LIKE ? ESCAPE '\\')")
+        params += [cwd, _like_prefix(cwd.rstrip("/") + "/")]
+    if "tool" in f:
+        where.append("EXISTS (SELECT 1 FROM tool_calls t WHERE t.job_id = jobs.id AND t.name = ?)")
+        params.append(f["tool"])
+    file_match = file_condition(f)
+    if file_match is not None:
+        condition, values = file_match
+        where.append(
+            f"EXISTS (SELECT 1 FROM files_modified m WHERE m.job_id = jobs.id AND {condition})"
+        )
+        params += values
+    if "min_cost" in f:
+        where.append("jobs.cost_usd >= ?")
+        params.append(float(f["min_cost"]))
+    if "max_cost" in f:
+        where.append("jobs.cost_usd <= ?")
+        params.append(float(f["max_cost"]))
+    return where, params
+
+
+def file_condition(filters: dict[str, Any]) -> tuple[str, list[Any]] | None:
+    """A condition on `m.path` (files_modified) for `file`, `file_prefix` and `file_glob`.
+
+    A prefix is a range on the indexed path column rather than LIKE, which SQLite will not
+    run on the index for a case-sensitive match; a glob is SQLite's GLOB (case-sensitive,
+    `*` also matches `/`).
+    """
+    conditions: list[str] = []
+    params: list[Any] = []
+    if filters.get("file") is not None:
+        conditions.append("m.path = ?")
+        params.append(filters["file"])
+    prefix = filters.get("file_prefix")
+    if prefix:
+        conditions.append("m.path >= ? AND m.path < ?")
+        params += [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+    if filters.get("file_glob") is not None:
+        conditions.append("m.path GLOB ?")
+        params.append(filters["file_glob"])
+    if not conditions:
+        return None
+    return " AND ".join(conditions), params
 
 
 def resolve_job_id(conn: sqlite3.Connection, ident: str) -> str:

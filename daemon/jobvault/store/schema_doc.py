@@ -36,11 +36,22 @@ DESCRIPTIONS = {
     "subagents": "The subagents of a job, in any of Claude Code's three layouts.",
     "files_modified": "Files written or edited by a job, indexed by path for search.",
     "job_usage": "Tokens and cost per job, UTC hour and model: the exact source of every "
-    "usage report.",
+    "usage report. `first_at` / `last_at` are the hour's first and last counted message "
+    "(billing blocks need them; NULL in rows written before `m002_analytics` until a rebuild).",
     "usage_keys": "The best copy of each deduplicated message per job; a message repeated in "
     "several jobs counts only in the job holding its best copy.",
     "daily_metrics": "Usage per UTC day, source and model, kept up to date incrementally as "
     "job records are written.",
+    "search_docs": "A stable integer id per job: the rowid of its full-text document. The "
+    "trigger `jobs_search_delete` drops the document whenever the job row is deleted.",
+    "search_fts": "The full-text index (FTS5, unicode61 without diacritics, 2- and "
+    "3-character prefix indexes): each job's title, first prompt, summary, and up to 32 KiB "
+    "of its prompts and assistant text, written with the record so `rebuild` reproduces it.",
+    "search_fts_config": "FTS5 internal: the index's settings.",
+    "search_fts_content": "FTS5 internal: the indexed text (snippets are cut from it).",
+    "search_fts_data": "FTS5 internal: the index's b-tree segments.",
+    "search_fts_docsize": "FTS5 internal: each document's size in tokens (for bm25).",
+    "search_fts_idx": "FTS5 internal: the segment index.",
 }
 
 
@@ -75,9 +86,16 @@ def render() -> str:
                 "AND sql IS NOT NULL ORDER BY name",
                 (name,),
             ).fetchall()
+            triggers = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+                "ORDER BY name",
+                (name,),
+            ).fetchall()
             parts.append("\n```sql\n" + _dedent(sql))
             for _iname, isql in indexes:
                 parts.append(isql.strip() + ";")
+            for (tsql,) in triggers:
+                parts.append(_dedent(tsql) + ";")
             parts.append("```")
         return "\n".join(parts) + "\n"
     finally:

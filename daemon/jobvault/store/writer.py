@@ -7,10 +7,12 @@ after a crash a file is re-read exactly from where its archived bytes end.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +21,7 @@ import zstandard
 from jobvault.errors import StoreError
 from jobvault.records import JobDetail
 from jobvault.sources.base import UsageCandidate
+from jobvault.store.db import BUSY_TIMEOUT_MS
 
 
 def now_iso() -> str:
@@ -103,6 +106,9 @@ class Store:
 
     def __init__(self, conn: sqlite3.Connection, compression_level: int = 3) -> None:
         self.conn = conn
+        self.path: str = next(
+            (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
+        )
         self._compressor = zstandard.ZstdCompressor(level=compression_level)
         self._decompressor = zstandard.ZstdDecompressor()
         row = conn.execute("SELECT value FROM meta WHERE key = 'machine_id'").fetchone()
@@ -157,21 +163,33 @@ class Store:
     # -- batches -----------------------------------------------------------------------------
 
     class _Tx:
+        """BEGIN IMMEDIATE … COMMIT; any SQLite error rolls back and becomes a StoreError."""
+
         def __init__(self, conn: sqlite3.Connection) -> None:
             self.conn = conn
 
         def __enter__(self) -> None:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot start a write transaction: {exc}") from exc
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
             if exc_type is None:
                 try:
                     self.conn.execute("COMMIT")
-                except BaseException:
+                    return
+                except sqlite3.Error as error:
+                    self._rollback()
+                    raise StoreError(f"the database refused the write: {error}") from error
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"the database refused the write: {exc}") from exc
+
+        def _rollback(self) -> None:
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
-                    raise
-            elif self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
 
     def _transaction(self) -> Store._Tx:
         return Store._Tx(self.conn)
@@ -331,15 +349,32 @@ class Store:
         )
         self.conn.executemany(
             "INSERT INTO job_usage (job_id, hour, model, messages, input_tokens, output_tokens, "
-            "cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd, first_at, "
+            "last_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (rec.id, u.hour, u.model, u.messages, u.input_tokens, u.output_tokens,
-                 u.cache_creation_tokens, u.cache_read_tokens, u.reasoning_tokens, u.cost_usd)
+                 u.cache_creation_tokens, u.cache_read_tokens, u.reasoning_tokens, u.cost_usd,
+                 u.first_at, u.last_at)
                 for u in detail.usage
             ],
         )  # fmt: skip
         self._apply_usage(rec.id, rec.source, sign=1)
+        self._index_job(detail)
+
+    def _index_job(self, detail: JobDetail) -> None:
+        """Give the job its full-text document (the DELETE above dropped the old one).
+
+        Derived from the record alone, like every child row, so `rebuild` reproduces it; the
+        `jobs_search_delete` trigger removes it whenever the job row is deleted.
+        """
+        rec = detail.record
+        doc_id = self.conn.execute(
+            "INSERT INTO search_docs (job_id) VALUES (?)", (rec.id,)
+        ).lastrowid
+        self.conn.execute(
+            "INSERT INTO search_fts (rowid, title, prompt, summary, body) VALUES (?,?,?,?,?)",
+            (doc_id, rec.title or "", rec.prompt or "", rec.summary or "", detail.search_text),
+        )
 
     def _retract_usage(self, job_id: str) -> None:
         row = self.conn.execute("SELECT source FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -445,6 +480,28 @@ class Store:
     def iter_chunks(self, file_id: int) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, raw bytes) of a file's archived chunks, in order."""
         return iter_chunks(self.conn, file_id, self._decompressor)
+
+    def checkpoint(self, truncate_above: int = 1024 * 1024) -> tuple[int, int]:
+        """Checkpoint the WAL without waiting for readers; truncate it when it is large.
+
+        A PASSIVE checkpoint never blocks; when it copied everything back (no reader holds an
+        old snapshot) and the WAL file is large, a TRUNCATE (which then needs no waiting)
+        shrinks it to nothing. Returns (WAL frames, frames checkpointed).
+        """
+        busy, frames, done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        wal = Path(self.path + "-wal") if self.path else None
+        if not busy and frames == done and wal is not None:
+            try:
+                large = wal.stat().st_size > truncate_above
+            except OSError:
+                large = False
+            if large:
+                self.conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return frames, done
 
     def archived_tail(self, file_id: int, size: int) -> bytes:
         """The last `size` archived bytes of a file (fewer if the archive is shorter)."""

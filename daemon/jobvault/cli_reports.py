@@ -1,0 +1,170 @@
+"""The `stats`, `search` and `replay` commands: arguments in, one socket method out, rendered.
+
+`stats` and `search` call the socket methods (`stats.usage`, `stats.tools`, `stats.blocks`,
+`search`) through the CLI's client, which falls back to the database when the daemon is not
+running; `replay` reads the archive read-only beside the daemon, as `export` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from jobvault import render
+from jobvault.errors import ExitCode, UsageError
+
+Call = Callable[[str, Any], Any]
+STATS_REPORTS = ("daily", "weekly", "monthly", "models", "projects", "sources", "tools", "blocks")
+_GROUP_BY = {
+    "daily": "day",
+    "weekly": "week",
+    "monthly": "month",
+    "models": "model",
+    "projects": "project",
+    "sources": "source",
+}
+
+
+def add_parsers(
+    sub: Any,
+    common: Callable[[argparse.ArgumentParser], None],
+    socket: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Add the three commands to the CLI's subparsers."""
+    p = sub.add_parser("stats", help="usage and cost by period, model, project, tool; blocks")
+    common(p)
+    socket(p)
+    p.add_argument("report", nargs="?", default="daily", choices=STATS_REPORTS)
+    p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.add_argument(
+        "--timezone",
+        "-z",
+        metavar="TZ",
+        help="IANA zone for days, weeks and months (default: this machine's)",
+    )
+    p.add_argument("--since", help="usage at or after (ISO date/time in --timezone, or an age)")
+    p.add_argument("--until", help="usage before (ISO date/time in --timezone, or an age)")
+    for name in ("source", "model", "project"):
+        p.add_argument(f"--{name}", help=f"only this {name}")
+    p.add_argument(
+        "--top",
+        type=int,
+        default=5,
+        metavar="N",
+        help="list the N most expensive sessions (period reports; default 5)",
+    )
+    p.add_argument("--hours", type=int, default=5, help="billing block length (default 5)")
+    p.add_argument("--active", action="store_true", help="blocks: only the active block")
+
+    p = sub.add_parser("search", help="full-text search over prompts, summaries and messages")
+    common(p)
+    socket(p)
+    p.add_argument(
+        "query",
+        nargs="?",
+        default="",
+        help='words, "a phrase", prefix*, a OR b, NOT c (empty: filters only)',
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20, at most 200)")
+    p.add_argument("--since", help="started at or after (ISO date/time, or an age: 7d, 12h)")
+    p.add_argument("--until", help="started before (ISO date/time, or an age)")
+    for name in ("source", "model", "project", "status", "cwd", "tool"):
+        p.add_argument(f"--{name}", help=f"only jobs with this {name}")
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="modified this file: an exact path, a prefix ending in /, or a glob",
+    )
+
+    p = sub.add_parser("replay", help="show a session's transcript from the archive")
+    common(p)
+    p.add_argument("id", help="job id, session id, or a unique prefix of either")
+    p.add_argument("--json", action="store_true", help="print the normalized events")
+    p.add_argument("--no-pager", action="store_true", help="never page the output")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def cmd_stats(args: argparse.Namespace, call: Call, db: Path) -> int:
+    from jobvault.store.stats import local_zone_name
+
+    timezone = args.timezone or local_zone_name()
+    params: dict[str, Any] = {"timezone": timezone}
+    for key in ("since", "until"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    filters = {k: getattr(args, k) for k in ("source", "model", "project") if getattr(args, k)}
+    if args.report == "blocks":
+        if args.model or args.project:
+            raise UsageError("stats blocks takes --source, not --model or --project")
+        params.update(hours=args.hours, active=args.active, source=args.source or "claude")
+        result = call("stats.blocks", params)
+    elif args.report == "tools":
+        result = call("stats.tools", {**params, **filters})
+    else:
+        group_by = _GROUP_BY[args.report]
+        top = max(0, args.top) if group_by in ("day", "week", "month") else 0
+        result = call("stats.usage", {**params, **filters, "group_by": group_by, "top": top})
+    if args.json:
+        _print_json(result)
+    elif args.report == "blocks":
+        render.blocks_table(result, timezone, active_only=args.active)
+    elif args.report == "tools":
+        render.tools_table(result)
+    else:
+        render.usage_table(result)
+    return ExitCode.OK
+
+
+def cmd_search(args: argparse.Namespace, call: Call, db: Path) -> int:
+    params: dict[str, Any] = {"query": args.query, "limit": args.limit}
+    for key in ("since", "until", "source", "model", "project", "status", "cwd", "tool"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    if args.file:
+        # One flag for the three ways of naming files; the socket method spells them out.
+        if any(ch in args.file for ch in "*?["):
+            params["file_glob"] = args.file
+        elif args.file.endswith("/"):
+            params["file_prefix"] = args.file
+        else:
+            params["file"] = args.file
+    if not args.query.strip() and len(params) == 2:
+        raise UsageError("give a QUERY, or a filter such as --file or --tool")
+    result = call("search", params)
+    if args.json:
+        _print_json(result)
+    else:
+        render.search_results(result)
+    return ExitCode.OK
+
+
+def cmd_replay(args: argparse.Namespace, call: Call, db: Path) -> int:
+    from jobvault import replay
+    from jobvault.store import queries
+    from jobvault.store.db import open_reader
+
+    conn = open_reader(db)
+    try:
+        result = replay.events(conn, args.id)
+        job = queries.get_job(conn, result["job_id"])
+    finally:
+        conn.close()
+    if args.json:
+        _print_json(result)
+        return ExitCode.OK
+    console = render.console
+    if not args.no_pager and sys.stdout.isatty() and len(result["events"]) > console.height:
+        with console.pager(styles=True):
+            replay.render(result, console, job=job)
+    else:
+        replay.render(result, console, job=job)
+    return ExitCode.OK

@@ -1,0 +1,463 @@
+"""Usage reports: tokens and cost by period, model, project and source; tools; billing blocks.
+
+Every figure comes from `job_usage` (tokens and cost per job, UTC hour and model), so reports
+count exactly what job records count (ccusage's deduplication, subagents included). Periods
+are local to a time zone: each UTC hour is placed in the local day, ISO week or month its
+start falls in, which is exact for every zone whose offset is a whole number of hours (for
+the few :30 / :45 zones, usage in the part-hour around local midnight lands on the day the
+UTC hour started). UTC day reports without job filters read `daily_metrics`, the per-day
+totals kept incrementally as jobs are written.
+
+Billing blocks follow ccusage's `blocks`: a block starts at the UTC hour of its first
+message and lasts `hours` (5); a message more than that after the block's start opens the
+next block; a silence longer than that between blocks is reported as a gap. Block membership
+only needs hours, and `job_usage.first_at` / `last_at` (the first and last message of each
+hour) give the exact ends, gaps, burn rate and "active" state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from jobvault.errors import UsageError
+from jobvault.store.queries import job_filters, parse_time
+
+GroupBy = Literal["day", "week", "month", "model", "project", "source"]
+GROUP_BY: tuple[GroupBy, ...] = ("day", "week", "month", "model", "project", "source")
+PERIODS = ("day", "week", "month")
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
+              "reasoning_tokens")  # fmt: skip
+_SUMS = (
+    "SUM(u.messages), SUM(u.input_tokens), SUM(u.output_tokens), SUM(u.cache_creation_tokens), "
+    "SUM(u.cache_read_tokens), SUM(u.reasoning_tokens), SUM(u.cost_usd)"
+)
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT",
+                        "Universal", "Etc/Universal"})  # fmt: skip
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone `name`, or a UsageError naming it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(
+            f"unknown time zone {name!r}: use an IANA name such as UTC or Europe/Paris"
+        ) from None
+
+
+def local_zone_name() -> str:
+    """This machine's IANA zone name ($TZ, else /etc/localtime's target), else UTC."""
+    import os
+
+    candidate = os.environ.get("TZ", "").lstrip(":")
+    if candidate:
+        try:
+            ZoneInfo(candidate)
+            return candidate
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        target = os.path.realpath("/etc/localtime")
+    except OSError:
+        return "UTC"
+    marker = "zoneinfo/"
+    if marker in target:
+        name = target.split(marker, 1)[1]
+        try:
+            ZoneInfo(name)
+            return name
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return "UTC"
+
+
+def parse_local_time(value: str, tz: ZoneInfo) -> str:
+    """Like `queries.parse_time`, but a date or time without an offset is local to `tz`."""
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return parse_time(text)  # an age such as 7d, or an error naming the value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return parse_time(moment.isoformat())
+
+
+def _hour_bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """UTC hour keys ("YYYY-MM-DDTHH") covering [since, until): hours are the resolution."""
+    low = since[:13] if since else None
+    high = None
+    if until:
+        moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        floor = moment.replace(minute=0, second=0, microsecond=0)
+        high = (floor if floor == moment else floor + timedelta(hours=1)).strftime("%Y-%m-%dT%H")
+    return low, high
+
+
+def _hour_time(hour: str) -> datetime:
+    return datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+
+
+def period_of(day: date, group_by: str) -> str:
+    """The label of the day / ISO week / month holding `day`."""
+    if group_by == "day":
+        return day.isoformat()
+    if group_by == "week":
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+def _empty() -> dict[str, Any]:
+    return {"messages": 0, **dict.fromkeys(TOKEN_KEYS, 0), "cost_usd": 0.0}
+
+
+def _add(target: dict[str, Any], values: Iterable[Any]) -> None:
+    for key, value in zip(("messages", *TOKEN_KEYS, "cost_usd"), values, strict=True):
+        target[key] += value or 0
+
+
+def _finish(row: dict[str, Any]) -> dict[str, Any]:
+    row["total_tokens"] = sum(row[k] for k in TOKEN_KEYS[:4])
+    row["cost_usd"] = round(row["cost_usd"], 6)
+    return row
+
+
+@dataclass
+class _Scope:
+    """The usage rows a report covers: an hour range, a model, and job filters."""
+
+    where: list[str]
+    params: list[Any]
+    plain: bool  # no job filter but the source: daily_metrics can answer UTC day reports
+    joined: bool  # a condition reads `jobs`: join it (else job_usage alone is read)
+
+    @classmethod
+    def of(
+        cls,
+        since: str | None,
+        until: str | None,
+        model: str | None,
+        filters: dict[str, Any],
+    ) -> _Scope:
+        where, params = job_filters({k: v for k, v in filters.items() if k != "model"})
+        joined = bool(where)
+        low, high = _hour_bounds(since, until)
+        if low:
+            where.append("u.hour >= ?")
+            params.append(low)
+        if high:
+            where.append("u.hour < ?")
+            params.append(high)
+        if model:
+            where.append("u.model = ?")
+            params.append(model)
+        job_keys = {k for k, v in filters.items() if v is not None and k not in ("model",)}
+        return cls(where, params, plain=job_keys <= {"source"}, joined=joined)
+
+    def sql(self, join: bool = False) -> str:
+        """FROM job_usage u (joined with jobs when needed or asked) and the conditions."""
+        text = " FROM job_usage u"
+        if join or self.joined:
+            text += " JOIN jobs ON jobs.id = u.job_id"
+        return text + ((" WHERE " + " AND ".join(self.where)) if self.where else "")
+
+
+def usage(
+    conn: sqlite3.Connection,
+    group_by: str,
+    *,
+    timezone: str = "UTC",
+    since: str | None = None,
+    until: str | None = None,
+    filters: dict[str, Any] | None = None,
+    top: int = 0,
+) -> dict[str, Any]:
+    """Tokens and cost grouped by period (local to `timezone`), model, project or source.
+
+    `since` / `until` are UTC ISO times and select usage by the hour it happened in (not by
+    when its job started); `filters` are the `jobs.list` filters on the jobs, except `model`,
+    which selects usage rows of that model. `top` adds the most expensive sessions.
+    """
+    if group_by not in GROUP_BY:
+        raise UsageError(f"unknown group_by {group_by!r} (one of {', '.join(GROUP_BY)})")
+    tz = zone(timezone)
+    filters = {k: v for k, v in (filters or {}).items() if v is not None}
+    scope = _Scope.of(since, until, filters.get("model"), filters)
+    if group_by in PERIODS:
+        rows = _periods(conn, group_by, tz, scope, since, until, filters)
+    else:
+        rows = _by_key(conn, group_by, scope)
+    totals = _empty()
+    for row in rows:
+        _add(totals, (row["messages"], *(row[k] for k in TOKEN_KEYS), row["cost_usd"]))
+    result: dict[str, Any] = {
+        "group_by": group_by,
+        "timezone": timezone,
+        "since": since,
+        "until": until,
+        "rows": rows,
+        "totals": _finish(totals),
+    }
+    if group_by in PERIODS and rows:
+        result["totals"]["average_cost_per_period"] = round(totals["cost_usd"] / len(rows), 6)
+    if top > 0:
+        result["top_sessions"] = top_sessions(conn, scope, top)
+    return result
+
+
+def _utc_days(since: str | None, until: str | None) -> bool:
+    return all(t is None or t[10:] in ("T00:00:00.000Z", "") for t in (since, until))
+
+
+def _periods(
+    conn: sqlite3.Connection,
+    group_by: str,
+    tz: ZoneInfo,
+    scope: _Scope,
+    since: str | None,
+    until: str | None,
+    filters: dict[str, Any],
+) -> list[dict[str, Any]]:
+    buckets: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, dict[str, Any]]] = {}
+    if scope.plain and tz.key in _UTC_NAMES and _utc_days(since, until):
+        # Whole UTC days and no job filter: the incrementally kept daily totals answer.
+        where, params = [], []
+        for key, column, op in (("since", "day", ">="), ("until", "day", "<")):
+            value = since if key == "since" else until
+            if value:
+                where.append(f"{column} {op} ?")
+                params.append(value[:10])
+        for key in ("source", "model"):
+            if filters.get(key):
+                where.append(f"{key} = ?")
+                params.append(filters[key])
+        sql = (
+            "SELECT day, model, SUM(messages), SUM(input_tokens), SUM(output_tokens), "
+            "SUM(cache_creation_tokens), SUM(cache_read_tokens), SUM(reasoning_tokens), "
+            "SUM(cost_usd) FROM daily_metrics"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " GROUP BY day, model"
+        )
+        for day, model, *values in conn.execute(sql, params):
+            label = period_of(date.fromisoformat(day), group_by)
+            _add(buckets.setdefault(label, _empty()), values)
+            _add(models.setdefault(label, {}).setdefault(model, _empty()), values)
+    else:
+        labels: dict[str, str] = {}
+        sql = (
+            f"SELECT u.hour, u.model, {_SUMS}"
+            + scope.sql()
+            + (" AND" if scope.where else " WHERE")
+            + " u.hour != 'unknown' GROUP BY u.hour, u.model"
+        )
+        for hour, model, *values in conn.execute(sql, scope.params):
+            if hour not in labels:
+                labels[hour] = period_of(_hour_time(hour).astimezone(tz).date(), group_by)
+            label = labels[hour]
+            _add(buckets.setdefault(label, _empty()), values)
+            _add(models.setdefault(label, {}).setdefault(model, _empty()), values)
+    rows: list[dict[str, Any]] = []
+    previous: float | None = None
+    for label in sorted(buckets):
+        row = _finish(buckets[label])
+        breakdown = [_finish({"model": m, **v}) for m, v in models[label].items()]
+        breakdown.sort(key=lambda b: (-b["cost_usd"], b["model"]))
+        change = None
+        if previous:
+            change = round(100.0 * (row["cost_usd"] - previous) / previous, 1)
+        rows.append({"period": label, **row, "cost_change_pct": change, "models": breakdown})
+        previous = row["cost_usd"]
+    return rows
+
+
+def _by_key(conn: sqlite3.Connection, group_by: str, scope: _Scope) -> list[dict[str, Any]]:
+    key = {"model": "u.model", "project": "COALESCE(jobs.project, '')",
+           "source": "jobs.source"}[group_by]  # fmt: skip
+    sql = (
+        f"SELECT {key}, COUNT(DISTINCT u.job_id), {_SUMS}{scope.sql(join=group_by != 'model')}"
+        " GROUP BY 1 ORDER BY SUM(u.cost_usd) DESC, 1"
+    )
+    rows = []
+    for name, jobs, *values in conn.execute(sql, scope.params):
+        row = _empty()
+        _add(row, values)
+        rows.append({group_by: name or None, "jobs": jobs, **_finish(row)})
+    return rows
+
+
+def top_sessions(conn: sqlite3.Connection, scope: _Scope, limit: int) -> list[dict[str, Any]]:
+    """The jobs that cost most within the scope (their usage in range, not their lifetime)."""
+    rows = conn.execute(
+        "SELECT t.job_id, t.cost, t.tokens, jobs.session_id, jobs.source, jobs.project, "
+        "jobs.model, jobs.started_at, jobs.prompt FROM (SELECT u.job_id, SUM(u.cost_usd) AS "
+        "cost, SUM(u.input_tokens + u.output_tokens + u.cache_creation_tokens + "
+        f"u.cache_read_tokens) AS tokens{scope.sql()} GROUP BY u.job_id ORDER BY 2 DESC, 1 "
+        "LIMIT ?) t JOIN jobs ON jobs.id = t.job_id ORDER BY t.cost DESC, t.job_id",
+        (*scope.params, limit),
+    ).fetchall()
+    keys = ("id", "cost_usd", "total_tokens", "session_id", "source", "project", "model",
+            "started_at", "prompt")  # fmt: skip
+    out = []
+    for row in rows:
+        item = dict(zip(keys, row, strict=True))
+        item["cost_usd"] = round(item["cost_usd"], 6)
+        prompt = item["prompt"]
+        item["prompt"] = prompt[:200] if prompt else prompt
+        out.append(item)
+    return out
+
+
+def tools(
+    conn: sqlite3.Connection,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    filters: dict[str, Any] | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """Calls, failures and failure rate per tool; `since` / `until` select calls by time."""
+    where, params = job_filters({k: v for k, v in (filters or {}).items() if v is not None})
+    if since:
+        where.append("t.timestamp >= ?")
+        params.append(since)
+    if until:
+        where.append("t.timestamp < ?")
+        params.append(until)
+    joined = bool(where)
+    sql = (
+        "SELECT t.name, COUNT(*), SUM(t.is_error), COUNT(DISTINCT t.job_id) FROM tool_calls t"
+        + (" JOIN jobs ON jobs.id = t.job_id" if joined else "")
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY t.name ORDER BY 2 DESC, 1 LIMIT ?"
+    )
+    rows = []
+    calls_total = failures_total = 0
+    for name, calls, failures, jobs in conn.execute(sql, (*params, limit)):
+        calls_total += calls
+        failures_total += failures
+        rows.append({"tool": name, "calls": calls, "failures": failures, "jobs": jobs,
+                     "failure_rate": round(failures / calls, 4) if calls else 0.0})  # fmt: skip
+    return {
+        "since": since,
+        "until": until,
+        "rows": rows,
+        "totals": {
+            "calls": calls_total,
+            "failures": failures_total,
+            "failure_rate": round(failures_total / calls_total, 4) if calls_total else 0.0,
+        },
+    }
+
+
+# -- billing blocks -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Block:
+    start: datetime
+    first: str
+    last: str
+    totals: dict[str, Any] = field(default_factory=_empty)
+    models: list[str] = field(default_factory=list)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def blocks(
+    conn: sqlite3.Connection,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    source: str | None = "claude",
+    hours: int = 5,
+    now: datetime | None = None,
+    active_only: bool = False,
+) -> dict[str, Any]:
+    """ccusage-style billing blocks of `hours`, with gaps, and the active block's burn rate."""
+    if not 1 <= hours <= 24:
+        raise UsageError("hours must be between 1 and 24")
+    now = now or datetime.now(UTC)
+    length = timedelta(hours=hours)
+    filters = {"source": source} if source else {}
+    scope = _Scope.of(since, until, None, filters)
+    sql = (
+        "SELECT u.hour, u.model, MIN(COALESCE(u.first_at, u.hour || ':00:00.000Z')), "
+        f"MAX(COALESCE(u.last_at, u.hour || ':59:59.999Z')), {_SUMS}{scope.sql()}"
+        + (" AND" if scope.where else " WHERE")
+        + " u.hour != 'unknown' GROUP BY u.hour, u.model ORDER BY u.hour, 3, u.model"
+    )
+    found: list[_Block] = []
+    current: _Block | None = None
+    for hour, model, first, last, *values in conn.execute(sql, scope.params):
+        start = _hour_time(hour)
+        if current is None or start >= current.start + length:
+            current = _Block(start, first, last)
+            found.append(current)
+        current.first = min(current.first, first)
+        current.last = max(current.last, last)
+        _add(current.totals, values)
+        if model not in current.models:
+            current.models.append(model)
+    out: list[dict[str, Any]] = []
+    for index, block in enumerate(found):
+        if index and not active_only:
+            previous = found[index - 1]
+            if _time(block.first) - _time(previous.last) > length:
+                out.append(_gap(_time(previous.last) + length, _time(block.first)))
+        entry = _block_entry(block, length, now)
+        if entry["is_active"] or not active_only:
+            out.append(entry)
+    return {"hours": hours, "source": source, "now": _iso(now), "blocks": out}
+
+
+def _gap(start: datetime, end: datetime) -> dict[str, Any]:
+    return {
+        "id": f"gap-{_iso(start)}", "start": _iso(start), "end": _iso(end), "actual_end": None,
+        "is_gap": True, "is_active": False, "entries": 0, "models": [],
+        **dict.fromkeys(TOKEN_KEYS[:4], 0), "total_tokens": 0, "cost_usd": 0.0,
+        "burn_rate": None, "projection": None,
+    }  # fmt: skip
+
+
+def _block_entry(block: _Block, length: timedelta, now: datetime) -> dict[str, Any]:
+    totals = _finish(dict(block.totals))
+    end = block.start + length
+    last = _time(block.last)
+    active = now - last < length and now < end
+    entry: dict[str, Any] = {
+        "id": _iso(block.start), "start": _iso(block.start), "end": _iso(end),
+        "actual_end": block.last, "is_gap": False, "is_active": active,
+        "entries": totals["messages"], "models": block.models,
+        **{k: totals[k] for k in TOKEN_KEYS[:4]}, "total_tokens": totals["total_tokens"],
+        "cost_usd": totals["cost_usd"], "burn_rate": None, "projection": None,
+    }  # fmt: skip
+    minutes = (last - _time(block.first)).total_seconds() / 60
+    if active and minutes > 0:
+        per_minute = totals["total_tokens"] / minutes
+        per_hour = totals["cost_usd"] / minutes * 60
+        entry["burn_rate"] = {
+            "tokens_per_minute": per_minute,
+            "tokens_per_minute_for_indicator": (totals["input_tokens"] + totals["output_tokens"])
+            / minutes,
+            "cost_per_hour": round(per_hour, 6),
+        }
+        remaining = max(0, round((end - now).total_seconds() / 60))
+        entry["projection"] = {
+            "remaining_minutes": remaining,
+            "total_tokens": round(totals["total_tokens"] + per_minute * remaining),
+            "total_cost": round(totals["cost_usd"] + per_hour / 60 * remaining, 2),
+        }
+    return entry
