@@ -10,7 +10,11 @@ affected sessions are rebuilt from the archive on their next use.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -77,6 +81,8 @@ class Stats:
     jobs_written: int = 0
     lost_bytes: int = 0
     last_error: str | None = None
+    last_error_at: str | None = None
+    fault: str | None = None  # the database refuses writes right now (cleared on success)
 
 
 def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, bytes]]:
@@ -103,6 +109,12 @@ class Engine:
         self.by_id: dict[int, Tracked] = {}
         self.by_inode: dict[tuple[int, int], Tracked] = {}
         self._open_count = 0
+        # path -> (descriptor, stat, roots) of files seen while the database refused writes.
+        self._pending: dict[str, tuple[int, os.stat_result, list[Path]]] = {}
+        # Never use more descriptors than the process may open, leaving room for SQLite, the
+        # socket server and the watcher.
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._fd_room = soft - 96 if soft != resource.RLIM_INFINITY else 1 << 20
         self.jobs: dict[str, Job] = {}
         self.stats = Stats()
         self._adapters = list(ADAPTERS.values())
@@ -127,6 +139,11 @@ class Engine:
             else:
                 self.deleted_by_inode[(row.dev, row.ino)] = tracked
         self.stats.files_tracked = len(self.by_path)
+
+    @property
+    def max_open(self) -> int:
+        """How many transcript descriptors to hold: the config, within the process's limit."""
+        return max(8, min(self.config.max_open_files, self._fd_room))
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -199,7 +216,7 @@ class Engine:
                 and (unchanged or self._fingerprint_ok(tracked))
             ):
                 row.size = st.st_size
-                if tracked.fd is None and self._open_count < self.config.max_open_files:
+                if tracked.fd is None and self._open_count < self.max_open:
                     # Hold every tracked file open while descriptors allow, so one deleted
                     # right after an append is still drained to its end.
                     self._open(tracked)
@@ -212,13 +229,31 @@ class Engine:
             moved = self._find_moved(path, st)
             if moved is not None:
                 moved.row.size = st.st_size  # it may have grown since: read on
-                if moved.fd is None and self._open_count < self.config.max_open_files:
+                if moved.fd is None and self._open_count < self.max_open:
                     self._open(moved)
                 return moved
+        return self._track_new(path, st, roots)
+
+    def _track_new(self, path: str, st: os.stat_result, roots: Iterable[Path]) -> Tracked | None:
         classified = self.classify(Path(path))
         if classified is None:
             return None
         adapter, info = classified
+        # Open it before recording it: if the database refuses the row (full, read-only),
+        # the descriptor is kept so the file can still be drained if it is deleted meanwhile.
+        pending = self._pending.pop(path, None)
+        fd = None
+        if pending is not None:
+            if (pending[1].st_dev, pending[1].st_ino) == (st.st_dev, st.st_ino):
+                fd = pending[0]
+            else:  # another file took the path meanwhile
+                os.close(pending[0])
+        if fd is None and self._open_count < self.max_open:
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (st.st_dev, st.st_ino):
+                    os.close(fd)
+                    fd = None
         root, rel = self.root_of(path, roots)
         row = FileRow(
             id=0,
@@ -244,8 +279,16 @@ class Engine:
             bad_lines=0,
             lost_bytes=0,
         )
-        row.id = self.store.insert_file(row)
+        try:
+            row.id = self.store.insert_file(row)
+        except StoreError:
+            if fd is not None:
+                self._pending[path] = (fd, st, list(roots))
+            raise
         tracked = Tracked(row, info, adapter, last_activity=time.monotonic())
+        if fd is not None:
+            tracked.fd = fd
+            self._open_count += 1
         self.by_path[path] = tracked
         self.by_id[row.id] = tracked
         self.by_inode[(row.dev, row.ino)] = tracked
@@ -304,12 +347,22 @@ class Engine:
     def _open(self, tracked: Tracked, path: str | None = None) -> int | None:
         if tracked.fd is not None:
             return tracked.fd
-        if self._open_count >= self.config.max_open_files:
+        if self._open_count >= self.max_open:
             self._limit_open_files()
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path or tracked.row.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return None
+            fd = os.open(path or tracked.row.path, flags)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return None  # gone or unreadable: the rescan will tell which
+            # Out of descriptors (another part of the process, or a low limit): close idle
+            # files and try once more rather than skipping this one.
+            self._limit_open_files(force=True)
+            try:
+                fd = os.open(path or tracked.row.path, flags)
+            except OSError as again:
+                log.warning("open_failed", file=tracked.row.path, error=str(again))
+                return None
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (tracked.row.dev, tracked.row.ino):
             os.close(fd)
@@ -318,11 +371,13 @@ class Engine:
         self._open_count += 1
         return fd
 
-    def _limit_open_files(self) -> None:
+    def _limit_open_files(self, force: bool = False) -> None:
         """Close descriptors of fully read, idle files beyond `max_open_files`."""
         open_files = [t for t in self.by_id.values() if t.fd is not None]
-        # Close down to three quarters of the limit so this sort runs rarely.
-        excess = len(open_files) - (self.config.max_open_files * 3) // 4
+        # Close down to three quarters of the limit (half when the process ran out) so this
+        # sort runs rarely.
+        keep = self.max_open // 2 if force else (self.max_open * 3) // 4
+        excess = len(open_files) - keep
         open_files.sort(key=lambda t: t.last_activity)
         for tracked in open_files:
             if excess <= 0:
@@ -377,6 +432,11 @@ class Engine:
 
     def gone(self, path: str) -> None:
         """The file at `path` was deleted (or moved out of the watched tree)."""
+        if path in self._pending and path not in self.by_path:
+            # Seen while the database refused writes; it holds a descriptor: record it now.
+            _fd, st, roots = self._pending[path]
+            if self._track_new(path, st, roots) is None:
+                return
         tracked = self.by_path.get(path)
         if tracked is None or tracked.row.state != "active":
             return
@@ -468,7 +528,19 @@ class Engine:
             for p in list(self.by_path)
             if p not in seen and (p.startswith(prefixes) or p in files)
         )
-        return self.poll(paths, roots)
+        self.retry_pending()
+        read = self.poll(paths, roots)
+        try:
+            # Keep the WAL bounded even when readers come and go (never waits for them).
+            self.store.checkpoint()
+        except sqlite3.Error as exc:
+            log.warning("checkpoint_failed", error=str(exc))
+        return read
+
+    def record_fault(self, error: str) -> None:
+        """Remember that the database refused a write (shown by `status` until a commit works)."""
+        self.stats.last_error = self.stats.fault = error
+        self.stats.last_error_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def snapshot(self) -> dict[str, Any]:
         """What the engine knows now (for `status`); call it on the engine's thread."""
@@ -494,7 +566,19 @@ class Engine:
             "pending_bytes": pending,
             "ingest_lag_seconds": round(lag, 3) if pending else 0.0,
             "last_error": self.stats.last_error,
+            "last_error_at": self.stats.last_error_at,
+            "store_fault": self.stats.fault,
         }
+
+    def retry_pending(self) -> None:
+        """Record the files first seen while the database refused writes (whatever became of
+        their paths since: a deleted one is drained through the descriptor kept for it)."""
+        for path in list(self._pending):
+            if os.path.exists(path):
+                _fd, _st, roots = self._pending[path]
+                self.poll([path], roots)
+            else:
+                self.gone(path)
 
     def drain_vanished(self) -> None:
         """Drain the files that disappeared since the last look (at shutdown: their bytes
@@ -769,7 +853,11 @@ class Engine:
             if force or now - job.last_written >= self.job_write_interval:
                 due.append((self._detail(job), job.finalized))
         if due:
-            self.store.write_jobs(due)
+            try:
+                self.store.write_jobs(due)
+            except StoreError as exc:  # the records stay dirty and are written on a retry
+                self.record_fault(str(exc))
+                raise
             self.stats.jobs_written += len(due)
             for detail, finalized in due:
                 if self.on_record is not None:
@@ -806,10 +894,11 @@ class Engine:
                 if job is not None:
                     job.acc = None
                     job.dirty = True
-            self.stats.last_error = str(exc)
+            self.record_fault(str(exc))
             log.error("batch_failed", error=str(exc), files=len(snapshot))
             raise
         self.stats.bytes_archived += batch.raw_bytes
+        self.stats.fault = None
 
     def finalize(self, key: str) -> None:
         """Archive the session's unterminated tails and write its final record."""
@@ -876,6 +965,9 @@ class Engine:
     def close(self) -> None:
         for tracked in self.by_id.values():
             self._close(tracked)
+        for fd, _st, _roots in self._pending.values():
+            os.close(fd)
+        self._pending.clear()
 
     # -- rebuild -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,12 @@ class Daemon:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rescan_dirs: set[str] = field(default_factory=set)
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
+    _executor: ThreadPoolExecutor | None = None
+
+    async def on_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the engine's thread (the only thread that may touch the writer)."""
+        assert self._executor is not None, "the daemon is not running"
+        return await _on_worker(self._executor, fn, *args)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -90,6 +97,7 @@ async def serve(daemon: Daemon) -> None:
     """Run the daemon until `daemon.stop()`; always shuts down in order."""
     config = daemon.config
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobvault-ingest")
+    daemon._executor = executor
     loop = asyncio.get_running_loop()
     notifier = Notifier()
     watcher: Watcher | None = None
@@ -289,10 +297,11 @@ async def _loop(
             await _on_worker(executor, engine.finalize_idle, config.idle_timeout)
             await _on_worker(executor, engine.write_pending)
             backoff = 0.0
-        except StoreError as exc:
+        except (StoreError, sqlite3.Error) as exc:
             # The database refused a write (disk full, read-only...): nothing moved; retry
             # with backoff. The files still hold the bytes.
             backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF)
+            engine.record_fault(str(exc))
             log.error("store_error_retrying", error=str(exc), retry_in=backoff)
             next_rescan = time.monotonic() + backoff
         timeout = max(0.0, min(next_rescan - time.monotonic(), _idle_check(config)))
