@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint schema-doc install-service clean
+.PHONY: run test lint soak schema-doc install-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ lint: $(STAMP)
 ## install-service: run jobvault as a systemd user service (Linux) or launchd agent (macOS).
 install-service: $(STAMP)
 	$(BIN)/jobvault service install
+
+## soak: the long reliability run (60 kill -9 cycles over 300 sessions, the model test with
+## 2000 examples, a 1 GB file); prints the soak table. Figures go in docs/reliability.md.
+soak: $(STAMP)
+	JOBVAULT_SOAK_CYCLES=60 JOBVAULT_SOAK_SESSIONS=300 JOBVAULT_MODEL_EXAMPLES=2000 \
+	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 \
+	$(BIN)/python -m pytest -p no:cacheprovider -s -q --durations=5 \
+		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded
 
 ## schema-doc: regenerate docs/schema.md from the migrated schema.
 schema-doc: $(STAMP)

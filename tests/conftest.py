@@ -3,6 +3,7 @@ pointed at a temporary directory: the machine's own home is never read."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import tempfile
@@ -17,6 +18,16 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
 def pytest_report_header() -> str:
     return f"sqlite {sqlite3.sqlite_version}"
+
+
+def _quiet_logs() -> None:
+    """Tests log warnings and errors only (a test that checks logs configures its own)."""
+    structlog.reset_defaults()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _quiet_logs()
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +54,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
             monkeypatch.delenv(var)
     yield home
     shutil.rmtree(runtime, ignore_errors=True)
-    structlog.reset_defaults()  # the CLI configures logging onto this test's captured stream
+    _quiet_logs()  # the CLI configures logging onto this test's captured stream
 
 
 @pytest.fixture

@@ -118,13 +118,37 @@ def test_kill_9_during_import(tmp_path: Path, db: Path) -> None:
     _check(db, sizes)
 
 
+# `make test` runs a short version; `make soak` sets these for the long one.
+SOAK_CYCLES = int(os.environ.get("JOBVAULT_SOAK_CYCLES", "5"))
+SOAK_SESSIONS = int(os.environ.get("JOBVAULT_SOAK_SESSIONS", "40"))
+
+
+def _line_counts(db: Path, plans: dict[Path, list[bytes]]) -> dict[str, int]:
+    """Lines written to the files, and how the archive holds them: lost 0, doubled 0."""
+    written = sum(len(lines) for lines in plans.values())
+    archived_lines = 0
+    unique: set[bytes] = set()
+    expected: set[bytes] = set()
+    for path, lines in plans.items():
+        expected.update(lines)
+        for line in archived(db, path).splitlines(keepends=True):
+            archived_lines += 1
+            unique.add(line)
+    return {
+        "lines written": written,
+        "lines archived": archived_lines,
+        "lost": len(expected - unique),
+        "doubled": archived_lines - len(unique),
+    }
+
+
 @pytest.mark.slow
 def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
     rng = random.Random(7)
     root = tmp_path / "projects"
     project = root / "-work-app"
     project.mkdir(parents=True)
-    sessions = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(40)]
+    sessions = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(SOAK_SESSIONS)]
     plans = {project / f"{s}.jsonl": session_lines(10, session=s) for s in sessions}
     cursor = dict.fromkeys(plans, 0)
     cmd = [
@@ -139,9 +163,9 @@ def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
         "--idle-timeout",
         "0.5",
     ]
-    for _cycle in range(5):
+    for _cycle in range(SOAK_CYCLES):
         proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + rng.uniform(0.5, 1.5)
+        deadline = time.monotonic() + rng.uniform(0.3, 1.3)
         while time.monotonic() < deadline:
             path = rng.choice(list(plans))
             line_no = cursor[path]
@@ -175,4 +199,10 @@ def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+    counts = _line_counts(db, plans)
+    summary = {"cycles": SOAK_CYCLES, "sessions": SOAK_SESSIONS, **counts}
+    width = max(len(k) for k in summary)
+    print("\nkill -9 soak\n" + "\n".join(f"  {k.ljust(width)}  {v:>8}" for k, v in summary.items()))
+    assert counts["lost"] == 0 and counts["doubled"] == 0
+    assert counts["lines archived"] == counts["lines written"]
     _check(db, dict.fromkeys(plans, 10))

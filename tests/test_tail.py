@@ -94,3 +94,23 @@ def test_archive_skips_lines_over_the_limit() -> None:
     data = b"a\n" + b"y" * 100 + b"\nb\n"
     chunks = [(0, data[:10]), (10, data[10:60]), (60, data[60:])]
     assert list(iter_archived_lines(chunks, max_line=50)) == [(0, b"a"), (2, None), (103, b"b")]
+
+
+def test_line_longer_than_the_budget_but_within_max_line(tmp_path: Path) -> None:
+    """A 10 MB line with an 8 MB read budget is read whole, not retried for ever."""
+    data = b'{"a":"' + b"z" * (10 * 1024 * 1024) + b'"}\n{"b":1}\n'
+    fd = _fd(tmp_path / "f", data)
+    result = read_lines(fd, 0, False, 8 * 1024 * 1024, 16 * 1024 * 1024)
+    assert result.segments and result.segments[0].kind == "lines"
+    assert result.offset >= 10 * 1024 * 1024
+    rest = read_lines(fd, result.offset, False, 8 * 1024 * 1024, 16 * 1024 * 1024)
+    assert b"".join(s.data for s in result.segments + rest.segments) == data
+    os.close(fd)
+
+
+def test_the_budget_still_bounds_reads_of_ordinary_lines(tmp_path: Path) -> None:
+    data = b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"p" * (i % 300)) for i in range(50_000))
+    fd = _fd(tmp_path / "f", data)
+    result = read_lines(fd, 0, False, 1 << 20, 16 << 20, block=64 * 1024)
+    assert not result.eof and result.offset <= (1 << 20) + 64 * 1024
+    os.close(fd)

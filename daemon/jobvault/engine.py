@@ -67,6 +67,7 @@ class Job:
     adapter: Adapter
     acc: Accumulator | None  # None: must be rebuilt from the archive before use
     last_activity: float = 0.0
+    modified: float = 0.0  # newest modification time of its files (epoch seconds)
     finalized: bool = False
     dirty: bool = False
     last_written: float = 0.0
@@ -595,9 +596,20 @@ class Engine:
             ):
                 self._supersede(tracked, "replaced", st.st_size, drain=True)
 
-    def write_pending(self) -> None:
-        """Write the records that were held back by the write interval."""
-        self._write_due([k for k, j in self.jobs.items() if j.dirty])
+    def write_pending(self) -> float | None:
+        """Write the records that were held back by the write interval.
+
+        Returns the seconds until the next held-back record is due (None if none is), so the
+        daemon wakes up for it instead of at its next rescan.
+        """
+        dirty = [k for k, j in self.jobs.items() if j.dirty]
+        self._write_due(dirty)
+        waits = [
+            j.last_written + self.job_write_interval - time.monotonic()
+            for j in self.jobs.values()
+            if j.dirty
+        ]
+        return max(0.0, min(waits)) if waits else None
 
     def _drain(self, files: list[Tracked], final: bool, force: bool = False) -> int:
         """Read the files to their end in batches (stops early when stopping, unless forced)."""
@@ -624,6 +636,10 @@ class Engine:
                     next_queue.append(tracked)
             self._commit(batch, snapshot, touched)
             self._write_due(touched)
+            if not final and self.jobs:
+                # A backfill of old transcripts finalizes them as it goes, so memory holds
+                # the sessions being read, not all of history.
+                self.finalize_idle(self.config.idle_timeout, fully_read_only=True)
             queue = next_queue
         return total
 
@@ -700,6 +716,9 @@ class Engine:
             tracked.tail = ((tracked.tail or b"") + last)[-TAIL_CHECK:]
         tracked.pending = result.pending if not final else 0
         tracked.last_activity = time.monotonic()
+        job = self.jobs.get(row.job_key) if row.job_key else None
+        if job is not None:  # idleness follows the files' own clock (a backfill is old news)
+            job.modified = max(job.modified, min(st.st_mtime, time.time()))
         return read, more
 
     def _parse_segment(
@@ -800,7 +819,10 @@ class Engine:
         for key in keys:
             if key not in self.jobs:
                 adapter = self._adapter_of_job(key)
-                self.jobs[key] = Job(key, adapter, None, last_activity=time.monotonic(), dirty=True)
+                self.jobs[key] = Job(
+                    key, adapter, None, last_activity=time.monotonic(), dirty=True,
+                    modified=time.time(),
+                )  # fmt: skip
         return keys
 
     def load_job(self, key: str, adapter: Adapter) -> Accumulator:
@@ -941,13 +963,19 @@ class Engine:
             return False
         return size > tracked.row.offset or tracked.row.in_long_line
 
-    def finalize_idle(self, idle_timeout: float) -> list[str]:
-        now = time.monotonic()
+    def finalize_idle(self, idle_timeout: float, *, fully_read_only: bool = False) -> list[str]:
+        """Finalize the sessions whose files have not changed for `idle_timeout` seconds."""
+        now = time.time()
         keys = [
-            k
-            for k, j in self.jobs.items()
-            if not j.finalized and now - j.last_activity >= idle_timeout
+            k for k, j in self.jobs.items() if not j.finalized and now - j.modified >= idle_timeout
         ]
+        if fully_read_only:
+            waiting = {
+                t.row.job_key
+                for t in self.by_id.values()
+                if t.row.state == "active" and t.row.size > t.row.offset + t.pending
+            }
+            keys = [k for k in keys if k not in waiting]
         self.finalize_many(keys)
         return keys
 

@@ -275,6 +275,7 @@ async def _loop(
 ) -> None:
     next_rescan = 0.0  # the first pass is the start-up backfill
     backoff = 0.0
+    write_due: float | None = None
     while not daemon.stopping.is_set():
         if daemon._reload.is_set():
             daemon._reload.clear()
@@ -295,7 +296,7 @@ async def _loop(
                 paths, daemon._dirty = sorted(daemon._dirty), set()
                 await _on_worker(executor, engine.poll, paths, roots)
             await _on_worker(executor, engine.finalize_idle, config.idle_timeout)
-            await _on_worker(executor, engine.write_pending)
+            write_due = await _on_worker(executor, engine.write_pending)
             backoff = 0.0
         except (StoreError, sqlite3.Error) as exc:
             # The database refused a write (disk full, read-only...): nothing moved; retry
@@ -305,6 +306,8 @@ async def _loop(
             log.error("store_error_retrying", error=str(exc), retry_in=backoff)
             next_rescan = time.monotonic() + backoff
         timeout = max(0.0, min(next_rescan - time.monotonic(), _idle_check(config)))
+        if write_due is not None:  # a record held back by the write interval
+            timeout = min(timeout, write_due)
         if config.batch_interval and not daemon.stopping.is_set():
             # Coalesce bursts of appends into one batch.
             await asyncio.sleep(config.batch_interval)

@@ -72,7 +72,10 @@ def read_lines(
     carry = b""
     consumed = 0
     eof = False
-    while consumed < budget:
+    # Past the budget, keep reading while the first line is still incomplete: stopping there
+    # would leave it to be read again from its start next time, for ever (a line longer than
+    # the budget but within max_line). `carry` stays bounded by max_line.
+    while consumed < budget or (carry and not segments):
         chunk = os.pread(fd, block, pos + len(carry))
         if not chunk:
             eof = True

@@ -282,7 +282,20 @@ def m002_analytics(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_analytics]
+def m003_list_order_indexes(conn: sqlite3.Connection) -> None:
+    """Index the orders `jobs.list` pages by, so a page never sorts the whole table."""
+    run_script(
+        conn,
+        """
+        CREATE INDEX jobs_order_started ON jobs (COALESCE(started_at, ''), id);
+        CREATE INDEX jobs_order_ended ON jobs (COALESCE(ended_at, ''), id);
+        CREATE INDEX jobs_order_cost ON jobs (cost_usd, id);
+        CREATE INDEX jobs_order_duration ON jobs (COALESCE(duration_ms, 0), id);
+        """,
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_analytics, m003_list_order_indexes]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

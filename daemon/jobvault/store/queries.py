@@ -115,8 +115,10 @@ def page_jobs(
     if cursor:
         value, ident = _decode_cursor(cursor)
         op = "<" if direction == "DESC" else ">"
-        where.append(f"({expr}, id) {op} (?, ?)")
-        params += [value, ident]
+        # Spelled so that SQLite seeks the order's index to the cursor (a row-value
+        # comparison on an expression index would scan from the first row instead).
+        where.append(f"{expr} {op}= ? AND ({expr} {op} ? OR id {op} ?)")
+        params += [value, value, ident]
     sql = f"SELECT record, status, {expr} AS sort_key, id FROM jobs"
     if where:
         sql += " WHERE " + " AND ".join(where)
