@@ -384,3 +384,49 @@ def test_samples_import_without_losing_a_record_kind(
     assert real["model"] == "gpt-5.2-codex" and real["models"] == []
     assert real["version"] == "0.77.0" and real["sandbox_policy"] == "workspace-write"
     assert real["cwd"] == "/Users/macmini/Code/homelab-migration"
+
+
+async def test_daemon_watches_claude_and_codex_roots_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real daemon on the default layout of both agents: one job per session, each with
+    its source, and a rollout exported byte for byte."""
+    from jobvault.config import Config
+    from jobvault.service import run_daemon
+    from tests.test_daemon import eventually
+
+    fixtures = Path(__file__).parent / "fixtures"
+    claude = tmp_path / "claude" / "projects"
+    codex = tmp_path / "codex"
+    shutil.copytree(fixtures / "claude" / "projects", claude)
+    shutil.copytree(fixtures / "codex" / "home", codex)
+    files = list(tmp_path.rglob("*.jsonl"))
+    db = tmp_path / "vault" / "j.db"
+    config = Config(
+        watch=(claude, codex / "sessions", codex / "archived_sessions"), db=db,
+        idle_timeout=0.5, rescan_interval=0.2, batch_interval=0.01,
+    )  # fmt: skip
+
+    def all_final() -> bool:
+        if not db.exists():
+            return False
+        conn = sqlite3.connect(db)
+        try:
+            archived_bytes, open_jobs = conn.execute(
+                "SELECT (SELECT COALESCE(SUM(length), 0) FROM chunks), "
+                "(SELECT COUNT(*) FROM jobs WHERE finalized_at IS NULL)"
+            ).fetchone()
+        finally:
+            conn.close()
+        return bool(archived_bytes == sum(p.stat().st_size for p in files) and not open_jobs)
+
+    async with run_daemon(config):
+        await eventually(all_final, 30)
+    jobs = run_json(capsys, "jobs", "--db", str(db), "--limit", "0")
+    assert {j["source"] for j in jobs} == {"claude", "codex"}
+    assert all(j["id"].startswith(j["source"] + ":") for j in jobs)
+    rollout = next((codex / "sessions").rglob("rollout-*.jsonl"))
+    session = next(j for j in jobs if j["source"] == "codex" and j["source_path"] == str(rollout))
+    out = tmp_path / "export.jsonl"
+    code, _ = run(capsys, "export", session["id"], "--db", str(db), "-o", str(out))
+    assert code == 0 and out.read_bytes() == rollout.read_bytes()
