@@ -36,7 +36,7 @@ from jobvault.store.writer import (
     Chunk,
     FileRow,
     Store,
-    iter_archived_lines,
+    iter_archived_objects,
 )
 from jobvault.tail import Segment, fingerprint, fingerprint_len, read_lines, read_tail
 
@@ -834,15 +834,8 @@ class Engine:
             if info is None:
                 continue
             ctx = LineContext(row.id, info.role, info.agent_id, info.layout, info.project, row.path)
-            for offset, line in iter_archived_lines(self.store.iter_chunks(row.id), max_line):
-                if line is None or not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(obj, dict):
-                    acc.feed(obj, ctx, offset)
+            for offset, obj in iter_archived_objects(self.store.iter_chunks(row.id), max_line):
+                acc.feed(obj, ctx, offset)
         return acc
 
     def _detail(self, job: Job) -> JobDetail:

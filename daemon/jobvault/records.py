@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 Status = Literal["active", "completed", "interrupted", "error"]
@@ -134,6 +135,18 @@ class JobDetail:
     usage: list[UsageRow]
     # Prompts and assistant text, in order, cut at SEARCH_TEXT_CHARS: the full-text index.
     search_text: str = ""
+
+
+def duration_ms(start: str | None, end: str | None) -> int | None:
+    """Milliseconds between two ISO 8601 timestamps (None if either is missing or bad)."""
+    if not start or not end:
+        return None
+    try:
+        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(int((b - a).total_seconds() * 1000), 0)
 
 
 def preview(text: str | None, limit: int = PREVIEW_CHARS) -> str | None:

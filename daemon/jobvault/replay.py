@@ -23,7 +23,7 @@ from jobvault.sources.claude import INTERRUPT_MARK, SYNTHETIC_MODEL
 from jobvault.sources.claude import _is_command_wrapper as is_command_wrapper
 from jobvault.sources.codex_parse import tool_output
 from jobvault.store import queries
-from jobvault.store.writer import iter_archived_lines, iter_chunks
+from jobvault.store.writer import iter_archived_objects, iter_chunks
 
 Event = dict[str, Any]
 
@@ -45,15 +45,8 @@ def _lines(conn: sqlite3.Connection, ident: str) -> tuple[str, str, Iterator[Any
     def generate() -> Iterator[tuple[Any, dict[str, Any]]]:
         for row in files:
             chunks = iter_chunks(conn, row.id)
-            for _, line in iter_archived_lines(chunks, queries.TRANSCRIPT_LINE_LIMIT):
-                if not line or not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(obj, dict):
-                    yield row, obj
+            for _, obj in iter_archived_objects(chunks, queries.TRANSCRIPT_LINE_LIMIT):
+                yield row, obj
 
     return job_id, source, generate()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import socket
 import sqlite3
@@ -79,33 +78,6 @@ def peer_uid(sock: socket.socket) -> int | None:
         creds = sock.getsockopt(sol_local, local_peercred, struct.calcsize("2Ih2x16I"))
         return int(struct.unpack("2Ih2x16I", creds)[1])
     return None
-
-
-class InstanceLock:
-    """`jobvault.lock` beside the socket, held for the daemon's life (flock: gone on kill -9)."""
-
-    def __init__(self, socket_path: Path) -> None:
-        self.path = socket_path.with_name(socket_path.name + ".lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LockedError(
-                f"jobvault is already running (pid {pid}, socket {self.path.with_suffix('')})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def prepare_socket_dir(path: Path) -> None:

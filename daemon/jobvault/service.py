@@ -30,8 +30,9 @@ import structlog
 from jobvault.config import Config
 from jobvault.engine import Engine
 from jobvault.errors import JobvaultError, StoreError
+from jobvault.lock import InstanceLock
 from jobvault.records import JobRecord
-from jobvault.server import Hub, InstanceLock, Server, ServerLimits, bind_socket, prepare_socket_dir
+from jobvault.server import Hub, Server, ServerLimits, bind_socket, prepare_socket_dir
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from jobvault.systemd import Notifier, listen_socket, watchdog_interval

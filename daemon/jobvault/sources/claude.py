@@ -32,6 +32,7 @@ from jobvault.records import (
     TextSample,
     ToolCall,
     UsageRow,
+    duration_ms,
     preview,
 )
 from jobvault.sources.base import FileInfo, LineContext, UsageCandidate
@@ -491,7 +492,7 @@ class ClaudeJob:
             status=status,
             started_at=started,
             ended_at=ended,
-            duration_ms=_duration_ms(started, ended),
+            duration_ms=duration_ms(started, ended),
             prompt=self.prompt.value,
             summary=preview(summary, 2000) if summary else None,
             title=self.custom_title.value or self.title.value,
@@ -638,19 +639,6 @@ def _most_common(counter: Counter[str]) -> str | None:
     if not counter:
         return None
     return min(counter, key=lambda name: (-counter[name], name))
-
-
-def _duration_ms(start: str | None, end: str | None) -> int | None:
-    from datetime import datetime
-
-    if not start or not end:
-        return None
-    try:
-        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(int((b - a).total_seconds() * 1000), 0)
 
 
 class ClaudeAdapter:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from jobvault.records import (
     TextSample,
     ToolCall,
     UsageRow,
+    duration_ms,
     join_sample,
 )
 from jobvault.sources.base import FileInfo, LineContext, UsageCandidate
@@ -171,7 +171,7 @@ class CodexJob:
             status=_status(files, finalized),
             started_at=started,
             ended_at=ended,
-            duration_ms=_duration_ms(started, ended),
+            duration_ms=duration_ms(started, ended),
             prompt=prompt,
             summary=summary[:2000] if summary else None,
             title=_last(f.title for f in files),
@@ -330,17 +330,6 @@ def _last(values: Any) -> str | None:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _duration_ms(start: str | None, end: str | None) -> int | None:
-    if not start or not end:
-        return None
-    try:
-        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(int((b - a).total_seconds() * 1000), 0)
 
 
 __all__ = ["CodexAdapter", "CodexJob"]

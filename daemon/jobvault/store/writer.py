@@ -587,3 +587,19 @@ def iter_archived_lines(
         yield carry_start, None
     elif carry:
         yield carry_start, carry
+
+
+def iter_archived_objects(
+    chunks: Iterable[tuple[int, bytes]], max_line: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The archived lines that are JSON objects, as (offset, object); the rest are skipped
+    (they were counted as bad lines when they were archived)."""
+    for offset, line in iter_archived_lines(chunks, max_line):
+        if line is None or not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            yield offset, obj
