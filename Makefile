@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak schema-doc install-service clean
+.PHONY: run test lint soak bench bench-quick schema-doc install-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,29 @@ lint: $(STAMP)
 install-service: $(STAMP)
 	$(BIN)/jobvault service install
 
+## bench: the full benchmark (~7 min on 2 cores); prints the table, rewrites docs/benchmarks.md.
+## bench-quick: the one-minute version; prints the table, writes no document.
+BENCH_DIR := .bench
+BENCH_STAMP := $(BENCH_DIR)/.installed
+CCUSAGE := ccusage@20.0.24 @ccusage/ccusage-linux-x64@20.0.24
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	mkdir -p $(BENCH_DIR)
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix $(BENCH_DIR)/ccusage $(CCUSAGE) \
+			|| echo "bench: npm could not install ccusage; its figures are skipped"; \
+	else \
+		echo "bench: npm not found; the ccusage comparison is skipped"; \
+	fi
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --doc docs/benchmarks.md
+
+bench-quick: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --quick
+
 ## soak: the long reliability run (60 kill -9 cycles over 300 sessions, the model test with
 ## 2000 examples, a 1 GB file); prints the soak table. Figures go in docs/reliability.md.
 soak: $(STAMP)
@@ -44,4 +67,4 @@ schema-doc: $(STAMP)
 	$(BIN)/python -m jobvault.store.schema_doc > docs/schema.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

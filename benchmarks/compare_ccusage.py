@@ -33,8 +33,11 @@ def ccusage(cmd: str, report: str, config_dir: Path, home: Path) -> dict[str, ob
     env = {**os.environ, "CLAUDE_CONFIG_DIR": str(config_dir), "HOME": str(home), "TZ": "UTC"}
     out = subprocess.run(
         [*shlex.split(cmd), "claude", report, "--json", "--offline"],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -62,10 +65,21 @@ def main() -> int:
         db = Path(tmp) / "jv.db"
         env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(Path(tmp) / "data")}
         subprocess.run(
-            [sys.executable, "-m", "jobvault", "import", str(projects), "--db", str(db),
-             "--no-progress", "--json"],
-            env=env, check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "jobvault",
+                "import",
+                str(projects),
+                "--db",
+                str(db),
+                "--no-progress",
+                "--json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         conn = sqlite3.connect(db)
         ours = {
             r[0]: r[1:]

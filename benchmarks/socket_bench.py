@@ -1,0 +1,83 @@
+"""Socket latency of the read methods at a given number of jobs, with 1 and N clients."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.import_bench import DAILY_SQL
+from benchmarks.measure import percentile
+from benchmarks.rpc import Client, first_working
+from benchmarks.synth import job_id
+
+# Each method with the parameter shapes to try (the first the daemon accepts is used).
+CANDIDATES: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "jobs.get": [("jobs.get", {"id": "claude:" + job_id(1)})],
+    "jobs.list": [("jobs.list", {"limit": 50})],
+    "stats.usage": [
+        ("stats.usage", {"group_by": "day"}),
+        ("stats.usage", {"by": "day"}),
+        ("stats.usage", {}),
+    ],
+    "sql (daily usage)": [("sql", {"query": DAILY_SQL})],
+    "search": [
+        ("search", {"query": "flaky parser"}),
+        ("search", {"q": "flaky parser"}),
+        ("search", {"text": "flaky parser"}),
+    ],
+}
+
+
+def _params(method: str, params: dict[str, Any], rng: random.Random, jobs: int) -> dict[str, Any]:
+    if method == "jobs.get":
+        n = rng.randrange(jobs)
+        return {"id": ("codex:" if n % 7 == 0 else "claude:") + job_id(n)}
+    return params
+
+
+def _client(args: tuple[str, str, dict[str, Any], int, int, int, float]) -> list[float]:
+    socket, method, params, jobs, requests, seed, budget = args
+    rng = random.Random(seed)
+    times = []
+    with Client(Path(socket)) as client:
+        for _ in range(3):  # warm the connection and the reader's page cache
+            client.call(method, _params(method, params, rng, jobs))
+        deadline = time.perf_counter() + budget  # a slow method gets fewer samples, not hours
+        for done in range(requests):
+            if done >= 5 and time.perf_counter() > deadline:
+                break
+            p = _params(method, params, rng, jobs)
+            start = time.perf_counter()
+            client.call(method, p)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(
+    socket: Path, jobs: int, clients: tuple[int, ...], requests: int, budget: float
+) -> dict[str, Any]:
+    """p50/p99 (ms) of each available method, per client count; None for absent methods."""
+    out: dict[str, Any] = {}
+    with Client(socket) as probe:
+        chosen = {name: first_working(probe, cands) for name, cands in CANDIDATES.items()}
+    ctx = multiprocessing.get_context("fork")
+    for name, picked in chosen.items():
+        if picked is None:
+            out[name] = None
+            continue
+        method, params = picked
+        out[name] = {"params": params}
+        for n in clients:
+            per_client = max(requests // n, 20)
+            args = [(str(socket), method, params, jobs, per_client, i, budget) for i in range(n)]
+            with ctx.Pool(n) as pool:
+                times = [t for chunk in pool.map(_client, args) for t in chunk]
+            out[name][n] = {
+                "p50": 1000 * percentile(times, 50),
+                "p99": 1000 * percentile(times, 99),
+                "n": len(times),
+            }
+    return out
