@@ -106,3 +106,24 @@ def test_overlong_line_is_archived_not_parsed(tmp_path: Path, db: Path) -> None:
     record = conn.execute("SELECT tool_call_count, user_message_count FROM jobs").fetchone()
     conn.close()
     assert record == (2, 1)  # the long prompt was not parsed; the rest was
+
+
+def test_logs_never_carry_prompt_or_tool_text(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Even at debug level, logs name files, offsets and reasons, never what was said."""
+    from jobvault.cli import main
+
+    project = tmp_path / "p"
+    project.mkdir()
+    secret = "SECRET-PROMPT-7f3a"
+    lines = session_lines(2)
+    lines.append(dumps(user(f"please deploy {secret}", 200)))
+    lines.append(b'{"type":"user","message":"' + secret.encode() + b" broken\n")  # a bad line
+    (project / f"{SESSION}.jsonl").write_bytes(b"".join(lines))
+    capsys.readouterr()
+    assert main(["import", str(project), "--db", str(db), "--log-level", "debug",
+                 "--no-progress"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "bad_line" in err and "file_tracked" in err  # it did log, in detail
+    assert secret not in err
