@@ -54,6 +54,7 @@ class Job:
     acc: Accumulator | None  # None: must be rebuilt from the archive before use
     last_activity: float = 0.0
     modified: float = 0.0  # newest modification time of its files (epoch seconds)
+    build_cost: float = 0.0  # seconds the last record build took
     finalized: bool = False
     dirty: bool = False
     last_written: float = 0.0

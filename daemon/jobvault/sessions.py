@@ -24,6 +24,8 @@ from jobvault.store.writer import (
     iter_archived_objects,
 )
 
+MIN_WRITE_INTERVAL = 0.1  # seconds: the shortest lag of an active session's record
+
 
 class Sessions(EngineBase):
     """Open sessions, their records, and when they are final."""
@@ -97,8 +99,10 @@ class Sessions(EngineBase):
             job = self.jobs.get(key)
             if job is None or not job.dirty:
                 continue
-            if force or now - job.last_written >= self.job_write_interval:
+            if force or now - job.last_written >= self._interval(job):
+                started = time.monotonic()
                 due.append((self._detail(job), job.finalized))
+                job.build_cost = time.monotonic() - started
         if due:
             try:
                 self.store.write_jobs(due)
@@ -124,6 +128,15 @@ class Sessions(EngineBase):
                     self._write_due(keys, force=True)
             finally:
                 self._settling = False
+
+    def _interval(self, job: Job) -> float:
+        """How long an active session's record may lag its lines.
+
+        Rebuilding a record costs time proportional to the session, so the interval adapts:
+        about ten times the last build (a small session is rewritten every 0.1 s, a huge one
+        at most every `job_write_interval`), keeping record writes under a tenth of the time.
+        """
+        return min(self.job_write_interval, max(MIN_WRITE_INTERVAL, 10 * job.build_cost))
 
     def _commit(self, batch: Batch, snapshot: dict[int, FileRow], touched: set[str]) -> None:
         try:
@@ -257,7 +270,7 @@ class Sessions(EngineBase):
         dirty = [k for k, j in self.jobs.items() if j.dirty]
         self._write_due(dirty)
         waits = [
-            j.last_written + self.job_write_interval - time.monotonic()
+            j.last_written + self._interval(j) - time.monotonic()
             for j in self.jobs.values()
             if j.dirty
         ]
