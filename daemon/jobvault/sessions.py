@@ -7,6 +7,7 @@ archive alone, which is also what `rebuild` does for every session.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -136,6 +137,8 @@ class Sessions(EngineBase):
         about ten times the last build (a small session is rewritten every 0.1 s, a huge one
         at most every `job_write_interval`), keeping record writes under a tenth of the time.
         """
+        if math.isinf(self.job_write_interval):  # an import: records only when final
+            return math.inf
         return min(self.job_write_interval, max(MIN_WRITE_INTERVAL, 10 * job.build_cost))
 
     def _commit(self, batch: Batch, snapshot: dict[int, FileRow], touched: set[str]) -> None:
