@@ -202,7 +202,12 @@ def _size(path: str) -> int:
 
 
 def _daemon(config: Config, args: argparse.Namespace) -> Client | None:
-    """A client of the running daemon, or None when it is not running (read the DB instead)."""
+    """A client of the running daemon, or None when it is not running (read the DB instead).
+
+    `--db` without `--socket` asks for that database: read it directly, whatever runs.
+    """
+    if getattr(args, "db", None) and not getattr(args, "socket", None):
+        return None
     try:
         return Client(config.socket)
     except DaemonUnavailable:
