@@ -177,3 +177,15 @@ def archived(db: Path, path: Path) -> bytes:
         return out
     finally:
         conn.close()
+
+
+def archived_total(db: Path) -> int:
+    """Bytes archived so far (0 while the database does not exist yet); read-only."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0

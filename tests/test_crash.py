@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import archived, expected_tokens, session_lines
+from tests.helpers import archived, archived_total, expected_tokens, session_lines
 
 FILES = 300
 EXCHANGES = 40
@@ -37,17 +37,6 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "daemon")
     return env
-
-
-def _archived_total(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(conn.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
 
 
 def _check(db: Path, sizes: dict[Path, int]) -> None:
@@ -100,11 +89,11 @@ def test_kill_9_during_import(tmp_path: Path, db: Path) -> None:
     killed = 0
     total = sum(p.stat().st_size for p in sizes)
     for _ in range(6):
-        before = _archived_total(db)
+        before = archived_total(db)
         proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.DEVNULL)
         # Kill once this run has archived something, at a random moment after that.
         deadline = time.monotonic() + 30
-        while proc.poll() is None and _archived_total(db) <= before < total:
+        while proc.poll() is None and archived_total(db) <= before < total:
             assert time.monotonic() < deadline
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.05))

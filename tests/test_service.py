@@ -22,7 +22,7 @@ from jobvault import install
 from jobvault.cli import main
 from jobvault.config import Config
 from jobvault.service import run_daemon
-from tests.helpers import SESSION, archived, session_lines
+from tests.helpers import SESSION, archived, archived_total, session_lines
 from tests.test_crash import _check, _corpus
 from tests.test_daemon import eventually
 
@@ -195,36 +195,25 @@ def test_sigterm_during_a_large_backlog(tmp_path: Path) -> None:
     cmd = _run_cmd(tmp_path, "--watch", str(tmp_path / "projects"), "--idle-timeout", "0.5")
     proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while _archived(db) == 0:
+    while archived_total(db) == 0:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     assert proc.wait(60) == 0
     assert time.monotonic() - started < 30  # well within the 90 s stop bound
-    partial = _archived(db)
+    partial = archived_total(db)
     assert 0 < partial < total  # it stopped mid-backlog, keeping what it had read
     proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while _archived(db) < total or _unfinished(db):
+        while archived_total(db) < total or _unfinished(db):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     _check(db, sizes)
-
-
-def _archived(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(conn.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
 
 
 def _unfinished(db: Path) -> int:
@@ -253,14 +242,14 @@ def test_sighup_adds_a_watch_root(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while _archived(db) == 0:
+        while archived_total(db) == 0:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         time.sleep(0.5)
-        assert _archived(db) == (first / "-p" / f"{SESSION}.jsonl").stat().st_size
+        assert archived_total(db) == (first / "-p" / f"{SESSION}.jsonl").stat().st_size
         config.write_text(f'watch = ["{first}", "{second}"]\nrescan_interval = 0.2\n')
         proc.send_signal(signal.SIGHUP)
-        while _archived(db) < sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl")):
+        while archived_total(db) < sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl")):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         # A bad configuration on reload is refused; the daemon keeps running.
@@ -297,7 +286,7 @@ async def test_backup_is_consistent_while_writing(
                 await asyncio.sleep(0.005)
 
         task = asyncio.create_task(writer())
-        await eventually(lambda: _archived(config.db) > 200_000)
+        await eventually(lambda: archived_total(config.db) > 200_000)
         copies = []
         for i in range(3):
             target = tmp_path / f"backup{i}.db"

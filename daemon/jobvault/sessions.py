@@ -210,7 +210,7 @@ class Sessions(EngineBase):
         keys = [
             k for k, j in self.jobs.items() if not j.finalized and now - j.modified >= idle_timeout
         ]
-        if fully_read_only:
+        if keys and fully_read_only:
             waiting = {
                 t.row.job_key
                 for t in self.by_id.values()
