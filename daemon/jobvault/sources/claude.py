@@ -163,6 +163,10 @@ class ClaudeJob:
         self.first_ts: str | None = None
         self.last_ts: str | None = None
         self.main_first_ts: str | None = None
+        # The earliest main-file line that is not a keyed assistant message: with the
+        # session's own (not excluded) messages it gives the start, so history copied into a
+        # resumed session's file does not stretch it back to the original session.
+        self.main_first_plain_ts: str | None = None
         self.cwd = _Latest()
         self.branch = _Latest()
         self.version = _Latest()
@@ -199,6 +203,14 @@ class ClaudeJob:
                 self.last_ts = ts
             if ctx.role == "main" and (self.main_first_ts is None or ts < self.main_first_ts):
                 self.main_first_ts = ts
+            message = obj.get("message")
+            keyed = kind == "assistant" and isinstance(message, dict) and "id" in message
+            if (
+                ctx.role == "main"
+                and not keyed
+                and (self.main_first_plain_ts is None or ts < self.main_first_plain_ts)
+            ):
+                self.main_first_plain_ts = ts
         if ctx.role == "main":
             self.source_path.offer((" ", ctx.file_id, 0), ctx.path)
             if ctx.project:
@@ -476,7 +488,13 @@ class ClaudeJob:
                 if last == "error"
                 else "completed"
             )
-        started = self.main_first_ts or self.first_ts
+        own = [
+            u.order[0]
+            for k, u in self.usage.items()
+            if k not in excluded_keys and not u.sidechain and u.order[0]
+        ]
+        starts = [t for t in (self.main_first_plain_ts, *own) if t]
+        started = min(starts) if starts else (self.main_first_ts or self.first_ts)
         ended = self.last_ts
         summary = self.summary_line.value or self.last_text.value
         record = JobRecord(
