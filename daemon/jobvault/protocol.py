@@ -37,6 +37,7 @@ class RpcError(JobvaultError):
         self.code = code
         self.kind = kind
         self.data = data
+        self.request_id: Any = None  # the id of the request it answers, when it was readable
 
     def to_error(self) -> dict[str, Any]:
         return {"code": self.code, "message": str(self), "data": {"kind": self.kind, **self.data}}
@@ -88,12 +89,12 @@ def parse_request(line: bytes) -> Request:
 
 
 def _with_id(error: RpcError, ident: Any) -> RpcError:
-    error.request_id = ident  # type: ignore[attr-defined]
+    error.request_id = ident
     return error
 
 
 def error_id(error: RpcError) -> Any:
-    return getattr(error, "request_id", None)
+    return error.request_id
 
 
 def encode_result(ident: Any, result: Any) -> bytes:

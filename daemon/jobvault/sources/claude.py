@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -617,13 +617,17 @@ class ClaudeJob:
                     agent_type = sub_type if isinstance(sub_type, str) else agent_type
                     desc = task_input.get("description")
                     description = desc if isinstance(desc, str) else None
-            layout = agent.layout if agent.layout in ("subagents-dir", "flat-file") else "sidechain"
+            layout: Literal["subagents-dir", "flat-file", "sidechain"] = "sidechain"
+            if agent.layout == "subagents-dir":
+                layout = "subagents-dir"
+            elif agent.layout == "flat-file":
+                layout = "flat-file"
             out.append(
                 Subagent(
                     agent_id=agent_id,
                     agent_type=agent_type,
                     description=description,
-                    layout=layout,  # type: ignore[arg-type]
+                    layout=layout,
                     started_at=agent.first,
                     ended_at=agent.last,
                     message_count=len(agent.assistant_ids) + agent.user_lines,
