@@ -32,7 +32,7 @@ from jobvault.engine_base import (
     log,
 )
 from jobvault.sessions import Sessions
-from jobvault.sources import LineContext
+from jobvault.sources import Adapter, LineContext
 from jobvault.store.writer import (
     BadLine,
     Batch,
@@ -44,6 +44,25 @@ from jobvault.tail import Segment, fingerprint, fingerprint_len, read_lines, rea
 from jobvault.tracking import FileTracking
 
 __all__ = ["Engine", "Job", "Stats", "Tracked"]
+
+
+def _peek_job_key(path: str, adapter: Adapter, size: int = 64 * 1024) -> str | None:
+    """The session a file names in its first lines (None if they do not say)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(size)
+    except OSError:
+        return None
+    for line in head.split(b"\n")[:-1][:20]:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            key = adapter.job_key_from_line(obj)
+            if key is not None:
+                return key
+    return None
 
 
 def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, bytes]]:
@@ -65,6 +84,9 @@ class Engine(FileTracking, Sessions):
     def __init__(self, config: Config, store: Store, *, job_write_interval: float = 2.0) -> None:
         super().__init__(config, store, job_write_interval=job_write_interval)
         self._load_files()
+        # `ingest_once` finalizes session by session itself; the daemon's idle check would
+        # otherwise close a session whose flat subagent file is still to be read.
+        self._importing = False
 
     def poll(self, paths: Iterable[str], roots: Iterable[Path]) -> int:
         """Track and read the given paths until each is read to its end; return bytes read."""
@@ -99,24 +121,43 @@ class Engine(FileTracking, Sessions):
         for path in paths:
             classified = self.classify(Path(path))
             key = classified[1].job_key if classified else None
-            # Flat subagent files name their session inside: read them last.
+            if key is None and classified is not None:
+                # A flat subagent file names its session inside: peek, so it is read with its
+                # parent instead of reopening (and re-reading) the finalized parent later.
+                key = _peek_job_key(path, classified[0])
             keyed.append((key if key is not None else "\uffff", path))
         keyed.sort()
         last: dict[str, int] = {key: i for i, (key, _) in enumerate(keyed)}
+        self._importing = True
+        try:
+            self._ingest_groups(keyed, last, roots, progress, group_size)
+        finally:
+            self._importing = False
+        self.finalize_all()
+        return paths
+
+    def _ingest_groups(
+        self,
+        keyed: list[tuple[str, str]],
+        last: dict[str, int],
+        roots: list[Path],
+        progress: Any,
+        group_size: int,
+    ) -> None:
         for start in range(0, len(keyed), group_size):
             group = keyed[start : start + group_size]
             self.poll([p for _, p in group], roots)
             end = start + len(group)
             done = sorted(
-                k
-                for k, _ in group
-                if last[k] < end and k in self.jobs and not self.jobs[k].finalized
+                {
+                    k
+                    for k, _ in group
+                    if last[k] < end and k in self.jobs and not self.jobs[k].finalized
+                }
             )
             self.finalize_many(done)
             if progress is not None:
                 progress([p for _, p in group])
-        self.finalize_all()
-        return paths
 
     def rescan(self, roots: Iterable[Path]) -> int:
         """Walk the roots and re-check every tracked file (finds deletions and missed events)."""
@@ -194,7 +235,7 @@ class Engine(FileTracking, Sessions):
                     next_queue.append(tracked)
             self._commit(batch, snapshot, touched)
             self._write_due(touched)
-            if not final and self.jobs:
+            if not final and self.jobs and not self._importing:
                 # A backfill of old transcripts finalizes them as it goes, so memory holds
                 # the sessions being read, not all of history.
                 self.finalize_idle(self.config.idle_timeout, fully_read_only=True)

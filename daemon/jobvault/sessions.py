@@ -169,7 +169,7 @@ class Sessions(EngineBase):
 
     def finalize_many(self, keys: Iterable[str]) -> None:
         """Finalize several sessions with one read pass and one write transaction."""
-        keys = list(keys)
+        keys = sorted(set(keys))
         if not keys:
             return
         wanted = set(keys)
