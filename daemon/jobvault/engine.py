@@ -92,15 +92,25 @@ class Engine(FileTracking, Sessions):
         """Track and read the given paths until each is read to its end; return bytes read."""
         roots = list(roots)
         todo: list[Tracked] = []
+        present: list[tuple[str, os.stat_result]] = []
+        missing: list[str] = []
+        for path in paths:  # one stat per path
+            try:
+                present.append((path, os.stat(path)))
+            except FileNotFoundError:
+                missing.append(path)
+            except OSError as exc:
+                log.warning("stat_failed", file=path, error=str(exc))
         # Paths that exist first, missing ones last: a rename's new name must be seen
         # before its old name is taken for a deletion.
-        paths = sorted(paths, key=lambda p: not os.path.exists(p))
-        for path in paths:
-            tracked = self.track(path, roots)
+        for path, st in present:
+            tracked = self.track_stat(path, st, roots)
             if tracked is not None and (
                 tracked.row.size > tracked.row.offset or tracked.row.in_long_line
             ):
                 todo.append(tracked)
+        for path in missing:
+            self.gone(path)
         return self._drain(todo, final=False)
 
     def poll_all(self, roots: Iterable[Path]) -> int:
@@ -273,20 +283,22 @@ class Engine(FileTracking, Sessions):
         pending_chunk: list[bytes] = []
         pending_start = -1
         pending_lines = 0
+        pending_size = 0
 
         def flush_chunk() -> None:
-            nonlocal pending_chunk, pending_start, pending_lines
+            nonlocal pending_chunk, pending_start, pending_lines, pending_size
             if pending_chunk:
                 batch.chunks.append(
                     Chunk(row.id, pending_start, b"".join(pending_chunk), pending_lines)
                 )
-            pending_chunk, pending_start, pending_lines = [], -1, 0
+            pending_chunk, pending_start, pending_lines, pending_size = [], -1, 0, 0
 
         for segment in segments:
             read += len(segment.data)
             if pending_start < 0:
                 pending_start = segment.start
             pending_chunk.append(segment.data)
+            pending_size += len(segment.data)
             if segment.kind == "long":
                 if segment.line_start:
                     self._bad(batch, tracked, segment.start, len(segment.data), TOO_LONG)
@@ -294,7 +306,7 @@ class Engine(FileTracking, Sessions):
                     row.line_count += 1
             else:
                 pending_lines += self._parse_segment(tracked, segment, batch, touched)
-            if sum(len(p) for p in pending_chunk) >= CHUNK_MAX:
+            if pending_size >= CHUNK_MAX:
                 flush_chunk()
             if segment.kind == "tail":
                 row.partial_tail = True

@@ -100,6 +100,10 @@ class FileTracking(EngineBase):
         except OSError as exc:
             log.warning("stat_failed", file=path, error=str(exc))
             return None
+        return self.track_stat(path, st, roots)
+
+    def track_stat(self, path: str, st: os.stat_result, roots: Iterable[Path]) -> Tracked | None:
+        """`track` with the file's stat already taken (a rescan stats each path once)."""
         tracked = self.by_path.get(path)
         if tracked is not None:
             row = tracked.row

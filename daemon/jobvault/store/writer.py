@@ -253,49 +253,43 @@ class Store:
                 chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "zstd", packed))
             else:
                 chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "raw", c.data))
-        try:
-            with self._transaction():
-                self.conn.executemany(
-                    "INSERT INTO chunks (file_id, offset, length, line_count, codec, data) "
-                    "VALUES (?,?,?,?,?,?)",
-                    chunk_rows,
-                )
-                self.conn.executemany(
-                    "UPDATE files SET path=?, offset=?, size=?, mtime_ns=?, in_long_line=?, "
-                    "partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, line_count=?, "
-                    "bad_lines=?, lost_bytes=?, updated_at=? WHERE id=?",
-                    [
-                        (
-                            f.path, f.offset, f.size, f.mtime_ns, int(f.in_long_line),
-                            int(f.partial_tail), f.state, f.job_key, f.fp_len, f.fp_hash,
-                            f.line_count, f.bad_lines, f.lost_bytes, now, f.id,
-                        )
-                        for f in batch.files.values()
-                    ],
-                )  # fmt: skip
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO bad_lines (file_id, offset, length, reason, detected_at)"
-                    " VALUES (?,?,?,?,?)",
-                    [(b.file_id, b.offset, b.length, b.reason, now) for b in batch.bad_lines],
-                )
-                self.conn.executemany(
-                    "UPDATE jobs SET finalized_at = NULL, status = 'active' "
-                    "WHERE session_id = ? AND finalized_at IS NOT NULL",
-                    [(key,) for key in sorted(stale_jobs)],
-                )
-                for detail, finalized in batch.jobs:
-                    self._write_job(detail, finalized, now)
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not write a batch: {exc}") from exc
+        with self._transaction():
+            self.conn.executemany(
+                "INSERT INTO chunks (file_id, offset, length, line_count, codec, data) "
+                "VALUES (?,?,?,?,?,?)",
+                chunk_rows,
+            )
+            self.conn.executemany(
+                "UPDATE files SET path=?, offset=?, size=?, mtime_ns=?, in_long_line=?, "
+                "partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, line_count=?, "
+                "bad_lines=?, lost_bytes=?, updated_at=? WHERE id=?",
+                [
+                    (
+                        f.path, f.offset, f.size, f.mtime_ns, int(f.in_long_line),
+                        int(f.partial_tail), f.state, f.job_key, f.fp_len, f.fp_hash,
+                        f.line_count, f.bad_lines, f.lost_bytes, now, f.id,
+                    )
+                    for f in batch.files.values()
+                ],
+            )  # fmt: skip
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO bad_lines (file_id, offset, length, reason, detected_at)"
+                " VALUES (?,?,?,?,?)",
+                [(b.file_id, b.offset, b.length, b.reason, now) for b in batch.bad_lines],
+            )
+            self.conn.executemany(
+                "UPDATE jobs SET finalized_at = NULL, status = 'active' "
+                "WHERE session_id = ? AND finalized_at IS NOT NULL",
+                [(key,) for key in sorted(stale_jobs)],
+            )
+            for detail, finalized in batch.jobs:
+                self._write_job(detail, finalized, now)
 
     def write_jobs(self, jobs: Iterable[tuple[JobDetail, bool]]) -> None:
         now = now_iso()
-        try:
-            with self._transaction():
-                for detail, finalized in jobs:
-                    self._write_job(detail, finalized, now)
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not write job records: {exc}") from exc
+        with self._transaction():
+            for detail, finalized in jobs:
+                self._write_job(detail, finalized, now)
 
     def _write_job(self, detail: JobDetail, finalized: bool, now: str) -> None:
         rec = detail.record
@@ -420,55 +414,52 @@ class Store:
         that key may have moved.
         """
         new = {k: (int(c.sidechain), c.total, c.path, c.offset) for k, c in candidates.items()}
-        try:
-            with self._transaction():
-                old = {
-                    r[0]: (r[1], r[2], r[3], r[4])
-                    for r in self.conn.execute(
-                        "SELECT key, sidechain, total, path, offset FROM usage_keys "
-                        "WHERE session_id = ?",
-                        (session,),
-                    )
-                }
-                removed = [k for k in old if k not in new]
-                changed = [k for k, v in new.items() if old.get(k) != v]
-                self.conn.executemany(
-                    "DELETE FROM usage_keys WHERE key = ? AND session_id = ?",
-                    [(k, session) for k in removed],
+        with self._transaction():
+            old = {
+                r[0]: (r[1], r[2], r[3], r[4])
+                for r in self.conn.execute(
+                    "SELECT key, sidechain, total, path, offset FROM usage_keys "
+                    "WHERE session_id = ?",
+                    (session,),
                 )
-                self.conn.executemany(
-                    "INSERT OR REPLACE INTO usage_keys "
-                    "(key, session_id, sidechain, total, path, offset) VALUES (?,?,?,?,?,?)",
-                    [(k, session, *new[k]) for k in changed],
-                )
-                affected: set[str] = set()
-                touched = removed + changed
-                for i in range(0, len(touched), 500):
-                    part = touched[i : i + 500]
-                    marks = ",".join("?" * len(part))
-                    affected.update(
-                        r[0]
-                        for r in self.conn.execute(
-                            f"SELECT DISTINCT session_id FROM usage_keys WHERE key IN ({marks}) "
-                            "AND session_id != ?",
-                            (*part, session),
-                        )
-                    )
-                lost = frozenset(
+            }
+            removed = [k for k in old if k not in new]
+            changed = [k for k, v in new.items() if old.get(k) != v]
+            self.conn.executemany(
+                "DELETE FROM usage_keys WHERE key = ? AND session_id = ?",
+                [(k, session) for k in removed],
+            )
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO usage_keys "
+                "(key, session_id, sidechain, total, path, offset) VALUES (?,?,?,?,?,?)",
+                [(k, session, *new[k]) for k in changed],
+            )
+            affected: set[str] = set()
+            touched = removed + changed
+            for i in range(0, len(touched), 500):
+                part = touched[i : i + 500]
+                marks = ",".join("?" * len(part))
+                affected.update(
                     r[0]
                     for r in self.conn.execute(
-                        """
-                        SELECT u.key FROM usage_keys u WHERE u.session_id = ?1 AND EXISTS (
-                            SELECT 1 FROM usage_keys o
-                            WHERE o.key = u.key AND o.session_id != u.session_id
-                              AND (o.sidechain, -o.total, o.path, o.offset)
-                                < (u.sidechain, -u.total, u.path, u.offset))
-                        """,
-                        (session,),
+                        f"SELECT DISTINCT session_id FROM usage_keys WHERE key IN ({marks}) "
+                        "AND session_id != ?",
+                        (*part, session),
                     )
                 )
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not record message keys: {exc}") from exc
+            lost = frozenset(
+                r[0]
+                for r in self.conn.execute(
+                    """
+                    SELECT u.key FROM usage_keys u WHERE u.session_id = ?1 AND EXISTS (
+                        SELECT 1 FROM usage_keys o
+                        WHERE o.key = u.key AND o.session_id != u.session_id
+                          AND (o.sidechain, -o.total, o.path, o.offset)
+                            < (u.sidechain, -u.total, u.path, u.offset))
+                    """,
+                    (session,),
+                )
+            )
         return lost, affected
 
     def clear_usage_keys(self) -> None:
