@@ -174,7 +174,9 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
                 "importing", sum(sizes.values()), enabled=not args.no_progress
             ) as progress:
                 engine.ingest_once(
-                    roots, lambda group: progress.advance(sum(sizes.get(p, 0) for p in group))
+                    roots,
+                    lambda group: progress.advance(sum(sizes.get(p, 0) for p in group)),
+                    paths=paths,
                 )
             summary = {
                 "files": len(paths),

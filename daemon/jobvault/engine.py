@@ -118,7 +118,11 @@ class Engine(FileTracking, Sessions):
         return self.poll(self.scan(roots), roots)
 
     def ingest_once(
-        self, roots: Iterable[Path], progress: Any = None, group_size: int = 64
+        self,
+        roots: Iterable[Path],
+        progress: Any = None,
+        group_size: int = 64,
+        paths: list[str] | None = None,
     ) -> list[str]:
         """Read every transcript under `roots` once and finalize it (`jobvault import`).
 
@@ -126,7 +130,8 @@ class Engine(FileTracking, Sessions):
         files are read, so memory holds a few sessions at a time, not the whole import.
         """
         roots = list(roots)
-        paths = self.scan(roots)
+        if paths is None:  # the caller may have walked the roots already (for a progress bar)
+            paths = self.scan(roots)
         keyed: list[tuple[str, str]] = []
         for path in paths:
             classified = self.classify(Path(path))
