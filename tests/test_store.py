@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from jobvault.errors import StoreError
 from jobvault.store import migrations
 from jobvault.store.db import open_reader, open_writer
 from jobvault.store.schema_doc import DESCRIPTIONS, render
+from jobvault.store.writer import Batch, Chunk, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +91,44 @@ def test_every_table_is_described() -> None:
     }
     conn.close()
     assert tables == set(DESCRIPTIONS)
+
+
+def _file(store: Store, name: str) -> int:
+    from jobvault.store.writer import FileRow
+
+    row = FileRow(
+        0, "claude", f"/x/{name}", "/x", name, 0, 1, 2, 0, None, 0, 0, 0,
+        False, False, "active", None, "main", None, 0, 0, 0,
+    )  # fmt: skip
+    return store.insert_file(row)
+
+
+def test_chunks_compressed_on_the_packer_thread_round_trip(tmp_path: Path) -> None:
+    store = Store(open_writer(tmp_path / "jv.db"))
+    file_id = _file(store, "a.jsonl")
+    data = b"".join(b'{"n": %d, "text": "%s"}\n' % (i, b"x" * (i % 97)) for i in range(5000))
+    chunk = Chunk(file_id, 0, data, 5000)
+    store.pack(chunk)
+    assert chunk.packed is not None
+    assert any(t.name.startswith("jobvault-zstd") for t in threading.enumerate())
+    store.commit(Batch(chunks=[chunk]), stale_jobs=set())
+    codec, length = store.conn.execute("SELECT codec, length(data) FROM chunks").fetchone()
+    assert codec == "zstd" and length < len(data) / 4
+    assert b"".join(part for _, part in store.iter_chunks(file_id)) == data
+    store.close()
+    assert not any(t.name.startswith("jobvault-zstd") for t in threading.enumerate())
+
+
+def test_nested_writes_commit_or_roll_back_as_one(tmp_path: Path) -> None:
+    store = Store(open_writer(tmp_path / "jv.db"))
+    with pytest.raises(StoreError), store.transaction():
+        _file(store, "kept-only-if-all-commit.jsonl")  # its own transaction joins the outer one
+        store.conn.execute("INSERT INTO files (id) VALUES (NULL)")  # NOT NULL columns: refused
+    assert store.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
+    with store.transaction():
+        _file(store, "a.jsonl")
+        _file(store, "b.jsonl")
+        assert store.conn.in_transaction
+    assert not store.conn.in_transaction
+    assert store.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 2
+    store.close()

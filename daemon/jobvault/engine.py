@@ -284,38 +284,33 @@ class Engine(FileTracking, Sessions):
             # line, so the accumulator must re-read the joined line from the archive.
             self._invalidate(row.job_key, tracked.adapter)
         row.partial_tail = False
-        read = 0
-        pending_chunk: list[bytes] = []
-        pending_start = -1
-        pending_lines = 0
-        pending_size = 0
-
-        def flush_chunk() -> None:
-            nonlocal pending_chunk, pending_start, pending_lines, pending_size
-            if pending_chunk:
-                batch.chunks.append(
-                    Chunk(row.id, pending_start, b"".join(pending_chunk), pending_lines)
-                )
-            pending_chunk, pending_start, pending_lines, pending_size = [], -1, 0, 0
-
+        # Cut the segments into chunks and start compressing them before parsing, so the
+        # compression thread works while this one parses.
+        groups: list[tuple[Chunk, list[Segment]]] = []
+        run: list[Segment] = []
+        run_size = 0
         for segment in segments:
-            read += len(segment.data)
-            if pending_start < 0:
-                pending_start = segment.start
-            pending_chunk.append(segment.data)
-            pending_size += len(segment.data)
-            if segment.kind == "long":
-                if segment.line_start:
-                    self._bad(batch, tracked, segment.start, len(segment.data), TOO_LONG)
-                    pending_lines += 1
-                    row.line_count += 1
-            else:
-                pending_lines += self._parse_segment(tracked, segment, batch, touched)
-            if pending_size >= CHUNK_MAX:
-                flush_chunk()
-            if segment.kind == "tail":
-                row.partial_tail = True
-        flush_chunk()
+            run.append(segment)
+            run_size += len(segment.data)
+            if run_size >= CHUNK_MAX:
+                groups.append(self._chunk(row.id, run))
+                run, run_size = [], 0
+        if run:
+            groups.append(self._chunk(row.id, run))
+        read = 0
+        for chunk, members in groups:
+            for segment in members:
+                read += len(segment.data)
+                if segment.kind == "long":
+                    if segment.line_start:
+                        self._bad(batch, tracked, segment.start, len(segment.data), TOO_LONG)
+                        chunk.line_count += 1
+                        row.line_count += 1
+                else:
+                    chunk.line_count += self._parse_segment(tracked, segment, batch, touched)
+                if segment.kind == "tail":
+                    row.partial_tail = True
+            batch.chunks.append(chunk)
         new_offset = segments[-1].end
         if row.job_key:
             touched.add(row.job_key)
@@ -336,6 +331,12 @@ class Engine(FileTracking, Sessions):
         if job is not None:  # idleness follows the files' own clock (a backfill is old news)
             job.modified = max(job.modified, min(st.st_mtime, time.time()))
         return read, more
+
+    def _chunk(self, file_id: int, run: list[Segment]) -> tuple[Chunk, list[Segment]]:
+        data = run[0].data if len(run) == 1 else b"".join(seg.data for seg in run)
+        chunk = Chunk(file_id, run[0].start, data, 0)
+        self.store.pack(chunk)
+        return chunk, run
 
     def _parse_segment(
         self, tracked: Tracked, segment: Segment, batch: Batch, touched: set[str]

@@ -171,6 +171,8 @@ class TextSample:
         self._size = 0
 
     def add(self, order: Any, text: str) -> None:
+        if self._size >= self.limit and self._pieces and order > self._pieces[-1][0]:
+            return  # the pieces before it fill the sample already: it would be dropped
         text = text.strip()
         if not text:
             return

@@ -96,17 +96,22 @@ class Sessions(EngineBase):
         """Write the records of touched sessions whose last write is old enough (or all)."""
         now = time.monotonic()
         due: list[tuple[JobDetail, bool]] = []
-        for key in sorted(touched):
-            job = self.jobs.get(key)
-            if job is None or not job.dirty:
-                continue
-            if force or now - job.last_written >= self._interval(job):
-                started = time.monotonic()
-                due.append((self._detail(job), job.finalized))
-                job.build_cost = time.monotonic() - started
-        if due:
+        todo = [
+            job
+            for job in (self.jobs.get(key) for key in sorted(touched))
+            if job is not None
+            and job.dirty
+            and (force or now - job.last_written >= self._interval(job))
+        ]
+        if todo:
             try:
-                self.store.write_jobs(due)
+                # Settling duplicates, building and writing the records: one transaction.
+                with self.store.transaction():
+                    for job in todo:
+                        started = time.monotonic()
+                        due.append((self._detail(job), job.finalized))
+                        job.build_cost = time.monotonic() - started
+                    self.store.write_jobs(due)
             except StoreError as exc:  # the records stay dirty and are written on a retry
                 self.record_fault(str(exc))
                 raise

@@ -186,6 +186,7 @@ class ClaudeJob:
         self.sidechain_roots = 0
         self.excluded_keys: frozenset[str] = frozenset()
         self.text = TextSample()  # prompts and assistant text, for full-text search
+        self._files_seen: set[int] = set()
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -211,14 +212,17 @@ class ClaudeJob:
                 and (self.main_first_plain_ts is None or ts < self.main_first_plain_ts)
             ):
                 self.main_first_plain_ts = ts
-        if ctx.role == "main":
-            self.source_path.offer((" ", ctx.file_id, 0), ctx.path)
-            if ctx.project:
-                self.project.offer((" ", ctx.file_id, 0), ctx.project)
+        if ctx.file_id not in self._files_seen:  # what the file itself says, once per file
+            self._files_seen.add(ctx.file_id)
+            if ctx.role == "main":
+                self.source_path.offer((" ", ctx.file_id, 0), ctx.path)
+                if ctx.project:
+                    self.project.offer((" ", ctx.file_id, 0), ctx.project)
         for key, slot in (("cwd", self.cwd), ("gitBranch", self.branch), ("version", self.version)):
             value = obj.get(key)
-            if isinstance(value, str) and value:
-                slot.offer(order, value)
+            # Inlined `slot.offer`: three per line add up over an import.
+            if value and value.__class__ is str and (slot.order is None or order > slot.order):
+                slot.order, slot.value = order, value
         if agent_id is not None and isinstance(agent_id, str):
             agent = self.agents.get(agent_id)
             if agent is None:

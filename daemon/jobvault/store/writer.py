@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +78,7 @@ class Chunk:
     offset: int
     data: bytes
     line_count: int
+    packed: Future[bytes] | None = None  # its compression under way (`Store.pack`)
 
 
 @dataclass(slots=True)
@@ -109,13 +112,38 @@ class Store:
         self.path: str = next(
             (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
         )
+        self._level = compression_level
         self._compressor = zstandard.ZstdCompressor(level=compression_level)
         self._decompressor = zstandard.ZstdDecompressor()
+        self._packer: ThreadPoolExecutor | None = None  # started by the first `pack`
+        self._packer_local = threading.local()
         row = conn.execute("SELECT value FROM meta WHERE key = 'machine_id'").fetchone()
         self.machine_id: str | None = row[0] if row else None
 
     def close(self) -> None:
+        if self._packer is not None:
+            self._packer.shutdown(wait=True, cancel_futures=True)
+            self._packer = None
         self.conn.close()
+
+    def pack(self, chunk: Chunk) -> None:
+        """Start compressing a chunk on the compression thread; `commit` collects it.
+
+        zstandard releases the GIL while it compresses, so a chunk is compressed on the second
+        core while the engine parses its lines on the first.
+        """
+        if self._packer is None:
+            self._packer = ThreadPoolExecutor(2, thread_name_prefix="jobvault-zstd")
+        chunk.packed = self._packer.submit(self._compress_on_packer, chunk.data)
+
+    def _compress_on_packer(self, data: bytes) -> bytes:
+        # A compressor object is not safe to share between threads: the packer has its own.
+        compressor = getattr(self._packer_local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(level=self._level)
+            self._packer_local.compressor = compressor
+        packed: bytes = compressor.compress(data)
+        return packed
 
     # -- files -------------------------------------------------------------------------------
 
@@ -163,18 +191,30 @@ class Store:
     # -- batches -----------------------------------------------------------------------------
 
     class _Tx:
-        """BEGIN IMMEDIATE … COMMIT; any SQLite error rolls back and becomes a StoreError."""
+        """BEGIN IMMEDIATE … COMMIT; any SQLite error rolls back and becomes a StoreError.
+
+        Inside another `_Tx` it is part of the outer transaction, which commits or rolls
+        back everything at once.
+        """
 
         def __init__(self, conn: sqlite3.Connection) -> None:
             self.conn = conn
+            self.nested = False
 
         def __enter__(self) -> None:
+            self.nested = self.conn.in_transaction
+            if self.nested:
+                return
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot start a write transaction: {exc}") from exc
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if self.nested:  # the outer transaction decides; SQLite errors become StoreError
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"the database refused the write: {exc}") from exc
+                return
             if exc_type is None:
                 try:
                     self.conn.execute("COMMIT")
@@ -192,6 +232,10 @@ class Store:
                     self.conn.execute("ROLLBACK")
 
     def _transaction(self) -> Store._Tx:
+        return Store._Tx(self.conn)
+
+    def transaction(self) -> Store._Tx:
+        """One write transaction around several writes (each then joins it)."""
         return Store._Tx(self.conn)
 
     def write_file_path(self, file_id: int, path: str, state: str) -> None:
@@ -248,7 +292,7 @@ class Store:
         compress = self._compressor.compress
         chunk_rows = []
         for c in batch.chunks:
-            packed = compress(c.data)
+            packed = c.packed.result() if c.packed is not None else compress(c.data)
             if len(packed) < len(c.data):
                 chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "zstd", packed))
             else:
