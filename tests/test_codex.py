@@ -193,7 +193,11 @@ def _feed_interleaved(files: list[Path], seed: int | None) -> dict[str, Any]:
         offset, obj = queue.pop(0)
         job.feed(obj, ctx, offset)
     detail = job.build(finalized=True, machine_id=None)
-    return {"record": detail.record.to_dict(), "tools": detail.tool_calls, "usage": detail.usage}
+    return {
+        "record": detail.record.to_dict(),
+        "tools": list(detail.tool_calls),
+        "usage": detail.usage,
+    }
 
 
 def test_record_does_not_depend_on_interleaving(tmp_path: Path) -> None:

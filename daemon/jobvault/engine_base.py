@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from jobvault import previews
 from jobvault.config import Config
 from jobvault.records import JobRecord
 from jobvault.sources import ADAPTERS, Adapter, FileInfo
@@ -80,6 +81,8 @@ class EngineBase:
         self.config = config
         self.store = store
         self.job_write_interval = job_write_interval
+        # Big sessions' tool-call previews go to scratch files next to the database.
+        previews.set_spill_dir(Path(store.path).parent if store.path else None)
         self.by_path: dict[str, Tracked] = {}
         self.by_id: dict[int, Tracked] = {}
         self.by_inode: dict[tuple[int, int], Tracked] = {}

@@ -9,6 +9,7 @@ repeats the reasoning part. Token counts and costs include the job's subagents.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -129,7 +130,7 @@ class JobDetail:
     """A job record with its children, as the store writes it and `show` prints it."""
 
     record: JobRecord
-    tool_calls: list[ToolCall]
+    tool_calls: Sequence[ToolCall]  # a list, or a `previews.ToolCallList` read lazily
     subagents: list[Subagent]
     files: list[FileModified]
     usage: list[UsageRow]

@@ -15,6 +15,7 @@ were read in.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import orjson
 
 from jobvault import pricing
+from jobvault.previews import PreviewRef, Previews, RawCall, ToolCallList
 from jobvault.records import (
     FileModified,
     JobDetail,
@@ -30,7 +32,6 @@ from jobvault.records import (
     Status,
     Subagent,
     TextSample,
-    ToolCall,
     UsageRow,
     duration_ms,
     preview,
@@ -68,7 +69,7 @@ class _ToolUse:
     order: Order
     name: str
     agent_id: str | None
-    input_preview: str | None
+    input_preview: PreviewRef
     file_path: str | None
 
 
@@ -76,7 +77,7 @@ class _ToolUse:
 class _ToolResult:
     order: Order
     is_error: bool
-    output_preview: str | None
+    output_preview: PreviewRef
     file_path: str | None
     agent_link: str | None
 
@@ -187,6 +188,7 @@ class ClaudeJob:
         self.excluded_keys: frozenset[str] = frozenset()
         self.text = TextSample()  # prompts and assistant text, for full-text search
         self._files_seen: set[int] = set()
+        self.previews = Previews()
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -265,7 +267,7 @@ class ClaudeJob:
             return
         msg_id = message.get("id")
         model = message.get("model")
-        model = model if isinstance(model, str) else ""
+        model = sys.intern(model) if isinstance(model, str) else ""  # one copy, not one per line
         message_key = msg_id if isinstance(msg_id, str) else f"line:{order[1]}:{order[2]}"
         self.assistant_ids.add(message_key)
         if agent_id:
@@ -329,13 +331,15 @@ class ClaudeJob:
 
     def _tool_use(self, block: dict[str, Any], order: Order, agent_id: str | None) -> None:
         name = block.get("name")
-        name = name if isinstance(name, str) else "?"
+        name = sys.intern(name) if isinstance(name, str) else "?"
         tool_input = block.get("input")
         file_path = None
         if name in EDIT_TOOLS and isinstance(tool_input, dict):
             candidate = tool_input.get("file_path") or tool_input.get("notebook_path")
             file_path = candidate if isinstance(candidate, str) else None
-        use = _ToolUse(order, name, agent_id, _dumps_preview(tool_input), file_path)
+        use = _ToolUse(
+            order, name, agent_id, self.previews.put(_dumps_preview(tool_input)), file_path
+        )
         tool_id = block.get("id")
         if not isinstance(tool_id, str):
             self.unkeyed_tools.append(use)
@@ -395,7 +399,11 @@ class ClaudeJob:
             link = structured.get("agentId")
             agent_link = link if isinstance(link, str) else None
         result = _ToolResult(
-            order, block.get("is_error") is True, preview(output), file_path, agent_link
+            order,
+            block.get("is_error") is True,
+            self.previews.put(preview(output)),
+            file_path,
+            agent_link,
         )
         current = self.tool_results.get(tool_id)
         if current is None or order < current.order:
@@ -558,20 +566,20 @@ class ClaudeJob:
     def _tools(
         self,
     ) -> tuple[
-        list[ToolCall], int, Counter[str], list[FileModified], Counter[str], dict[str, _ToolUse]
+        ToolCallList, int, Counter[str], list[FileModified], Counter[str], dict[str, _ToolUse]
     ]:
         items: list[tuple[Order, str | None, _ToolUse]] = [
             (use.order, tid, use) for tid, use in self.tool_uses.items()
         ]
         items.extend((use.order, None, use) for use in self.unkeyed_tools)
         items.sort(key=lambda item: (item[0], item[1] or ""))
-        calls: list[ToolCall] = []
+        calls: list[RawCall] = []
         failed = 0
         names: Counter[str] = Counter()
         per_agent: Counter[str] = Counter()
         modified: Counter[tuple[str, str]] = Counter()
         agent_links: dict[str, _ToolUse] = {}
-        for seq, (_, tid, use) in enumerate(items):
+        for _, tid, use in items:
             result = self.tool_results.get(tid) if tid else None
             is_error = bool(result and result.is_error)
             failed += is_error
@@ -585,19 +593,18 @@ class ClaudeJob:
             if use.name in TASK_TOOLS and result and result.agent_link:
                 agent_links[result.agent_link] = use
             calls.append(
-                ToolCall(
-                    seq=seq,
-                    tool_use_id=tid,
-                    name=use.name,
-                    agent_id=use.agent_id,
-                    is_error=is_error,
-                    timestamp=use.order[0] or None,
-                    input_preview=use.input_preview,
-                    output_preview=result.output_preview if result else None,
+                (
+                    tid,
+                    use.name,
+                    use.agent_id,
+                    is_error,
+                    use.order[0] or None,
+                    use.input_preview,
+                    result.output_preview if result else None,
                 )
             )
         files = [FileModified(p, tool, n) for (p, tool), n in sorted(modified.items())]
-        return calls, failed, names, files, per_agent, agent_links
+        return ToolCallList(calls, self.previews), failed, names, files, per_agent, agent_links
 
     def _subagents(
         self,
@@ -611,9 +618,10 @@ class ClaudeJob:
             tokens = per_agent.get(agent_id, [0, 0, 0, 0, 0.0])
             link = agent_links.get(agent_id)
             agent_type, description = agent.agent_type, None
-            if link is not None and link.input_preview:
+            task_preview = self.previews.get(link.input_preview) if link is not None else None
+            if task_preview:
                 try:
-                    task_input = orjson.loads(link.input_preview)
+                    task_input = orjson.loads(task_preview)
                 except orjson.JSONDecodeError:
                     task_input = None
                 if isinstance(task_input, dict):

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from jobvault import pricing
+from jobvault.previews import Previews, RawCall, ToolCallList
 from jobvault.records import (
     FileModified,
     JobDetail,
     JobRecord,
     Status,
     TextSample,
-    ToolCall,
     UsageRow,
     duration_ms,
     join_sample,
@@ -84,11 +84,12 @@ class CodexJob:
         self.job_key = job_key
         self.files: dict[int, FileState] = {}
         self.texts: dict[int, TextSample] = {}  # per file: prompts and agent messages
+        self.previews = Previews()  # every file's tool-call previews
 
     def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None:
         state = self.files.get(ctx.file_id)
         if state is None:
-            state = self.files[ctx.file_id] = FileState(ctx.file_id, ctx.path)
+            state = self.files[ctx.file_id] = FileState(ctx.file_id, ctx.path, self.previews)
             self.texts[ctx.file_id] = TextSample()
         state.path = ctx.path  # a rename keeps the file id; the latest name counts
         self._sample_text(obj, state, offset)
@@ -136,7 +137,7 @@ class CodexJob:
         deltas = sorted((d for f in files for d in f.deltas), key=lambda d: d.order)
         usage, totals, cost, unpriced, per_model = _usage(deltas)
         models = sorted(per_model, key=lambda m: (-per_model[m], m))
-        tool_calls, failed, names, modified = _tools(files)
+        tool_calls, failed, names, modified = _tools(files, self.previews)
         primary = min(files, key=lambda f: (f.first_ts or "~", f.file_id), default=None)
         turn_file = max(
             (f for f in files if f.turn_order is not None),
@@ -253,8 +254,8 @@ def _usage(
 
 
 def _tools(
-    files: list[FileState],
-) -> tuple[list[ToolCall], int, Counter[str], list[FileModified]]:
+    files: list[FileState], previews: Previews
+) -> tuple[ToolCallList, int, Counter[str], list[FileModified]]:
     """Tool calls with their outputs and failures, and the files successful patches touched."""
     items: list[tuple[Call, Result | None]] = []
     orphans: list[Result] = []  # patch_apply_end without a call (e.g. intercepted shell)
@@ -263,11 +264,11 @@ def _tools(
         items.extend((c, f.results.get(c.call_id) if c.call_id else None) for c in f.calls)
         orphans.extend(r for cid, r in f.results.items() if cid not in called)
     items.sort(key=lambda item: (item[0].order, item[0].call_id or ""))
-    calls: list[ToolCall] = []
+    calls: list[RawCall] = []
     failed = 0
     names: Counter[str] = Counter()
     modified: Counter[str] = Counter()
-    for seq, (call, result) in enumerate(items):
+    for call, result in items:
         is_error = bool(result and result.failed)
         failed += is_error
         names[call.name] += 1
@@ -276,22 +277,21 @@ def _tools(
             touched = set(call.patch_files) | set(result.patch_files if result else [])
             modified.update(touched)
         calls.append(
-            ToolCall(
-                seq=seq,
-                tool_use_id=call.call_id,
-                name=call.name,
-                agent_id=None,
-                is_error=is_error,
-                timestamp=call.order[0] or None,
-                input_preview=call.input_preview,
-                output_preview=result.output_preview if result else None,
+            (
+                call.call_id,
+                call.name,
+                None,
+                is_error,
+                call.order[0] or None,
+                call.input_preview,
+                result.output_preview if result else None,
             )
         )
     for result in orphans:
         if result.patch_success:
             modified.update(set(result.patch_files))
     files_modified = [FileModified(p, PATCH_TOOL, n) for p, n in sorted(modified.items())]
-    return calls, failed, names, files_modified
+    return ToolCallList(calls, previews), failed, names, files_modified
 
 
 def _context(files: list[FileState], model: str | None) -> tuple[int | None, float | None]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from jobvault.previews import PreviewRef, Previews
 from jobvault.records import preview
 from jobvault.sources.codex_parse import (
     Usage,
@@ -67,14 +68,14 @@ class Call:
     order: Order
     call_id: str | None
     name: str
-    input_preview: str | None
+    input_preview: PreviewRef
     patch_files: list[str]  # absolute paths named by an apply_patch body
     is_patch: bool
 
 
 @dataclass(slots=True)
 class Result:
-    output_preview: str | None = None
+    output_preview: PreviewRef = None
     output_exit: int | None = None
     exec_exit: int | None = None
     patch_success: bool | None = None
@@ -109,9 +110,10 @@ class Turn:
 class FileState:
     """One rollout file's contribution to its job, read in file order."""
 
-    def __init__(self, file_id: int, path: str) -> None:
+    def __init__(self, file_id: int, path: str, previews: Previews) -> None:
         self.file_id = file_id
         self.path = path
+        self.previews = previews
         self.own_id: str | None = None
         self.meta: dict[str, Any] = {}
         self.parent_id: str | None = None
@@ -278,7 +280,7 @@ class FileState:
             if call_id is not None:
                 text, exit_code = tool_output(item.get("output"))
                 result = self._result(call_id)
-                result.output_preview = preview(text)
+                result.output_preview = self.previews.put(preview(text))
                 result.output_exit = exit_code
 
     def _call(self, order: Order, call_id: Any, name: str, raw: Any, patch: str | None) -> None:
@@ -288,7 +290,7 @@ class FileState:
                 order=order,
                 call_id=call_id if isinstance(call_id, str) and call_id else None,
                 name=name,
-                input_preview=preview(dumps_preview_source(raw)),
+                input_preview=self.previews.put(preview(dumps_preview_source(raw))),
                 patch_files=files,
                 is_patch=patch is not None,
             )

@@ -363,11 +363,11 @@ class Store:
         self.conn.executemany(
             "INSERT INTO tool_calls (job_id, seq, tool_use_id, name, agent_id, is_error, "
             "timestamp, input_preview, output_preview) VALUES (?,?,?,?,?,?,?,?,?)",
-            [
+            (  # a generator: the previews are read back one row at a time
                 (rec.id, t.seq, t.tool_use_id, t.name, t.agent_id, int(t.is_error), t.timestamp,
                  t.input_preview, t.output_preview)
                 for t in detail.tool_calls
-            ],
+            ),
         )  # fmt: skip
         self.conn.executemany(
             "INSERT INTO subagents (job_id, agent_id, agent_type, description, layout, "

@@ -1,0 +1,120 @@
+"""Tool-call previews of a session, kept out of memory once they add up.
+
+A session holds two 500-character previews per tool call until its record is built; a long
+session has tens of thousands of tool calls, so its previews alone would grow memory by
+about 70 MB per GB of transcript. `Previews` keeps them as UTF-8 bytes up to a budget and
+appends the rest to an unlinked scratch file next to the database (private like it, and not
+on a RAM-backed /tmp), holding only an integer reference in memory. `ToolCallList` resolves
+the references while the store writes the rows, so a record's tool calls are never all in
+memory with their previews at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, overload
+
+from jobvault.records import ToolCall
+
+MEMORY_BUDGET = 2 * 1024 * 1024  # preview bytes held in memory per session
+PreviewRef = bytes | int | None  # the text itself, or (offset << 32 | length) in the file
+
+_spill_dir: Path | None = None
+
+
+def set_spill_dir(directory: Path | None) -> None:
+    """Where scratch files go (the database's directory); None: the system's temp dir."""
+    global _spill_dir
+    _spill_dir = directory
+
+
+class Previews:
+    """A session's previews: bytes in memory up to `budget`, then in a scratch file."""
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = MEMORY_BUDGET if budget is None else budget
+        self.held = 0
+        self.spilled = 0
+        self._file: IO[bytes] | None = None
+        self._closer: Callable[[], object] | None = None
+
+    def put(self, text: str | None) -> PreviewRef:
+        if text is None:
+            return None
+        data = text.encode("utf-8", "surrogatepass")
+        if self.held + len(data) <= self.budget or not data:
+            self.held += len(data)
+            return data
+        try:
+            if self._file is None:
+                # Lives as long as this object (the session's accumulator): closed with it.
+                self._file = tempfile.TemporaryFile(prefix="jobvault-spill-", dir=_spill_dir)  # noqa: SIM115
+                self._closer = weakref.finalize(self, self._file.close)
+            os.pwrite(self._file.fileno(), data, self.spilled)
+        except OSError:  # no room for the scratch file: keep it in memory rather than lose it
+            self.held += len(data)
+            return data
+        ref = self.spilled << 32 | len(data)
+        self.spilled += len(data)
+        return ref
+
+    def get(self, ref: PreviewRef) -> str | None:
+        if ref is None:
+            return None
+        if isinstance(ref, bytes):
+            return ref.decode("utf-8", "surrogatepass")
+        assert self._file is not None
+        data = os.pread(self._file.fileno(), ref & 0xFFFFFFFF, ref >> 32)
+        return data.decode("utf-8", "surrogatepass")
+
+    def close(self) -> None:
+        if self._file is not None:
+            if self._closer is not None:
+                self._closer()
+            self._file = None
+
+
+# (tool_use_id, name, agent_id, is_error, timestamp, input ref, output ref), in seq order
+RawCall = tuple[str | None, str, str | None, bool, str | None, PreviewRef, PreviewRef]
+
+
+class ToolCallList(Sequence[ToolCall]):
+    """A record's tool calls, their previews read back from `Previews` one at a time."""
+
+    def __init__(self, calls: list[RawCall], previews: Previews) -> None:
+        self._calls = calls
+        self._previews = previews
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    @overload
+    def __getitem__(self, index: int) -> ToolCall: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ToolCall]: ...
+
+    def __getitem__(self, index: int | slice) -> ToolCall | list[ToolCall]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self._calls)
+        tid, name, agent, is_error, ts, in_ref, out_ref = self._calls[index]
+        get = self._previews.get
+        return ToolCall(index, tid, name, agent, is_error, ts, get(in_ref), get(out_ref))
+
+    def __iter__(self) -> Iterator[ToolCall]:
+        get = self._previews.get
+        for seq, (tid, name, agent, is_error, ts, in_ref, out_ref) in enumerate(self._calls):
+            yield ToolCall(seq, tid, name, agent, is_error, ts, get(in_ref), get(out_ref))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics, like a list
