@@ -4,6 +4,7 @@ pointed at a temporary directory: the machine's own home is never read."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -28,6 +29,12 @@ def _quiet_logs() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _quiet_logs()
+    if os.environ.get("JOBVAULT_TEST_SPILL"):
+        # Run the whole suite with every session's state on disk from its first entries
+        # (`JOBVAULT_TEST_SPILL=1 make test`): the records must not change.
+        from jobvault import previews, spill
+
+        spill.SPILL_AFTER, spill.FLUSH_EVERY, previews.MEMORY_BUDGET = 0, 3, 0
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobvault import previews
+from jobvault import previews, spill
 from jobvault.cli import main
 from jobvault.previews import Previews, ToolCallList
 from jobvault.records import ToolCall
@@ -21,7 +21,7 @@ TEXTS = ["plain ascii", "", "accents é è and a cut…", "emoji 🚀 and CJK �
 def test_previews_past_the_budget_go_to_a_private_unlinked_scratch_file(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    previews.set_spill_dir(scratch)
+    spill.set_spill_dir(scratch)
     try:
         store = Previews(budget=20)
         refs = [store.put(t) for t in TEXTS * 3] + [store.put(None)]
@@ -33,7 +33,7 @@ def test_previews_past_the_budget_go_to_a_private_unlinked_scratch_file(tmp_path
         assert os.listdir(scratch) == [], "the scratch file is unlinked from the start"
         store.close()
     finally:
-        previews.set_spill_dir(None)
+        spill.set_spill_dir(None)
 
 
 def test_tool_call_list_reads_back_as_a_list(tmp_path: Path) -> None:

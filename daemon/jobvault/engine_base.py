@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from jobvault import previews
+from jobvault import spill
 from jobvault.config import Config
 from jobvault.records import JobRecord
 from jobvault.sources import ADAPTERS, Adapter, FileInfo
@@ -81,8 +81,13 @@ class EngineBase:
         self.config = config
         self.store = store
         self.job_write_interval = job_write_interval
-        # Big sessions' tool-call previews go to scratch files next to the database.
-        previews.set_spill_dir(Path(store.path).parent if store.path else None)
+        # Very long sessions keep their per-message state in scratch files next to the
+        # database; those of a killed run are removed (this process holds the writer lock).
+        if store.path:
+            spill.set_spill_dir(Path(store.path).parent)
+            spill.remove_stale(Path(store.path).parent)
+        else:
+            spill.set_spill_dir(None)
         self.by_path: dict[str, Tracked] = {}
         self.by_id: dict[int, Tracked] = {}
         self.by_inode: dict[tuple[int, int], Tracked] = {}

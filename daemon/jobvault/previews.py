@@ -11,25 +11,18 @@ memory with their previews at once.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import IO, overload
 
 from jobvault.records import ToolCall
+from jobvault.spill import spill_dir
 
 MEMORY_BUDGET = 2 * 1024 * 1024  # preview bytes held in memory per session
 PreviewRef = bytes | int | None  # the text itself, or (offset << 32 | length) in the file
-
-_spill_dir: Path | None = None
-
-
-def set_spill_dir(directory: Path | None) -> None:
-    """Where scratch files go (the database's directory); None: the system's temp dir."""
-    global _spill_dir
-    _spill_dir = directory
 
 
 class Previews:
@@ -52,7 +45,7 @@ class Previews:
         try:
             if self._file is None:
                 # Lives as long as this object (the session's accumulator): closed with it.
-                self._file = tempfile.TemporaryFile(prefix="jobvault-spill-", dir=_spill_dir)  # noqa: SIM115
+                self._file = tempfile.TemporaryFile(prefix="jobvault-spill-", dir=spill_dir())  # noqa: SIM115
                 self._closer = weakref.finalize(self, self._file.close)
             os.pwrite(self._file.fileno(), data, self.spilled)
         except OSError:  # no room for the scratch file: keep it in memory rather than lose it
@@ -83,14 +76,29 @@ RawCall = tuple[str | None, str, str | None, bool, str | None, PreviewRef, Previ
 
 
 class ToolCallList(Sequence[ToolCall]):
-    """A record's tool calls, their previews read back from `Previews` one at a time."""
+    """A record's tool calls, their previews read back from `Previews` one at a time.
 
-    def __init__(self, calls: list[RawCall], previews: Previews) -> None:
+    `calls` is a list, or (for a session spilled to disk) a function that reads them again
+    in order, so that even the list of a huge session is never all in memory.
+    """
+
+    def __init__(
+        self,
+        calls: list[RawCall] | Callable[[], Iterator[RawCall]],
+        previews: Previews,
+        length: int | None = None,
+    ) -> None:
         self._calls = calls
         self._previews = previews
+        self._length = len(calls) if isinstance(calls, list) else length
+        assert self._length is not None, "a lazy list needs its length"
 
     def __len__(self) -> int:
-        return len(self._calls)
+        assert self._length is not None
+        return self._length
+
+    def _raw(self) -> Iterator[RawCall]:
+        return iter(self._calls) if isinstance(self._calls, list) else self._calls()
 
     @overload
     def __getitem__(self, index: int) -> ToolCall: ...
@@ -102,14 +110,20 @@ class ToolCallList(Sequence[ToolCall]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:
-            index += len(self._calls)
-        tid, name, agent, is_error, ts, in_ref, out_ref = self._calls[index]
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if isinstance(self._calls, list):
+            raw = self._calls[index]
+        else:
+            raw = next(itertools.islice(self._calls(), index, None))
+        tid, name, agent, is_error, ts, in_ref, out_ref = raw
         get = self._previews.get
         return ToolCall(index, tid, name, agent, is_error, ts, get(in_ref), get(out_ref))
 
     def __iter__(self) -> Iterator[ToolCall]:
         get = self._previews.get
-        for seq, (tid, name, agent, is_error, ts, in_ref, out_ref) in enumerate(self._calls):
+        for seq, (tid, name, agent, is_error, ts, in_ref, out_ref) in enumerate(self._raw()):
             yield ToolCall(seq, tid, name, agent, is_error, ts, get(in_ref), get(out_ref))
 
     def __eq__(self, other: object) -> bool:

@@ -174,10 +174,14 @@ class TextSample:
     def add(self, order: Any, text: str) -> None:
         if self._size >= self.limit and self._pieces and order > self._pieces[-1][0]:
             return  # the pieces before it fill the sample already: it would be dropped
-        text = text.strip()
+        # text.strip()[:limit], without copying all of a long text
+        text = text.lstrip()
+        if len(text) > self.limit and not text[self.limit :].isspace():
+            text = text[: self.limit]
+        else:
+            text = text[: self.limit].rstrip()
         if not text:
             return
-        text = text[: self.limit]
         bisect.insort(self._pieces, (order, text))  # ties broken by the text itself
         self._size += len(text) + 1
         while len(self._pieces) > 1 and self._size - len(self._pieces[-1][1]) - 1 >= self.limit:

@@ -8,6 +8,7 @@ always arrive in order), so that ingesting live and rebuilding from the archive 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -65,7 +66,9 @@ class Accumulator(Protocol):
         excluded_keys: frozenset[str] = frozenset(),
     ) -> JobDetail: ...
 
-    def usage_candidates(self) -> dict[str, UsageCandidate]: ...
+    def usage_candidates(self) -> Iterable[tuple[str, UsageCandidate]]:
+        """The job's best copy of each deduplicated message, in key order."""
+        ...
 
 
 class Adapter(Protocol):

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from jobvault import pricing
+from jobvault import pricing, spill
 from jobvault.previews import PreviewRef, Previews, RawCall, ToolCallList
 from jobvault.records import (
+    PREVIEW_CHARS,
     FileModified,
     JobDetail,
     JobRecord,
@@ -43,8 +45,10 @@ EDIT_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})
 TASK_TOOLS = frozenset({"Task", "Agent"})
 INTERRUPT_MARK = "[Request interrupted by user"
 SYNTHETIC_MODEL = "<synthetic>"
+SUMMARY_CHARS = 2000
 
 Order = tuple[str, int, int]  # (timestamp, file_id, offset)
+UNKEYED = "\x01"  # the key prefix of entries without an id (sorts before every id)
 
 
 @dataclass(slots=True)
@@ -82,12 +86,16 @@ class _ToolResult:
     agent_link: str | None
 
 
+def _id_set() -> spill.SpillMap[bool]:
+    return spill.SpillMap(spill.MARK, lambda _v: ("", 0, 0))
+
+
 @dataclass(slots=True)
 class _Agent:
     layout: str
     first: str | None = None
     last: str | None = None
-    assistant_ids: set[str] = field(default_factory=set)
+    assistant_ids: spill.SpillMap[bool] = field(default_factory=_id_set)
     user_lines: int = 0
     agent_type: str | None = None
 
@@ -111,19 +119,28 @@ class _Earliest(_Latest):
             self.order, self.value = order, value
 
 
-def _text_of(content: Any) -> str:
-    """Join the text of a message content (a string or a list of blocks)."""
+def _text_of(content: Any, limit: int | None = None) -> str:
+    """Join the text of a message content (a string or a list of blocks).
+
+    With `limit`, stop once the text is longer than `limit` characters (for previews: the
+    blocks of a large tool output are not all copied to keep the first 500 characters).
+    """
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = []
+        size = 0
         for block in content:
             if isinstance(block, dict) and block.get("type") == "text":
                 text = block.get("text")
                 if isinstance(text, str):
                     parts.append(text)
+                    size += len(text) + 1
             elif isinstance(block, str):
                 parts.append(block)
+                size += len(block) + 1
+            if limit is not None and size > limit + 1:  # joined: size - 1 > limit
+                break
         return "\n".join(parts)
     return ""
 
@@ -146,9 +163,12 @@ def _dumps_preview(value: Any) -> str | None:
     if isinstance(value, str):
         return preview(value)
     try:
-        return preview(orjson.dumps(value).decode())
+        dumped = orjson.dumps(value)
     except TypeError:
         return preview(str(value))
+    # Decode only the head: PREVIEW_CHARS characters take at most four bytes each, and a
+    # character cut in two at the end lies past the preview's cut anyway.
+    return preview(dumped[: 4 * PREVIEW_CHARS + 4].decode("utf-8", "ignore"))
 
 
 class ClaudeJob:
@@ -156,9 +176,10 @@ class ClaudeJob:
 
     def __init__(self, job_key: str) -> None:
         self.job_key = job_key
-        self.usage: dict[str, _Usage] = {}
-        self.unkeyed_usage: list[_Usage] = []
-        self.assistant_ids: set[str] = set()
+        # Per message and per tool call: dicts, moved to a scratch file past spill.SPILL_AFTER.
+        self.usage: spill.SpillMap[_Usage] = spill.SpillMap(_USAGE, _order, _better)
+        self.unkeyed_usage: spill.SpillMap[_Usage] = spill.SpillMap(_USAGE, _order)
+        self.assistant_ids = _id_set()
         self.user_lines = 0
         self.user_prompts = 0
         self.first_ts: str | None = None
@@ -180,9 +201,14 @@ class ClaudeJob:
         self.custom_title = _Latest()
         self.last_event = _Latest()  # main chain: "ok" | "interrupted" | "error"
         self.context = _Latest()  # main chain: (model, prompt tokens)
-        self.tool_uses: dict[str, _ToolUse] = {}
-        self.unkeyed_tools: list[_ToolUse] = []
-        self.tool_results: dict[str, _ToolResult] = {}
+        self.tool_uses: spill.SpillMap[_ToolUse] = spill.SpillMap(_TOOL_USE, _order, _earlier)
+        self.unkeyed_tools: spill.SpillMap[_ToolUse] = spill.SpillMap(_TOOL_USE, _order)
+        self.tool_results: spill.SpillMap[_ToolResult] = spill.SpillMap(
+            _TOOL_RESULT, _order, _earlier
+        )
+        self._unkeyed = 0  # entries without an id so far (their keys)
+        self._offers = 0  # entries offered since the last size check
+        self._scratch: spill.Scratch | None = None
         self.agents: dict[str, _Agent] = {}
         self.sidechain_roots = 0
         self.excluded_keys: frozenset[str] = frozenset()
@@ -229,6 +255,8 @@ class ClaudeJob:
             agent = self.agents.get(agent_id)
             if agent is None:
                 agent = self.agents[agent_id] = _Agent(ctx.layout or "sidechain")
+                if self._scratch is not None:
+                    agent.assistant_ids.spill(self._scratch)
             if ts:
                 agent.first = ts if agent.first is None or ts < agent.first else agent.first
                 agent.last = ts if agent.last is None or ts > agent.last else agent.last
@@ -269,15 +297,16 @@ class ClaudeJob:
         model = message.get("model")
         model = sys.intern(model) if isinstance(model, str) else ""  # one copy, not one per line
         message_key = msg_id if isinstance(msg_id, str) else f"line:{order[1]}:{order[2]}"
-        self.assistant_ids.add(message_key)
+        self.assistant_ids.offer(message_key, True)
+        self._offers += 1
         if agent_id:
             agent = self.agents.get(agent_id)
             if agent is not None:
-                agent.assistant_ids.add(message_key)
+                agent.assistant_ids.offer(message_key, True)
         content = message.get("content")
         text = _text_of(content)
         if text and not sidechain:
-            self.last_text.offer(order, text)
+            self.last_text.offer(order, preview(text, SUMMARY_CHARS))  # only its head is used
         if text:
             self.text.add(order, text)
         if isinstance(content, list):
@@ -321,13 +350,13 @@ class ClaudeJob:
         if not sidechain:
             self.context.offer(order, (model, inp + c5m + c1h + read))
         if not isinstance(msg_id, str):
-            self.unkeyed_usage.append(entry)
+            self.unkeyed_usage.offer(self._unkeyed_key(), entry)
             return
         request_id = obj.get("requestId")
         key = f"{msg_id}:{request_id}" if isinstance(request_id, str) else msg_id
-        current = self.usage.get(key)
-        if current is None or _better(entry, current):
-            self.usage[key] = entry
+        self.usage.offer(key, entry)
+        if self._offers > spill.SPILL_AFTER and self._scratch is None:
+            self._maybe_spill()
 
     def _tool_use(self, block: dict[str, Any], order: Order, agent_id: str | None) -> None:
         name = block.get("name")
@@ -341,12 +370,11 @@ class ClaudeJob:
             order, name, agent_id, self.previews.put(_dumps_preview(tool_input)), file_path
         )
         tool_id = block.get("id")
-        if not isinstance(tool_id, str):
-            self.unkeyed_tools.append(use)
+        self._offers += 1
+        if not isinstance(tool_id, str) or tool_id.startswith(UNKEYED):
+            self.unkeyed_tools.offer(self._unkeyed_key(), use)
             return
-        current = self.tool_uses.get(tool_id)
-        if current is None or order < current.order:
-            self.tool_uses[tool_id] = use
+        self.tool_uses.offer(tool_id, use)
 
     def _user(
         self, obj: dict[str, Any], order: Order, sidechain: bool, agent_id: str | None
@@ -390,7 +418,7 @@ class ClaudeJob:
         if not isinstance(tool_id, str):
             return
         content = block.get("content")
-        output = content if isinstance(content, str) else _text_of(content)
+        output = content if isinstance(content, str) else _text_of(content, PREVIEW_CHARS)
         file_path = None
         agent_link = None
         if isinstance(structured, dict):
@@ -405,24 +433,47 @@ class ClaudeJob:
             file_path,
             agent_link,
         )
-        current = self.tool_results.get(tool_id)
-        if current is None or order < current.order:
-            self.tool_results[tool_id] = result
+        self._offers += 1
+        self.tool_results.offer(tool_id, result)
 
     # -- building --------------------------------------------------------------------------
 
-    def usage_candidates(self) -> dict[str, UsageCandidate]:
-        """The best copy of each deduplicated message, to settle duplicates across jobs."""
-        return {
-            key: UsageCandidate(u.sidechain, u.total, u.path, u.order[2])
-            for key, u in self.usage.items()
-        }
+    def _unkeyed_key(self) -> str:
+        self._unkeyed += 1
+        self._offers += 1
+        return f"{UNKEYED}{self._unkeyed:012d}"
 
-    def _counted_usage(self) -> list[_Usage]:
-        entries = [u for k, u in self.usage.items() if k not in self.excluded_keys]
-        entries.extend(self.unkeyed_usage)
-        entries.sort(key=lambda u: u.order)
-        return entries
+    def _maps(self) -> list[spill.SpillMap[Any]]:
+        return [
+            self.usage,
+            self.unkeyed_usage,
+            self.assistant_ids,
+            self.tool_uses,
+            self.unkeyed_tools,
+            self.tool_results,
+            *(agent.assistant_ids for agent in self.agents.values()),
+        ]
+
+    def _maybe_spill(self) -> None:
+        """Past spill.SPILL_AFTER entries, move the per-message state to a scratch file."""
+        held = sum(len(m) for m in self._maps())
+        if held <= spill.SPILL_AFTER:
+            self._offers = held // 2  # check again after as many new entries
+            return
+        self._scratch = spill.Scratch()
+        for m in self._maps():
+            m.spill(self._scratch)
+
+    def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
+        """The best copy of each deduplicated message, in key order, to settle duplicates."""
+        for key, u in self.usage.sorted_items():
+            yield key, UsageCandidate(u.sidechain, u.total, u.path, u.order[2])
+
+    def _counted_usage(self) -> Iterator[_Usage]:
+        excluded = self.excluded_keys
+        for key, u in spill.ordered([self.usage, self.unkeyed_usage]):
+            if key not in excluded:
+                yield u
 
     def build(
         self,
@@ -500,12 +551,15 @@ class ClaudeJob:
                 if last == "error"
                 else "completed"
             )
-        own = [
-            u.order[0]
-            for k, u in self.usage.items()
-            if k not in excluded_keys and not u.sidechain and u.order[0]
-        ]
-        starts = [t for t in (self.main_first_plain_ts, *own) if t]
+        own = min(
+            (
+                u.order[0]
+                for k, u in self.usage.items()
+                if k not in excluded_keys and not u.sidechain and u.order[0]
+            ),
+            default=None,
+        )
+        starts = [t for t in (self.main_first_plain_ts, own) if t]
         started = min(starts) if starts else (self.main_first_ts or self.first_ts)
         ended = self.last_ts
         summary = self.summary_line.value or self.last_text.value
@@ -524,7 +578,7 @@ class ClaudeJob:
             ended_at=ended,
             duration_ms=duration_ms(started, ended),
             prompt=self.prompt.value,
-            summary=preview(summary, 2000) if summary else None,
+            summary=preview(summary, SUMMARY_CHARS) if summary else None,
             title=self.custom_title.value or self.title.value,
             input_tokens=totals[0],
             output_tokens=totals[1],
@@ -563,25 +617,38 @@ class ClaudeJob:
         ]
         return JobDetail(record, tool_calls, subagents, files, usage, self.text.text())
 
+    def _tool_rows(self) -> Iterator[tuple[RawCall, _ToolUse, _ToolResult | None]]:
+        """Every tool call with its result, in the order of their lines."""
+        for key, use in spill.ordered([self.tool_uses, self.unkeyed_tools]):
+            tid = None if key.startswith(UNKEYED) else key
+            result = self.tool_results.get(tid) if tid else None
+            raw: RawCall = (
+                tid,
+                use.name,
+                use.agent_id,
+                bool(result and result.is_error),
+                use.order[0] or None,
+                use.input_preview,
+                result.output_preview if result else None,
+            )
+            yield raw, use, result
+
     def _tools(
         self,
     ) -> tuple[
         ToolCallList, int, Counter[str], list[FileModified], Counter[str], dict[str, _ToolUse]
     ]:
-        items: list[tuple[Order, str | None, _ToolUse]] = [
-            (use.order, tid, use) for tid, use in self.tool_uses.items()
-        ]
-        items.extend((use.order, None, use) for use in self.unkeyed_tools)
-        items.sort(key=lambda item: (item[0], item[1] or ""))
-        calls: list[RawCall] = []
+        # A spilled session's calls are read again from its scratch file when written.
+        calls: list[RawCall] | None = [] if self._scratch is None else None
+        count = 0
         failed = 0
         names: Counter[str] = Counter()
         per_agent: Counter[str] = Counter()
         modified: Counter[tuple[str, str]] = Counter()
         agent_links: dict[str, _ToolUse] = {}
-        for _, tid, use in items:
-            result = self.tool_results.get(tid) if tid else None
-            is_error = bool(result and result.is_error)
+        for raw, use, result in self._tool_rows():
+            count += 1
+            is_error = raw[3]
             failed += is_error
             names[use.name] += 1
             if use.agent_id:
@@ -592,19 +659,17 @@ class ClaudeJob:
                     modified[(path, use.name)] += 1
             if use.name in TASK_TOOLS and result and result.agent_link:
                 agent_links[result.agent_link] = use
-            calls.append(
-                (
-                    tid,
-                    use.name,
-                    use.agent_id,
-                    is_error,
-                    use.order[0] or None,
-                    use.input_preview,
-                    result.output_preview if result else None,
-                )
-            )
+            if calls is not None:
+                calls.append(raw)
         files = [FileModified(p, tool, n) for (p, tool), n in sorted(modified.items())]
-        return ToolCallList(calls, self.previews), failed, names, files, per_agent, agent_links
+        listing = (
+            ToolCallList(calls, self.previews)
+            if calls is not None
+            else ToolCallList(
+                lambda: (raw for raw, _, _ in self._tool_rows()), self.previews, count
+            )
+        )
+        return listing, failed, names, files, per_agent, agent_links
 
     def _subagents(
         self,
@@ -658,6 +723,19 @@ class ClaudeJob:
                 )
             )
         return out
+
+
+def _order(entry: _Usage | _ToolUse | _ToolResult) -> Order:
+    return entry.order
+
+
+def _earlier(new: _ToolUse | _ToolResult, old: _ToolUse | _ToolResult) -> bool:
+    return new.order < old.order
+
+
+_USAGE = spill.Codec.of_dataclass(_Usage)
+_TOOL_USE = spill.Codec.of_dataclass(_ToolUse)
+_TOOL_RESULT = spill.Codec.of_dataclass(_ToolResult)
 
 
 def _better(new: _Usage, old: _Usage) -> bool:

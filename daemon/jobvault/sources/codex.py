@@ -20,6 +20,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,9 @@ class CodexJob:
         if isinstance(text, str):
             self.texts[state.file_id].add((ts, state.file_id, offset), text)
 
-    def usage_candidates(self) -> dict[str, UsageCandidate]:
+    def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
         """Codex usage is never shared between jobs: forks skip their replayed prefix."""
-        return {}
+        return iter(())
 
     def chosen_files(self) -> list[FileState]:
         """One file per rollout name, the `sessions/` copy first; ordered by file id."""

@@ -25,6 +25,19 @@ from jobvault.records import JobDetail
 from jobvault.sources.base import UsageCandidate
 from jobvault.store.db import BUSY_TIMEOUT_MS
 
+SETTLE_SLICE = 2000  # message keys settled per query
+
+
+def _slices(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -450,47 +463,44 @@ class Store:
     # -- duplicates across jobs ---------------------------------------------------------------
 
     def settle_usage(
-        self, session: str, candidates: dict[str, UsageCandidate]
+        self, session: str, candidates: Iterable[tuple[str, UsageCandidate]]
     ) -> tuple[frozenset[str], set[str]]:
         """Record a job's best message copies; return (keys it loses, other jobs affected).
 
-        Other jobs sharing a key whose copy changed here must be recomputed: the winner of
-        that key may have moved.
+        `candidates` come in key order and are merged with the stored ones a slice at a
+        time, so a session of any length is settled in bounded memory. Other jobs sharing a
+        key whose copy changed here must be recomputed: the winner of that key may have moved.
         """
-        new = {k: (int(c.sidechain), c.total, c.path, c.offset) for k, c in candidates.items()}
+        affected: set[str] = set()
         with self._transaction():
-            old = {
-                r[0]: (r[1], r[2], r[3], r[4])
-                for r in self.conn.execute(
-                    "SELECT key, sidechain, total, path, offset FROM usage_keys "
-                    "WHERE session_id = ?",
-                    (session,),
-                )
-            }
-            removed = [k for k in old if k not in new]
-            changed = [k for k, v in new.items() if old.get(k) != v]
-            self.conn.executemany(
-                "DELETE FROM usage_keys WHERE key = ? AND session_id = ?",
-                [(k, session) for k in removed],
-            )
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO usage_keys "
-                "(key, session_id, sidechain, total, path, offset) VALUES (?,?,?,?,?,?)",
-                [(k, session, *new[k]) for k in changed],
-            )
-            affected: set[str] = set()
-            touched = removed + changed
-            for i in range(0, len(touched), 500):
-                part = touched[i : i + 500]
-                marks = ",".join("?" * len(part))
-                affected.update(
+            low: str | None = None  # the slices cover (low, high] in key order
+            for part in _slices(candidates, SETTLE_SLICE):
+                high = part[-1][0]
+                new = {k: (int(c.sidechain), c.total, c.path, c.offset) for k, c in part}
+                old = {
+                    r[0]: (r[1], r[2], r[3], r[4])
+                    for r in self.conn.execute(
+                        "SELECT key, sidechain, total, path, offset FROM usage_keys "
+                        "WHERE session_id = ?1 AND (?2 IS NULL OR key > ?2) AND key <= ?3",
+                        (session, low, high),
+                    )
+                }
+                removed = [k for k in old if k not in new]
+                changed = [k for k, v in new.items() if old.get(k) != v]
+                self._settle_slice(session, removed, changed, new, affected)
+                low = high
+            while True:  # stored keys past the last candidate: the job lost those messages
+                gone = [
                     r[0]
                     for r in self.conn.execute(
-                        f"SELECT DISTINCT session_id FROM usage_keys WHERE key IN ({marks}) "
-                        "AND session_id != ?",
-                        (*part, session),
+                        "SELECT key FROM usage_keys WHERE session_id = ?1 "
+                        "AND (?2 IS NULL OR key > ?2) ORDER BY key LIMIT ?3",
+                        (session, low, SETTLE_SLICE),
                     )
-                )
+                ]
+                if not gone:
+                    break
+                self._settle_slice(session, gone, [], {}, affected)
             lost = frozenset(
                 r[0]
                 for r in self.conn.execute(
@@ -505,6 +515,36 @@ class Store:
                 )
             )
         return lost, affected
+
+    def _settle_slice(
+        self,
+        session: str,
+        removed: list[str],
+        changed: list[str],
+        new: dict[str, tuple[int, int, str, int]],
+        affected: set[str],
+    ) -> None:
+        self.conn.executemany(
+            "DELETE FROM usage_keys WHERE key = ? AND session_id = ?",
+            [(k, session) for k in removed],
+        )
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO usage_keys "
+            "(key, session_id, sidechain, total, path, offset) VALUES (?,?,?,?,?,?)",
+            [(k, session, *new[k]) for k in changed],
+        )
+        touched = removed + changed
+        for i in range(0, len(touched), 500):
+            part = touched[i : i + 500]
+            marks = ",".join("?" * len(part))
+            affected.update(
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT DISTINCT session_id FROM usage_keys WHERE key IN ({marks}) "
+                    "AND session_id != ?",
+                    (*part, session),
+                )
+            )
 
     def clear_usage_keys(self) -> None:
         with self._transaction():

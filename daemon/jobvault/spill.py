@@ -1,0 +1,248 @@
+"""Per-message state of very long sessions, moved out of memory into a scratch database.
+
+A session's accumulator keeps one small entry per message and per tool call (to count
+each streamed message once and to pair tool calls with their results). That is about a
+tenth of a megabyte per megabyte of transcript: fine for ordinary sessions, too much for a
+multi-gigabyte one. A `SpillMap` is a dict while it is small; once its session has more
+than `SPILL_AFTER` entries, every map of the session moves to a private scratch SQLite file
+next to the database, and new entries are merged into it in batches with the same
+"which copy wins" rule. Reading back (`values`, `ordered`) streams from the file, so
+memory stays bounded whatever the session's length, and the record built is the same.
+
+Scratch files are deleted when their session's accumulator is dropped, and left-overs of a
+killed process are removed by `remove_stale` at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import marshal
+import os
+import sqlite3
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+SPILL_AFTER = 10_000  # entries held by a session (about 4 MB) before its maps move to disk
+FLUSH_EVERY = 1024  # entries buffered in memory per spilled map between merges
+PREFIX = "jobvault-spill-"
+
+Order = tuple[str, int, int]  # (timestamp, file_id, offset): every entry's line
+V = TypeVar("V")
+
+_spill_dir: Path | None = None
+
+
+def set_spill_dir(directory: Path | None) -> None:
+    """Where scratch files go (the database's directory); None: the system's temp dir."""
+    global _spill_dir
+    _spill_dir = directory
+
+
+def spill_dir() -> Path | None:
+    return _spill_dir
+
+
+def remove_stale(directory: Path) -> int:
+    """Delete scratch databases left by a killed process (call it holding the writer lock)."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for path in directory.glob(f"{PREFIX}*.db"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+class Scratch:
+    """One session's scratch database: a file deleted when the session lets go of it."""
+
+    def __init__(self) -> None:
+        fd, name = tempfile.mkstemp(prefix=PREFIX, suffix=".db", dir=_spill_dir)
+        os.close(fd)
+        self.path = name
+        self.conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
+        self._closer = weakref.finalize(self, _close, self.conn, name)
+        for pragma in (
+            "journal_mode = OFF",  # scratch: a crash throws it away anyway
+            "synchronous = OFF",
+            "locking_mode = EXCLUSIVE",
+            "cache_size = -2048",  # 2 MB
+            "temp_store = FILE",  # the sorts of `ordered` go to disk too
+        ):
+            self.conn.execute(f"PRAGMA {pragma}")
+        self.conn.execute(
+            "CREATE TABLE kv (map INTEGER NOT NULL, key TEXT NOT NULL, ts TEXT NOT NULL, "
+            "file_id INTEGER NOT NULL, offset INTEGER NOT NULL, value BLOB NOT NULL, "
+            "PRIMARY KEY (map, key)) WITHOUT ROWID"
+        )
+        self._maps = 0
+
+    def new_map_id(self) -> int:
+        self._maps += 1
+        return self._maps
+
+    def close(self) -> None:
+        self._closer()
+
+
+def _close(conn: sqlite3.Connection, path: str) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class Codec(Generic[V]):
+    """Turns a value into bytes and back (marshal: fast, for str/int/float/bool/bytes/None)."""
+
+    def __init__(self, pack: Callable[[V], bytes], unpack: Callable[[bytes], V]) -> None:
+        self.pack = pack
+        self.unpack = unpack
+
+    @staticmethod
+    def of_dataclass(cls: type[V]) -> Codec[V]:
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+        def pack(value: V) -> bytes:
+            return marshal.dumps(tuple(getattr(value, n) for n in names))
+
+        def unpack(data: bytes) -> V:
+            return cls(*marshal.loads(data))
+
+        return Codec(pack, unpack)
+
+
+MARK: Codec[bool] = Codec(lambda _v: b"", lambda _b: True)  # for sets
+
+
+class SpillMap(Generic[V]):
+    """key → value, keeping the preferred copy; a dict until its session spills.
+
+    `prefer(new, old)` says whether a new copy replaces the kept one; it must be a strict
+    order (ties keep the old copy) so the result does not depend on the order of arrival.
+    `order_of` gives the (timestamp, file_id, offset) that `ordered` sorts by.
+    """
+
+    def __init__(
+        self,
+        codec: Codec[V],
+        order_of: Callable[[V], Order],
+        prefer: Callable[[V, V], bool] | None = None,
+    ) -> None:
+        self._codec = codec
+        self._order_of = order_of
+        self._prefer = prefer
+        self._hot: dict[str, V] = {}
+        self._scratch: Scratch | None = None
+        self._id = 0
+        self._stored = 0  # keys in the scratch table
+
+    def __len__(self) -> int:
+        self._flush()
+        return self._stored + len(self._hot)
+
+    def offer(self, key: str, value: V) -> None:
+        old = self._hot.get(key)
+        if old is None:
+            self._hot[key] = value
+            if self._scratch is not None and len(self._hot) >= FLUSH_EVERY:
+                self._flush()
+        elif self._prefer is not None and self._prefer(value, old):
+            self._hot[key] = value
+
+    def get(self, key: str) -> V | None:
+        value = self._hot.get(key)
+        if value is not None or self._scratch is None:
+            return value
+        row = self._scratch.conn.execute(
+            "SELECT value FROM kv WHERE map = ? AND key = ?", (self._id, key)
+        ).fetchone()
+        return self._codec.unpack(row[0]) if row else None
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        """Every (key, value), in key order once spilled (unordered before)."""
+        if self._scratch is None:
+            yield from list(self._hot.items())
+            return
+        self._flush()
+        unpack = self._codec.unpack
+        for key, data in self._scratch.conn.execute(
+            "SELECT key, value FROM kv WHERE map = ? ORDER BY key", (self._id,)
+        ):
+            yield key, unpack(data)
+
+    def sorted_items(self) -> Iterator[tuple[str, V]]:
+        """Every (key, value) in key order."""
+        if self._scratch is None:
+            yield from sorted(self._hot.items(), key=lambda kv: kv[0])
+        else:
+            yield from self.items()
+
+    def values(self) -> Iterator[V]:
+        for _, value in self.items():
+            yield value
+
+    def spill(self, scratch: Scratch) -> None:
+        """Move every entry to `scratch`; from now on only a batch is held in memory."""
+        if self._scratch is not None:
+            return
+        self._scratch = scratch
+        self._id = scratch.new_map_id()
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._scratch is None or not self._hot:
+            return
+        conn = self._scratch.conn
+        codec = self._codec
+        kept: dict[str, V] = {}
+        if self._stored:
+            keys = list(self._hot)
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                marks = ",".join("?" * len(part))
+                for key, data in conn.execute(
+                    f"SELECT key, value FROM kv WHERE map = ? AND key IN ({marks})",
+                    (self._id, *part),
+                ):
+                    kept[key] = codec.unpack(data)
+        rows = []
+        for key, value in self._hot.items():
+            old = kept.get(key)
+            if old is None:
+                self._stored += 1
+            elif self._prefer is None or not self._prefer(value, old):
+                continue
+            ts, file_id, offset = self._order_of(value)
+            rows.append((self._id, key, ts, file_id, offset, codec.pack(value)))
+        conn.execute("BEGIN")
+        conn.executemany("INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)", rows)
+        conn.execute("COMMIT")
+        self._hot.clear()
+
+
+def ordered(maps: list[SpillMap[Any]]) -> Iterator[tuple[str, Any]]:
+    """(key, value) of several maps of one session by (order, key), as `sorted` would."""
+    spilled = [m for m in maps if m._scratch is not None]
+    if not spilled:
+        items = [(m._order_of(v), k, v) for m in maps for k, v in m._hot.items()]
+        items.sort(key=lambda item: (item[0], item[1]))
+        for _, key, value in items:
+            yield key, value
+        return
+    scratch = spilled[0]._scratch
+    assert scratch is not None and all(m._scratch is scratch for m in maps)
+    for m in maps:
+        m._flush()
+    ids = [m._id for m in maps]
+    codec = {m._id: m._codec for m in maps}
+    marks = ",".join("?" * len(ids))
+    for map_id, key, data in scratch.conn.execute(
+        f"SELECT map, key, value FROM kv WHERE map IN ({marks}) ORDER BY ts, file_id, offset, key",
+        ids,
+    ):
+        yield key, codec[map_id].unpack(data)

@@ -1,0 +1,128 @@
+"""Very long sessions keep their per-message state in a scratch file: same records, less memory."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobvault import previews, spill
+from jobvault.cli import main
+from jobvault.spill import Codec, Scratch, SpillMap
+from tests.helpers import session_lines
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TABLES = {
+    "jobs": "id, status, started_at, ended_at, duration_ms, prompt, summary, model, models, "
+    "input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, cost_usd, "
+    "tool_call_count, failed_tool_calls, primary_tool, message_count, user_message_count, "
+    "subagent_count, context_window, context_used_pct",
+    "tool_calls": "job_id, seq, tool_use_id, name, agent_id, is_error, timestamp, "
+    "input_preview, output_preview",
+    "subagents": "job_id, agent_id, agent_type, description, layout, message_count, "
+    "tool_call_count, input_tokens, output_tokens, cost_usd",
+    "files_modified": "job_id, path, tool, count",
+    "job_usage": "job_id, hour, model, messages, input_tokens, output_tokens, "
+    "cache_creation_tokens, cache_read_tokens, cost_usd, first_at, last_at",
+    "usage_keys": "key, session_id, sidechain, total, path, offset",
+}
+
+
+def _import(tmp_path: Path, name: str, roots: list[Path]) -> dict[str, list[Any]]:
+    db = tmp_path / name / "jobvault.db"
+    args = ["import", *map(str, roots), "--db", str(db), "--no-progress", "--json"]
+    assert main(args) == 0
+    conn = sqlite3.connect(db)
+    try:
+        return {
+            table: conn.execute(f"SELECT {cols} FROM {table} ORDER BY {cols}").fetchall()
+            for table, cols in TABLES.items()
+        }
+    finally:
+        conn.close()
+
+
+def _fixture_roots(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "agents"
+    shutil.copytree(FIXTURES / "claude" / "projects", root / "claude" / "projects")
+    shutil.copytree(FIXTURES / "codex" / "home", root / "codex")
+    # A long generated session too, so that merges of batches into the file happen.
+    long = root / "claude" / "projects" / "-long" / "long-session.jsonl"
+    long.parent.mkdir(parents=True)
+    long.write_bytes(b"".join(session_lines(300, session="long-session")))
+    return [root / "claude" / "projects", root / "codex"]
+
+
+def test_spilled_sessions_give_the_same_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    roots = _fixture_roots(tmp_path)
+    in_memory = _import(tmp_path, "memory", roots)
+    made: list[Scratch] = []
+    original = Scratch.__init__
+
+    def counting_init(self: Scratch) -> None:
+        original(self)
+        made.append(self)
+
+    monkeypatch.setattr(Scratch, "__init__", counting_init)
+    monkeypatch.setattr(spill, "SPILL_AFTER", 0)
+    monkeypatch.setattr(spill, "FLUSH_EVERY", 3)
+    monkeypatch.setattr(previews, "MEMORY_BUDGET", 0)
+    spilled = _import(tmp_path, "spilled", roots)
+    assert len(made) >= 5, "every Claude session went to a scratch file"
+    assert all(len(rows) for table, rows in in_memory.items() if table != "usage_keys")
+    for table in TABLES:
+        assert spilled[table] == in_memory[table], table
+    made.clear()  # the last references: the scratch files go with them
+    leftovers = list((tmp_path / "spilled").glob(f"{spill.PREFIX}*"))
+    assert leftovers == [], "scratch files are deleted with their session"
+
+
+def test_spill_map_keeps_the_preferred_copy_across_merges(tmp_path: Path) -> None:
+    spill.set_spill_dir(tmp_path)
+    try:
+        codec: Codec[tuple[int, str]] = Codec(repr_pack, repr_unpack)
+        order = lambda v: ("", 0, v[0])  # noqa: E731
+        memory = SpillMap(codec, order, lambda new, old: new[0] > old[0])
+        disk = SpillMap(codec, order, lambda new, old: new[0] > old[0])
+        scratch = Scratch()
+        disk.spill(scratch)
+        offers = [(f"k{(i * 7) % 50:03d}", (i, f"v{i}")) for i in range(400)]
+        for i, (key, value) in enumerate(offers):
+            memory.offer(key, value)
+            disk.offer(key, value)
+            if i % 37 == 0:
+                assert disk.get(key) == memory.get(key)
+        assert len(disk) == len(memory) == 50
+        assert list(disk.sorted_items()) == list(memory.sorted_items())
+        assert list(spill.ordered([disk])) == list(spill.ordered([memory]))
+        assert disk.get("absent") is None
+        path = Path(scratch.path)
+        assert path.exists() and path.parent == tmp_path
+        scratch.close()
+        assert not path.exists()
+    finally:
+        spill.set_spill_dir(None)
+
+
+def test_stale_scratch_files_are_removed_at_start(tmp_path: Path) -> None:
+    db = tmp_path / "vault" / "jobvault.db"
+    db.parent.mkdir()
+    stale = db.parent / f"{spill.PREFIX}killed.db"
+    stale.write_bytes(b"left by a kill -9")
+    assert main(["import", str(tmp_path / "vault"), "--db", str(db), "--no-progress"]) == 0
+    assert not stale.exists()
+    assert db.exists()
+
+
+def repr_pack(value: tuple[int, str]) -> bytes:
+    return repr(value).encode()
+
+
+def repr_unpack(data: bytes) -> tuple[int, str]:
+    number, text = data.decode().strip("()").split(", ")
+    return int(number), text.strip("'")
