@@ -355,26 +355,27 @@ class Engine(FileTracking, Sessions):
         count = 0
         job = self._job(row.job_key, tracked.adapter) if row.job_key else None
         is_tail = segment.kind == "tail"
+        loads = orjson.loads
         for offset, line in _iter_segment_lines(segment):
             count += 1
             problem = None
             obj: Any = None
             if len(line) > max_line:
                 problem = TOO_LONG
-            elif line.strip():
+            elif line and not line.isspace():  # (no copy of the line, unlike strip())
                 try:
-                    obj = orjson.loads(line)
+                    obj = loads(line)
                 except orjson.JSONDecodeError as exc:
                     problem = f"invalid JSON: {exc}"
                 else:
-                    if not isinstance(obj, dict):
+                    if obj.__class__ is not dict:
                         problem = "not a JSON object"
             if is_tail:
                 # The unterminated last line of a finalized file: archived, always reported.
                 problem = UNTERMINATED + (f" ({problem})" if problem else "")
             if problem is not None:
                 self._bad(batch, tracked, offset, len(line), problem)
-            if not isinstance(obj, dict):
+            if obj.__class__ is not dict:
                 continue
             if job is None:
                 key = tracked.adapter.job_key_from_line(obj)
@@ -385,13 +386,14 @@ class Engine(FileTracking, Sessions):
                 # Lines of this file archived before its session was known: rebuild.
                 if row.offset > 0 or offset > segment.start:
                     job.acc = None
-            job.last_activity = time.monotonic()
-            job.dirty = True
-            if job.finalized:
+            if not job.dirty or job.finalized or job.key not in touched:
+                job.dirty = True
                 job.finalized = False
-            touched.add(job.key)
+                touched.add(job.key)
             if job.acc is not None:
                 job.acc.feed(obj, ctx, offset)
+        if job is not None:
+            job.last_activity = time.monotonic()
         row.line_count += count
         self.stats.lines_archived += count
         return count
