@@ -119,6 +119,16 @@ class Codec(Generic[V]):
 MARK: Codec[bool] = Codec(lambda _v: b"", lambda _b: True)  # for sets
 
 
+def no_order(_value: object) -> Order:
+    """For maps that are only looked up by key."""
+    return ("", 0, 0)
+
+
+def always(_new: object, _old: object) -> bool:
+    """`prefer` of maps whose entries are updated: the latest value is kept."""
+    return True
+
+
 class SpillMap(Generic[V]):
     """key → value, keeping the preferred copy; a dict until its session spills.
 
@@ -148,11 +158,21 @@ class SpillMap(Generic[V]):
     def offer(self, key: str, value: V) -> None:
         old = self._hot.get(key)
         if old is None:
-            self._hot[key] = value
             if self._scratch is not None and len(self._hot) >= FLUSH_EVERY:
                 self._flush()
+            self._hot[key] = value
         elif self._prefer is not None and self._prefer(value, old):
             self._hot[key] = value
+
+    def put(self, key: str, value: V) -> None:
+        """Hold `value` for `key`, replacing what is kept (needs `prefer` to say yes).
+
+        The value stays in memory until the next merge, so the caller may still change it
+        (`get` then `put` is how a spilled entry is updated).
+        """
+        if self._scratch is not None and key not in self._hot and len(self._hot) >= FLUSH_EVERY:
+            self._flush()
+        self._hot[key] = value
 
     def get(self, key: str) -> V | None:
         value = self._hot.get(key)
@@ -225,24 +245,24 @@ class SpillMap(Generic[V]):
         self._hot.clear()
 
 
-def ordered(maps: list[SpillMap[Any]]) -> Iterator[tuple[str, Any]]:
-    """(key, value) of several maps of one session by (order, key), as `sorted` would."""
+def ordered(maps: list[SpillMap[Any]]) -> Iterator[tuple[int, str, Any]]:
+    """(map index, key, value) of several maps of one session by (order, key)."""
     spilled = [m for m in maps if m._scratch is not None]
     if not spilled:
-        items = [(m._order_of(v), k, v) for m in maps for k, v in m._hot.items()]
+        items = [(m._order_of(v), k, i, v) for i, m in enumerate(maps) for k, v in m._hot.items()]
         items.sort(key=lambda item: (item[0], item[1]))
-        for _, key, value in items:
-            yield key, value
+        for _, key, i, value in items:
+            yield i, key, value
         return
     scratch = spilled[0]._scratch
     assert scratch is not None and all(m._scratch is scratch for m in maps)
     for m in maps:
         m._flush()
-    ids = [m._id for m in maps]
-    codec = {m._id: m._codec for m in maps}
-    marks = ",".join("?" * len(ids))
+    position = {m._id: i for i, m in enumerate(maps)}
+    marks = ",".join("?" * len(maps))
     for map_id, key, data in scratch.conn.execute(
         f"SELECT map, key, value FROM kv WHERE map IN ({marks}) ORDER BY ts, file_id, offset, key",
-        ids,
+        list(position),
     ):
-        yield key, codec[map_id].unpack(data)
+        i = position[map_id]
+        yield i, key, maps[i]._codec.unpack(data)

@@ -87,7 +87,7 @@ class _ToolResult:
 
 
 def _id_set() -> spill.SpillMap[bool]:
-    return spill.SpillMap(spill.MARK, lambda _v: ("", 0, 0))
+    return spill.SpillMap(spill.MARK, spill.no_order)
 
 
 @dataclass(slots=True)
@@ -471,7 +471,7 @@ class ClaudeJob:
 
     def _counted_usage(self) -> Iterator[_Usage]:
         excluded = self.excluded_keys
-        for key, u in spill.ordered([self.usage, self.unkeyed_usage]):
+        for _, key, u in spill.ordered([self.usage, self.unkeyed_usage]):
             if key not in excluded:
                 yield u
 
@@ -619,7 +619,7 @@ class ClaudeJob:
 
     def _tool_rows(self) -> Iterator[tuple[RawCall, _ToolUse, _ToolResult | None]]:
         """Every tool call with its result, in the order of their lines."""
-        for key, use in spill.ordered([self.tool_uses, self.unkeyed_tools]):
+        for _, key, use in spill.ordered([self.tool_uses, self.unkeyed_tools]):
             tid = None if key.startswith(UNKEYED) else key
             result = self.tool_results.get(tid) if tid else None
             raw: RawCall = (

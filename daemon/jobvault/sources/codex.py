@@ -20,11 +20,11 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jobvault import pricing
+from jobvault import pricing, spill
 from jobvault.previews import Previews, RawCall, ToolCallList
 from jobvault.records import (
     FileModified,
@@ -86,15 +86,34 @@ class CodexJob:
         self.files: dict[int, FileState] = {}
         self.texts: dict[int, TextSample] = {}  # per file: prompts and agent messages
         self.previews = Previews()  # every file's tool-call previews
+        self._offers = 0  # lines fed since the last size check
+        self._scratch: spill.Scratch | None = None
 
     def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None:
         state = self.files.get(ctx.file_id)
         if state is None:
             state = self.files[ctx.file_id] = FileState(ctx.file_id, ctx.path, self.previews)
             self.texts[ctx.file_id] = TextSample()
+            if self._scratch is not None:
+                for m in state.maps():
+                    m.spill(self._scratch)
         state.path = ctx.path  # a rename keeps the file id; the latest name counts
         self._sample_text(obj, state, offset)
         state.feed(obj, offset)
+        self._offers += 1
+        if self._offers > spill.SPILL_AFTER and self._scratch is None:
+            self._maybe_spill()
+
+    def _maybe_spill(self) -> None:
+        """Past spill.SPILL_AFTER entries, move the per-line state to a scratch file."""
+        maps = [m for state in self.files.values() for m in state.maps()]
+        held = sum(len(m) for m in maps)
+        if held <= spill.SPILL_AFTER:
+            self._offers = held // 2
+            return
+        self._scratch = spill.Scratch()
+        for m in maps:
+            m.spill(self._scratch)
 
     def _sample_text(self, obj: dict[str, Any], state: FileState, offset: int) -> None:
         """Keep the prompts and agent messages for full-text search (not a fork's replay)."""
@@ -135,10 +154,10 @@ class CodexJob:
     ) -> JobDetail:
         """Derive the job record from the chosen files (`excluded_keys` never applies)."""
         files = self.chosen_files()
-        deltas = sorted((d for f in files for d in f.deltas), key=lambda d: d.order)
+        deltas = (d for _, _, d in spill.ordered([f.deltas for f in files]))
         usage, totals, cost, unpriced, per_model = _usage(deltas)
         models = sorted(per_model, key=lambda m: (-per_model[m], m))
-        tool_calls, failed, names, modified = _tools(files, self.previews)
+        tool_calls, failed, names, modified = _tools(files, self.previews, self._scratch is None)
         primary = min(files, key=lambda f: (f.first_ts or "~", f.file_id), default=None)
         turn_file = max(
             (f for f in files if f.turn_order is not None),
@@ -214,7 +233,7 @@ def _preference(state: FileState) -> tuple[int, str, int]:
 
 
 def _usage(
-    deltas: list[Delta],
+    deltas: Iterable[Delta],
 ) -> tuple[list[UsageRow], list[int], float, set[str], Counter[str]]:
     """Price each delta and total it per UTC hour and model, as Claude's messages are."""
     rows: dict[tuple[str, str], list[float]] = {}
@@ -254,45 +273,56 @@ def _usage(
     return usage, totals, cost, unpriced, per_model
 
 
+def _tool_rows(files: list[FileState]) -> Iterator[tuple[RawCall, Call, Result | None]]:
+    """Every tool call of the chosen files with its result, in the order of their lines."""
+    for i, _, call in spill.ordered([f.calls for f in files]):
+        result = files[i].results.get(call.call_id) if call.call_id else None
+        raw: RawCall = (
+            call.call_id,
+            call.name,
+            None,
+            bool(result and result.failed),
+            call.order[0] or None,
+            call.input_preview,
+            result.output_preview if result else None,
+        )
+        yield raw, call, result
+
+
 def _tools(
-    files: list[FileState], previews: Previews
+    files: list[FileState], previews: Previews, in_memory: bool
 ) -> tuple[ToolCallList, int, Counter[str], list[FileModified]]:
-    """Tool calls with their outputs and failures, and the files successful patches touched."""
-    items: list[tuple[Call, Result | None]] = []
-    orphans: list[Result] = []  # patch_apply_end without a call (e.g. intercepted shell)
-    for f in files:
-        called = {c.call_id for c in f.calls if c.call_id}
-        items.extend((c, f.results.get(c.call_id) if c.call_id else None) for c in f.calls)
-        orphans.extend(r for cid, r in f.results.items() if cid not in called)
-    items.sort(key=lambda item: (item[0].order, item[0].call_id or ""))
-    calls: list[RawCall] = []
+    """Tool calls with their outputs and failures, and the files successful patches touched.
+
+    A spilled job's calls are read again from its scratch file when they are written.
+    """
+    calls: list[RawCall] | None = [] if in_memory else None
+    count = 0
     failed = 0
     names: Counter[str] = Counter()
     modified: Counter[str] = Counter()
-    for call, result in items:
-        is_error = bool(result and result.failed)
+    for raw, call, result in _tool_rows(files):
+        count += 1
+        is_error = raw[3]
         failed += is_error
         names[call.name] += 1
         patched = call.is_patch or bool(result and result.patch_success is not None)
         if patched and not is_error:
             touched = set(call.patch_files) | set(result.patch_files if result else [])
             modified.update(touched)
-        calls.append(
-            (
-                call.call_id,
-                call.name,
-                None,
-                is_error,
-                call.order[0] or None,
-                call.input_preview,
-                result.output_preview if result else None,
-            )
-        )
-    for result in orphans:
-        if result.patch_success:
-            modified.update(set(result.patch_files))
+        if calls is not None:
+            calls.append(raw)
+    for f in files:  # patch_apply_end without a call (e.g. an intercepted shell)
+        for call_id, result in f.results.items():
+            if result.patch_success and f.called.get(call_id) is None:
+                modified.update(set(result.patch_files))
     files_modified = [FileModified(p, PATCH_TOOL, n) for p, n in sorted(modified.items())]
-    return ToolCallList(calls, previews), failed, names, files_modified
+    listing = (
+        ToolCallList(calls, previews)
+        if calls is not None
+        else ToolCallList(lambda: (raw for raw, _, _ in _tool_rows(files)), previews, count)
+    )
+    return listing, failed, names, files_modified
 
 
 def _context(files: list[FileState], model: str | None) -> tuple[int | None, float | None]:

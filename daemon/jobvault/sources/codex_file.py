@@ -16,12 +16,15 @@ fork's own deltas start from, so the parent's usage is counted in the parent alo
 
 from __future__ import annotations
 
+import dataclasses
+import marshal
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from jobvault import spill
 from jobvault.previews import PreviewRef, Previews
 from jobvault.records import preview
 from jobvault.sources.codex_parse import (
@@ -97,6 +100,18 @@ class Delta:
     usage: Usage
 
 
+def _order(entry: Call | Delta) -> Order:
+    return entry.order
+
+
+_CALL = spill.Codec.of_dataclass(Call)
+_RESULT = spill.Codec.of_dataclass(Result)
+_DELTA: spill.Codec[Delta] = spill.Codec(
+    lambda d: marshal.dumps((d.order, d.model, dataclasses.astuple(d.usage))),
+    lambda b: (lambda t: Delta(t[0], t[1], Usage(*t[2])))(marshal.loads(b)),
+)
+
+
 @dataclass(slots=True)
 class Turn:
     """The settings of the latest turn_context."""
@@ -126,7 +141,8 @@ class FileState:
         self.turn_order: Order | None = None
         self.prev: Usage | None = None
         self.after_replay = False
-        self.deltas: list[Delta] = []
+        # Per token count and per tool call: spilled to the job's scratch file when long.
+        self.deltas: spill.SpillMap[Delta] = spill.SpillMap(_DELTA, _order)
         self.context: tuple[Order, int | None, int] | None = None
         self.prompt: tuple[Order, str] | None = None
         self.user_messages = 0
@@ -137,8 +153,10 @@ class FileState:
         self.last_text: tuple[Order, str] | None = None
         self.status: tuple[Order, str] | None = None
         self.title: tuple[Order, str] | None = None
-        self.calls: list[Call] = []
-        self.results: dict[str, Result] = {}
+        self.calls: spill.SpillMap[Call] = spill.SpillMap(_CALL, _order)
+        self.called: spill.SpillMap[bool] = spill.SpillMap(spill.MARK, spill.no_order)
+        self.results: spill.SpillMap[Result] = spill.SpillMap(_RESULT, spill.no_order, spill.always)
+        self.entries = 0  # deltas and calls so far (their keys)
         self.skipped: Counter[str] = Counter()
 
     # -- reading -----------------------------------------------------------------------------
@@ -285,21 +303,31 @@ class FileState:
 
     def _call(self, order: Order, call_id: Any, name: str, raw: Any, patch: str | None) -> None:
         files = [absolute(p, self.cwd) for p in patch_paths(patch)] if patch else []
-        self.calls.append(
+        call_id = call_id if isinstance(call_id, str) and call_id else None
+        self.entries += 1
+        self.calls.offer(
+            f"{self.entries:012d}",
             Call(
                 order=order,
-                call_id=call_id if isinstance(call_id, str) and call_id else None,
+                call_id=call_id,
                 name=name,
                 input_preview=self.previews.put(preview(dumps_preview_source(raw))),
                 patch_files=files,
                 is_patch=patch is not None,
-            )
+            ),
         )
+        if call_id is not None:
+            self.called.offer(call_id, True)
+
+    def maps(self) -> list[spill.SpillMap[Any]]:
+        return [self.deltas, self.calls, self.called, self.results]
 
     def _result(self, call_id: str) -> Result:
+        """The call's result, held so the caller can change it (and the change is kept)."""
         result = self.results.get(call_id)
         if result is None:
-            result = self.results[call_id] = Result()
+            result = Result()
+        self.results.put(call_id, result)
         return result
 
     def _event(self, payload: dict[str, Any], order: Order) -> None:
@@ -362,7 +390,8 @@ class FileState:
             delta = None  # re-emitted (or out-of-date) total: nothing new
         if delta is not None:
             self.prev = total
-            self.deltas.append(Delta(order, self.turn.model or "", delta))
+            self.entries += 1
+            self.deltas.offer(f"{self.entries:012d}", Delta(order, self.turn.model or "", delta))
         last = usage_of(info.get("last_token_usage"))
         window = info.get("model_context_window")
         if last is not None:
