@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from jobvault import __version__, cli_reports, render
+from jobvault import __version__, cli_reports, memory, render
 from jobvault import config as config_mod
 from jobvault.client import Client, DaemonUnavailable
 from jobvault.config import Config
@@ -147,6 +147,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from jobvault.lock import WriterLock
 
     with WriterLock(config.db):
+        memory.limit_fragmentation()
         # SIGHUP re-reads the file and the environment; flags given here still win.
         asyncio.run(service.main(config, lambda: _load_config(args)))
     return ExitCode.OK
@@ -163,6 +164,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
         if not root.exists():
             raise NotFoundError(f"no such file or directory: {root}")
     with WriterLock(config.db):
+        memory.limit_fragmentation()
         store = Store(open_writer(config.db, config.synchronous), config.compression_level)
         engine = Engine(config, store, job_write_interval=math.inf)
         try:
@@ -376,6 +378,7 @@ def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
     if not config.db.expanduser().exists():
         raise NotFoundError(f"no database at {config.db}")
     with WriterLock(config.db):
+        memory.limit_fragmentation()
         store = Store(open_writer(config.db, config.synchronous), config.compression_level)
         engine = Engine(config, store)
         try:
