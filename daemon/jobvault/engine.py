@@ -23,6 +23,7 @@ import orjson
 from jobvault.config import Config
 from jobvault.engine_base import (
     CHUNK_MAX,
+    MAX_WRITE_INTERVAL,
     TAIL_CHECK,
     TOO_LONG,
     UNTERMINATED,
@@ -65,23 +66,27 @@ def _peek_job_key(path: str, adapter: Adapter, size: int = 64 * 1024) -> str | N
     return None
 
 
-def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, bytes]]:
+def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, memoryview]]:
+    """The lines of a segment, as views of its bytes (a long line is not copied)."""
     data = segment.data
+    view = memoryview(data)
     start = 0
     while True:
         newline = data.find(b"\n", start)
         if newline < 0:
             break
-        yield segment.start + start, data[start:newline]
+        yield segment.start + start, view[start:newline]
         start = newline + 1
     if start < len(data):
-        yield segment.start + start, data[start:]
+        yield segment.start + start, view[start:]
 
 
 class Engine(FileTracking, Sessions):
     """Tails files into the archive and keeps job records current."""
 
-    def __init__(self, config: Config, store: Store, *, job_write_interval: float = 2.0) -> None:
+    def __init__(
+        self, config: Config, store: Store, *, job_write_interval: float = MAX_WRITE_INTERVAL
+    ) -> None:
         super().__init__(config, store, job_write_interval=job_write_interval)
         self._load_files()
         # `ingest_once` finalizes session by session itself; the daemon's idle check would
@@ -362,11 +367,12 @@ class Engine(FileTracking, Sessions):
             obj: Any = None
             if len(line) > max_line:
                 problem = TOO_LONG
-            elif line and not line.isspace():  # (no copy of the line, unlike strip())
+            elif line:
                 try:
                     obj = loads(line)
                 except orjson.JSONDecodeError as exc:
-                    problem = f"invalid JSON: {exc}"
+                    if not line.tobytes().isspace():  # a blank line is no error
+                        problem = f"invalid JSON: {exc}"
                 else:
                     if obj.__class__ is not dict:
                         problem = "not a JSON object"

@@ -30,6 +30,7 @@ from jobvault.store.writer import (
 log = structlog.get_logger("jobvault.engine")
 
 CHUNK_MAX = 4 * 1024 * 1024
+MAX_WRITE_INTERVAL = 60.0  # seconds: the longest lag of an active session's record
 TOO_LONG = "line longer than max_line_bytes"
 UNTERMINATED = "unterminated final line"
 TAIL_CHECK = 64  # bytes before the offset compared with the archive to detect rewrites
@@ -77,7 +78,9 @@ class Stats:
 class EngineBase:
     """State shared by the engine's parts."""
 
-    def __init__(self, config: Config, store: Store, *, job_write_interval: float = 2.0) -> None:
+    def __init__(
+        self, config: Config, store: Store, *, job_write_interval: float = MAX_WRITE_INTERVAL
+    ) -> None:
         self.config = config
         self.store = store
         self.job_write_interval = job_write_interval

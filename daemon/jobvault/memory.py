@@ -4,8 +4,9 @@ Reading transcripts allocates many short-lived buffers of one to several megabyt
 batches, long lines, archive chunks and their compressed copies). glibc raises its mmap
 threshold dynamically up to 32 MB after the first such buffer is freed, so later ones are
 carved out of the heap, where small long-lived objects pin them: about 20 MB of peak memory
-on the benchmark's imports. A fixed 1 MB threshold returns every large buffer to the system
-when it is freed, for about a tenth more import time (see docs/benchmarks.md).
+on the benchmark's imports. A fixed 2 MB threshold returns every larger buffer to the system
+when it is freed, at no measurable cost in import time; 1 MB (every read block) cost about
+15 % (docs/benchmarks.md).
 
 A user's own MALLOC_MMAP_THRESHOLD_ wins; other C libraries are left alone.
 """
@@ -18,7 +19,7 @@ import os
 import sys
 
 M_MMAP_THRESHOLD = -3  # from glibc's <malloc.h>
-MMAP_THRESHOLD = 1024 * 1024
+MMAP_THRESHOLD = 2 * 1024 * 1024  # above the 1 MB read blocks, which the heap reuses well
 
 
 def limit_fragmentation(threshold: int = MMAP_THRESHOLD) -> bool:

@@ -139,8 +139,9 @@ class Sessions(EngineBase):
         """How long an active session's record may lag its lines.
 
         Rebuilding a record costs time proportional to the session, so the interval adapts:
-        about ten times the last build (a small session is rewritten every 0.1 s, a huge one
-        at most every `job_write_interval`), keeping record writes under a tenth of the time.
+        about ten times the last build (a small session is rewritten every 0.1 s, one whose
+        record takes a second to build every 10 s, none less often than `job_write_interval`,
+        60 s in the daemon), keeping record building under a tenth of one core.
         """
         if math.isinf(self.job_write_interval):  # an import: records only when final
             return math.inf

@@ -69,14 +69,16 @@ def read_lines(
     """Read complete lines from `offset` until EOF or about `budget` bytes."""
     segments: list[Segment] = []
     pos = offset
-    carry = b""
+    carry: list[bytes] = []  # the pieces of an incomplete line (no newline in them)
+    carried = 0
     consumed = 0
     eof = False
     # Past the budget, keep reading while the first line is still incomplete: stopping there
     # would leave it to be read again from its start next time, for ever (a line longer than
-    # the budget but within max_line). `carry` stays bounded by max_line.
-    while consumed < budget or (carry and not segments):
-        chunk = os.pread(fd, block, pos + len(carry))
+    # the budget but within max_line). `carry` stays bounded by max_line, and is joined once
+    # (a line of many blocks is not copied again for every block).
+    while consumed < budget or (carried and not segments):
+        chunk = os.pread(fd, block, pos + carried)
         if not chunk:
             eof = True
             break
@@ -89,20 +91,24 @@ def read_lines(
             if newline >= 0:
                 in_long_line = False  # the rest of the chunk is re-read as normal data
             continue
-        buf = carry + chunk if carry else chunk
-        newline = buf.rfind(b"\n")
+        newline = chunk.rfind(b"\n")
         if newline >= 0:
-            segments.append(Segment(pos, buf[: newline + 1]))
-            pos += newline + 1
-            carry = buf[newline + 1 :]
+            head = chunk if newline + 1 == len(chunk) else chunk[: newline + 1]
+            data = b"".join((*carry, head)) if carry else head
+            segments.append(Segment(pos, data))
+            pos += len(data)
+            rest = chunk[newline + 1 :]
+            carry, carried = ([rest], len(rest)) if rest else ([], 0)
         else:
-            carry = buf
-        if len(carry) > max_line:
-            segments.append(Segment(pos, carry, "long", line_start=True))
-            pos += len(carry)
-            carry = b""
+            carry.append(chunk)
+            carried += len(chunk)
+        if carried > max_line:
+            data = b"".join(carry)
+            segments.append(Segment(pos, data, "long", line_start=True))
+            pos += len(data)
+            carry, carried = [], 0
             in_long_line = True
-    return ReadResult(segments, pos, in_long_line, len(carry), eof)
+    return ReadResult(segments, pos, in_long_line, carried, eof)
 
 
 def read_tail(fd: int, offset: int, max_line: int) -> Segment | None:
