@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import sys
@@ -13,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from jobvault import __version__, cli_reports, memory, render
+import jobvault
+from jobvault import cli_reports, memory, render
 from jobvault import config as config_mod
 from jobvault.client import Client, DaemonUnavailable
 from jobvault.config import Config
@@ -26,6 +26,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _Version(argparse.Action):
+    """`--version`, without looking the version up unless asked (it is slow to find)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        parser.exit(message=f"jobvault {jobvault.__version__}\n")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jobvault",
         description="Archive AI coding-agent sessions losslessly and query them as job records.",
     )
-    parser.add_argument("--version", action="version", version=f"jobvault {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -143,6 +153,8 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    import asyncio
+
     from jobvault import service
     from jobvault.lock import WriterLock
 
