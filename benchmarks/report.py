@@ -169,8 +169,8 @@ def section(res: dict[str, Any]) -> str:
         "### The running daemon",
         "",
         f"Append → visible over {lat['samples']} appends to a watched file "
-        "(default `batch_interval` 0.1 s; records rewritten every 0.1 to 2 s, "
-        "about ten times their build time):",
+        "(default `batch_interval` 0.1 s; a record is rewritten about every ten times its "
+        "build time, 0.1 s for a session like this one):",
         "",
         "| visible in | p50 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|",
