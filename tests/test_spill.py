@@ -74,11 +74,13 @@ def test_spilled_sessions_give_the_same_records(
     monkeypatch.setattr(previews, "MEMORY_BUDGET", 0)
     spilled = _import(tmp_path, "spilled", roots)
     assert len(made) >= 5, "every Claude session went to a scratch file"
+    beside_db = str(tmp_path / "spilled" / "jobvault.db-spill-")
+    assert all(s.path.startswith(beside_db) for s in made), "private, beside the database"
     assert all(len(rows) for table, rows in in_memory.items() if table != "usage_keys")
     for table in TABLES:
         assert spilled[table] == in_memory[table], table
     made.clear()  # the last references: the scratch files go with them
-    leftovers = list((tmp_path / "spilled").glob(f"{spill.PREFIX}*"))
+    leftovers = list((tmp_path / "spilled").glob("*-spill-*"))
     assert leftovers == [], "scratch files are deleted with their session"
 
 
@@ -112,10 +114,14 @@ def test_spill_map_keeps_the_preferred_copy_across_merges(tmp_path: Path) -> Non
 def test_stale_scratch_files_are_removed_at_start(tmp_path: Path) -> None:
     db = tmp_path / "vault" / "jobvault.db"
     db.parent.mkdir()
-    stale = db.parent / f"{spill.PREFIX}killed.db"
+    stale = db.parent / f"{spill.prefix_of(db.name)}killed.db"
     stale.write_bytes(b"left by a kill -9")
+    # Another database in the same directory: its writer may be running, its files stay.
+    other = db.parent / f"{spill.prefix_of('other.db')}in-use.db"
+    other.write_bytes(b"another writer's")
     assert main(["import", str(tmp_path / "vault"), "--db", str(db), "--no-progress"]) == 0
     assert not stale.exists()
+    assert other.exists()
     assert db.exists()
 
 

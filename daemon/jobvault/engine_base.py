@@ -87,8 +87,9 @@ class EngineBase:
         # Very long sessions keep their per-message state in scratch files next to the
         # database; those of a killed run are removed (this process holds the writer lock).
         if store.path:
-            spill.set_spill_dir(Path(store.path).parent)
-            spill.remove_stale(Path(store.path).parent)
+            db = Path(store.path)
+            spill.set_spill_dir(db.parent, db.name)
+            spill.remove_stale(db.parent, db.name)
         else:
             spill.set_spill_dir(None)
         self.by_path: dict[str, Tracked] = {}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, overload
 
 from jobvault.records import ToolCall
-from jobvault.spill import spill_dir
+from jobvault.spill import spill_dir, spill_prefix
 
 MEMORY_BUDGET = 2 * 1024 * 1024  # preview bytes held in memory per session
 PreviewRef = bytes | int | None  # the text itself, or (offset << 32 | length) in the file
@@ -45,7 +45,7 @@ class Previews:
         try:
             if self._file is None:
                 # Lives as long as this object (the session's accumulator): closed with it.
-                self._file = tempfile.TemporaryFile(prefix="jobvault-spill-", dir=spill_dir())  # noqa: SIM115
+                self._file = tempfile.TemporaryFile(prefix=spill_prefix(), dir=spill_dir())  # noqa: SIM115
                 self._closer = weakref.finalize(self, self._file.close)
             os.pwrite(self._file.fileno(), data, self.spilled)
         except OSError:  # no room for the scratch file: keep it in memory rather than lose it

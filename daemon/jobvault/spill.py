@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import marshal
 import os
 import sqlite3
@@ -28,29 +29,43 @@ from typing import Any, Generic, TypeVar
 
 SPILL_AFTER = 10_000  # entries held by a session (about 4 MB) before its maps move to disk
 FLUSH_EVERY = 1024  # entries buffered in memory per spilled map between merges
-PREFIX = "jobvault-spill-"
+PREFIX = "jobvault-spill-"  # without a database: scratch files in the system's temp dir
 
 Order = tuple[str, int, int]  # (timestamp, file_id, offset): every entry's line
 V = TypeVar("V")
 
 _spill_dir: Path | None = None
+_prefix = PREFIX
 
 
-def set_spill_dir(directory: Path | None) -> None:
-    """Where scratch files go (the database's directory); None: the system's temp dir."""
-    global _spill_dir
+def set_spill_dir(directory: Path | None, owner: str = "") -> None:
+    """Where scratch files go: beside the database `owner` (its file name); None: /tmp."""
+    global _spill_dir, _prefix
     _spill_dir = directory
+    _prefix = prefix_of(owner)
+
+
+def prefix_of(owner: str) -> str:
+    """Scratch files carry their database's name: another database's are never touched."""
+    return f"{owner}-spill-" if owner else PREFIX
 
 
 def spill_dir() -> Path | None:
     return _spill_dir
 
 
-def remove_stale(directory: Path) -> int:
-    """Delete scratch databases left by a killed process (call it holding the writer lock)."""
+def spill_prefix() -> str:
+    return _prefix
+
+
+def remove_stale(directory: Path, owner: str) -> int:
+    """Delete the scratch databases a killed writer of `owner` left behind.
+
+    Call it holding the database's writer lock: no other process can be using them.
+    """
     removed = 0
     with contextlib.suppress(OSError):
-        for path in directory.glob(f"{PREFIX}*.db"):
+        for path in directory.glob(f"{glob.escape(prefix_of(owner))}*.db"):
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1
@@ -61,7 +76,7 @@ class Scratch:
     """One session's scratch database: a file deleted when the session lets go of it."""
 
     def __init__(self) -> None:
-        fd, name = tempfile.mkstemp(prefix=PREFIX, suffix=".db", dir=_spill_dir)
+        fd, name = tempfile.mkstemp(prefix=_prefix, suffix=".db", dir=_spill_dir)
         os.close(fd)
         self.path = name
         self.conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
