@@ -132,3 +132,26 @@ def repr_pack(value: tuple[int, str]) -> bytes:
 def repr_unpack(data: bytes) -> tuple[int, str]:
     number, text = data.decode().strip("()").split(", ")
     return int(number), text.strip("'")
+
+
+def test_a_session_of_tool_results_alone_spills_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded for any line mix, not only for sessions with usage lines."""
+    from jobvault.sources.base import LineContext
+    from jobvault.sources.claude import ClaudeJob
+
+    monkeypatch.setattr(spill, "SPILL_AFTER", 50)
+    spill.set_spill_dir(tmp_path)
+    try:
+        job = ClaudeJob("s")
+        ctx = LineContext(1, "main", None, None, "p", "/p/s.jsonl")
+        for i in range(200):
+            block = {"type": "tool_result", "tool_use_id": f"t{i}", "content": "ok"}
+            line = {"type": "user", "timestamp": f"2025-01-01T00:00:{i % 60:02d}Z",
+                    "message": {"role": "user", "content": [block]}}  # fmt: skip
+            job.feed(line, ctx, i * 100)
+        assert job._scratch is not None, "spilled without a single usage line"
+        assert len(job.tool_results) == 200
+    finally:
+        spill.set_spill_dir(None)

@@ -286,6 +286,8 @@ class ClaudeJob:
             subtype = obj.get("subtype")
             if subtype in ("api_error", "error"):
                 self.last_event.offer(order, "error")
+        if self._offers > spill.SPILL_AFTER and self._scratch is None:
+            self._maybe_spill()
 
     def _assistant(
         self, obj: dict[str, Any], order: Order, sidechain: bool, agent_id: str | None, path: str
@@ -355,8 +357,6 @@ class ClaudeJob:
         request_id = obj.get("requestId")
         key = f"{msg_id}:{request_id}" if isinstance(request_id, str) else msg_id
         self.usage.offer(key, entry)
-        if self._offers > spill.SPILL_AFTER and self._scratch is None:
-            self._maybe_spill()
 
     def _tool_use(self, block: dict[str, Any], order: Order, agent_id: str | None) -> None:
         name = block.get("name")
