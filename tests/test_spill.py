@@ -155,3 +155,64 @@ def test_a_session_of_tool_results_alone_spills_too(
         assert len(job.tool_results) == 200
     finally:
         spill.set_spill_dir(None)
+
+
+def _feed_tool_calls(job: Any, start: int, end: int) -> Any:
+    """Feed assistant lines `start` to `end` (one tool call and one usage each) to `job`."""
+    from jobvault.sources.base import LineContext
+
+    ctx = LineContext(1, "main", None, None, "p", "/p/s.jsonl")
+    for i in range(start, end):
+        use = {"type": "tool_use", "id": f"t{i:04d}", "name": "Bash", "input": {"n": i}}
+        job.feed(
+            {"type": "assistant", "timestamp": f"2025-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z",
+             "message": {"id": f"m{i}", "model": "claude-sonnet-4-5", "content": [use],
+                         "usage": {"input_tokens": 1, "output_tokens": 2}}},
+            ctx, i * 100,
+        )  # fmt: skip
+    return job
+
+
+def _new_job() -> Any:
+    from jobvault.sources.claude import ClaudeJob
+
+    return ClaudeJob("s")
+
+
+def test_no_room_for_a_scratch_file_keeps_the_state_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spill, "SPILL_AFTER", 20)
+    spill.set_spill_dir(tmp_path / "missing")  # cannot be created there
+    try:
+        job = _feed_tool_calls(_new_job(), 0, 100)
+        assert job._scratch is None
+        detail = job.build(finalized=True, machine_id=None)
+        assert len(detail.tool_calls) == 100 and detail.record.output_tokens == 200
+    finally:
+        spill.set_spill_dir(None)
+
+
+def test_a_full_scratch_file_fails_the_build_until_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobvault.errors import StoreError
+
+    monkeypatch.setattr(spill, "SPILL_AFTER", 20)
+    monkeypatch.setattr(spill, "FLUSH_EVERY", 10)
+    spill.set_spill_dir(tmp_path)
+    try:
+        expected = _feed_tool_calls(_new_job(), 0, 300).build(finalized=True, machine_id=None)
+        job = _feed_tool_calls(_new_job(), 0, 30)
+        assert job._scratch is not None
+        pages = job._scratch.conn.execute("PRAGMA page_count").fetchone()[0]
+        job._scratch.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        _feed_tool_calls(job, 30, 300)  # merges fail: the entries stay in memory
+        with pytest.raises(StoreError):
+            job.build(finalized=True, machine_id=None)
+        job._scratch.conn.execute("PRAGMA max_page_count = 1000000")  # room again
+        detail = job.build(finalized=True, machine_id=None)
+        assert detail.record == expected.record
+        assert list(detail.tool_calls) == list(expected.tool_calls)
+    finally:
+        spill.set_spill_dir(None)

@@ -27,6 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import structlog
+
+from jobvault.errors import StoreError
+
 SPILL_AFTER = 10_000  # entries held by a session (about 4 MB) before its maps move to disk
 FLUSH_EVERY = 1024  # entries buffered in memory per spilled map between merges
 PREFIX = "jobvault-spill-"  # without a database: scratch files in the system's temp dir
@@ -36,6 +40,17 @@ V = TypeVar("V")
 
 _spill_dir: Path | None = None
 _prefix = PREFIX
+log = structlog.get_logger("jobvault.spill")
+
+
+def open_scratch() -> Scratch | None:
+    """A new scratch database, or None when it cannot be made (the state then stays in
+    memory: a full or read-only disk costs memory, never a record)."""
+    try:
+        return Scratch()
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("spill_unavailable", directory=str(_spill_dir), error=str(exc))
+        return None
 
 
 def set_spill_dir(directory: Path | None, owner: str = "") -> None:
@@ -165,15 +180,16 @@ class SpillMap(Generic[V]):
         self._scratch: Scratch | None = None
         self._id = 0
         self._stored = 0  # keys in the scratch table
+        self._flush_at = FLUSH_EVERY  # entries held in memory before the next merge
 
     def __len__(self) -> int:
-        self._flush()
+        self._sync()
         return self._stored + len(self._hot)
 
     def offer(self, key: str, value: V) -> None:
         old = self._hot.get(key)
         if old is None:
-            if self._scratch is not None and len(self._hot) >= FLUSH_EVERY:
+            if self._scratch is not None and len(self._hot) >= self._flush_at:
                 self._flush()
             self._hot[key] = value
         elif self._prefer is not None and self._prefer(value, old):
@@ -185,7 +201,7 @@ class SpillMap(Generic[V]):
         The value stays in memory until the next merge, so the caller may still change it
         (`get` then `put` is how a spilled entry is updated).
         """
-        if self._scratch is not None and key not in self._hot and len(self._hot) >= FLUSH_EVERY:
+        if self._scratch is not None and key not in self._hot and len(self._hot) >= self._flush_at:
             self._flush()
         self._hot[key] = value
 
@@ -203,7 +219,7 @@ class SpillMap(Generic[V]):
         if self._scratch is None:
             yield from list(self._hot.items())
             return
-        self._flush()
+        self._sync()
         unpack = self._codec.unpack
         for key, data in self._scratch.conn.execute(
             "SELECT key, value FROM kv WHERE map = ? ORDER BY key", (self._id,)
@@ -230,9 +246,27 @@ class SpillMap(Generic[V]):
         self._flush()
 
     def _flush(self) -> None:
+        """Merge the entries held in memory into the scratch table."""
         if self._scratch is None or not self._hot:
             return
-        conn = self._scratch.conn
+        try:
+            self._merge(self._scratch.conn)
+        except sqlite3.Error as exc:  # (disk full): keep them in memory, try again later
+            with contextlib.suppress(sqlite3.Error):
+                self._scratch.conn.execute("ROLLBACK")
+            self._flush_at = len(self._hot) + FLUSH_EVERY
+            log.warning("spill_failed", held=len(self._hot), error=str(exc))
+            return
+        self._hot.clear()
+        self._flush_at = FLUSH_EVERY
+
+    def _sync(self) -> None:
+        """Merge before reading the table; a merge that fails again is the store's fault."""
+        self._flush()
+        if self._scratch is not None and self._hot:
+            raise StoreError(f"cannot write the scratch file {self._scratch.path}")
+
+    def _merge(self, conn: sqlite3.Connection) -> None:
         codec = self._codec
         kept: dict[str, V] = {}
         if self._stored:
@@ -246,10 +280,11 @@ class SpillMap(Generic[V]):
                 ):
                     kept[key] = codec.unpack(data)
         rows = []
+        new = 0  # counted only once the merge is committed
         for key, value in self._hot.items():
             old = kept.get(key)
             if old is None:
-                self._stored += 1
+                new += 1
             elif self._prefer is None or not self._prefer(value, old):
                 continue
             ts, file_id, offset = self._order_of(value)
@@ -257,7 +292,7 @@ class SpillMap(Generic[V]):
         conn.execute("BEGIN")
         conn.executemany("INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)", rows)
         conn.execute("COMMIT")
-        self._hot.clear()
+        self._stored += new
 
 
 def ordered(maps: list[SpillMap[Any]]) -> Iterator[tuple[int, str, Any]]:
@@ -272,7 +307,7 @@ def ordered(maps: list[SpillMap[Any]]) -> Iterator[tuple[int, str, Any]]:
     scratch = spilled[0]._scratch
     assert scratch is not None and all(m._scratch is scratch for m in maps)
     for m in maps:
-        m._flush()
+        m._sync()
     position = {m._id: i for i, m in enumerate(maps)}
     marks = ",".join("?" * len(maps))
     for map_id, key, data in scratch.conn.execute(

@@ -48,7 +48,7 @@ SYNTHETIC_MODEL = "<synthetic>"
 SUMMARY_CHARS = 2000
 
 Order = tuple[str, int, int]  # (timestamp, file_id, offset)
-UNKEYED = "\x01"  # the key prefix of entries without an id (sorts before every id)
+UNKEYED = "\x01"  # the key prefix of entries without an id (sorts before every id, as None did)
 
 
 @dataclass(slots=True)
@@ -371,7 +371,7 @@ class ClaudeJob:
         )
         tool_id = block.get("id")
         self._offers += 1
-        if not isinstance(tool_id, str) or tool_id.startswith(UNKEYED):
+        if not isinstance(tool_id, str):
             self.unkeyed_tools.offer(self._unkeyed_key(), use)
             return
         self.tool_uses.offer(tool_id, use)
@@ -460,7 +460,10 @@ class ClaudeJob:
         if held <= spill.SPILL_AFTER:
             self._offers = held // 2  # check again after as many new entries
             return
-        self._scratch = spill.Scratch()
+        self._scratch = spill.open_scratch()
+        if self._scratch is None:  # no room on disk: stay in memory, try again later
+            self._offers = 0
+            return
         for m in self._maps():
             m.spill(self._scratch)
 
@@ -619,8 +622,8 @@ class ClaudeJob:
 
     def _tool_rows(self) -> Iterator[tuple[RawCall, _ToolUse, _ToolResult | None]]:
         """Every tool call with its result, in the order of their lines."""
-        for _, key, use in spill.ordered([self.tool_uses, self.unkeyed_tools]):
-            tid = None if key.startswith(UNKEYED) else key
+        for i, key, use in spill.ordered([self.tool_uses, self.unkeyed_tools]):
+            tid = key if i == 0 else None  # (an entry of unkeyed_tools has a made-up key)
             result = self.tool_results.get(tid) if tid else None
             raw: RawCall = (
                 tid,

@@ -111,7 +111,10 @@ class CodexJob:
         if held <= spill.SPILL_AFTER:
             self._offers = held // 2
             return
-        self._scratch = spill.Scratch()
+        self._scratch = spill.open_scratch()
+        if self._scratch is None:  # no room on disk: stay in memory, try again later
+            self._offers = 0
+            return
         for m in maps:
             m.spill(self._scratch)
 
