@@ -131,7 +131,7 @@ def section(res: dict[str, Any]) -> str:
     """The generated part of docs/benchmarks.md."""
     m = res["machine"]
     imp = res["import"]
-    ja = imp["import_all"]
+    ja, oa = imp["import_all"], imp["orjson_all"]
     lat, idle = res["latency"], res["idle"]
     lines = [
         BEGIN,
@@ -154,6 +154,17 @@ def section(res: dict[str, Any]) -> str:
         "",
         *import_rows(imp),
         "",
+        *(
+            [
+                f"Each wall time is the median of {imp['repeats']} interleaved runs (`jobvault "
+                f"import` of the whole corpus: {', '.join(f'{w:.2f}' for w in ja['walls'])} s; "
+                f"bare orjson: {', '.join(f'{w:.2f}' for w in oa['walls'])} s); peak RSS is the "
+                "highest of the runs.",
+                "",
+            ]
+            if imp.get("repeats", 1) > 1
+            else []
+        ),
         f"Peak RSS: {ja['rss_mb']:.0f} MB importing the corpus"
         + (
             f"; {res['big']['rss_mb']:.0f} MB importing one {res['big']['raw_bytes'] / MB:,.0f} MB "

@@ -36,10 +36,11 @@ class Plan:
     requests: int
     tail_cap: float
     cell_seconds: float  # time budget of one (method, jobs, clients) socket cell
+    import_repeats: int  # each import figure is the median of this many interleaved runs
 
 
-FULL = Plan(250, 1000, 80, 60, (10_000, 100_000), (1, 16), 400, 40.0, 15.0)
-QUICK = Plan(25, 0, 10, 10, (2_000,), (1, 16), 100, 8.0, 2.0)
+FULL = Plan(250, 1000, 80, 60, (10_000, 100_000), (1, 16), 400, 40.0, 15.0, 3)
+QUICK = Plan(25, 0, 10, 10, (2_000,), (1, 16), 100, 8.0, 2.0, 1)
 
 
 def caught_up(socket: Path, files: int, timeout: float = 300) -> float:
@@ -71,7 +72,9 @@ def run_all(plan: Plan, work: Path, seed: int) -> dict[str, Any]:
             log(f"generating one {plan.big_mb:.0f} MB session")
             corpus.write_big_session(tmp / "big", plan.big_mb)
         log("import: bare orjson, jobvault import, ccusage, report after import")
-        res["import"] = import_bench.import_figures(data, tmp, work / "ccusage")
+        res["import"] = import_bench.import_figures(
+            data, tmp, work / "ccusage", plan.import_repeats
+        )
         if plan.big_mb:
             log("import of the big session (peak RSS)")
             res["big"] = import_bench.big_import(tmp / "big" / "projects", tmp)
