@@ -216,3 +216,35 @@ def test_a_full_scratch_file_fails_the_build_until_there_is_room(
         assert list(detail.tool_calls) == list(expected.tool_calls)
     finally:
         spill.set_spill_dir(None)
+
+
+def test_status_counts_the_spilled_sessions(
+    tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobvault.config import Config
+    from jobvault.engine import Engine
+    from jobvault.store.db import open_writer
+    from jobvault.store.writer import Store
+
+    monkeypatch.setattr(spill, "SPILL_AFTER", 20)
+    root = tmp_path / "projects"
+    (root / "-p").mkdir(parents=True)
+    (root / "-p" / "long-session.jsonl").write_bytes(
+        b"".join(session_lines(40, session="long-session"))
+    )
+    (root / "-p" / "short-session.jsonl").write_bytes(
+        b"".join(session_lines(2, session="short-session"))
+    )
+    store = Store(open_writer(db))
+    engine = Engine(Config(watch=(root,), db=db), store)
+    try:
+        engine.poll_all([root])
+        status = engine.snapshot()
+        assert status["sessions_in_memory"] == 2
+        assert status["sessions_spilled"] == 1
+        engine.finalize_all()
+        assert engine.snapshot()["sessions_spilled"] == 0
+        assert not list(db.parent.glob("*-spill-*")), "finalized: its scratch file is gone"
+    finally:
+        engine.close()
+        store.close()

@@ -223,6 +223,10 @@ class Engine(FileTracking, Sessions):
             "lost_bytes_since_start": self.stats.lost_bytes,
             "sessions_active": sum(1 for j in self.jobs.values() if not j.finalized),
             "sessions_in_memory": sum(1 for j in self.jobs.values() if j.acc is not None),
+            # Very long sessions whose per-message state is in a scratch file (spill.py).
+            "sessions_spilled": sum(
+                1 for j in self.jobs.values() if j.acc is not None and j.acc.spilled
+            ),
             "pending_bytes": pending,
             "ingest_lag_seconds": round(lag, 3) if pending else 0.0,
             "last_error": self.stats.last_error,

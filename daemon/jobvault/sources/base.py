@@ -56,6 +56,11 @@ class UsageCandidate:
 class Accumulator(Protocol):
     job_key: str
 
+    @property
+    def spilled(self) -> bool:
+        """Is the per-message state in a scratch file (a very long session)?"""
+        ...
+
     def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None: ...
 
     def build(

@@ -467,6 +467,10 @@ class ClaudeJob:
         for m in self._maps():
             m.spill(self._scratch)
 
+    @property
+    def spilled(self) -> bool:
+        return self._scratch is not None
+
     def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
         """The best copy of each deduplicated message, in key order, to settle duplicates."""
         for key, u in self.usage.sorted_items():

@@ -134,6 +134,10 @@ class CodexJob:
         if isinstance(text, str):
             self.texts[state.file_id].add((ts, state.file_id, offset), text)
 
+    @property
+    def spilled(self) -> bool:
+        return self._scratch is not None
+
     def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
         """Codex usage is never shared between jobs: forks skip their replayed prefix."""
         return iter(())
