@@ -253,9 +253,17 @@ class ClaudeSession:
             blocks.append({"type": "tool_use", "id": tool_id, "name": tool, "input": inp})
         self.context += self.rng.randint(200, 6_000)
         full_out = self.rng.randint(30, 2_000)
+        # As Claude Code writes them: every line of one response repeats its input and cache
+        # counts (those of its first line); only the output grows, to its full count on the
+        # last line. (Every line still draws its own, unused, so that the seed gives the same
+        # corpus as before.)
+        fresh_input = cache_write = -1
         for i, block in enumerate(blocks):
             final = i == len(blocks) - 1
             line = self._env("assistant")
+            drawn = (self.rng.randint(3, 40), self.rng.randint(0, 3_000))
+            if fresh_input < 0:
+                fresh_input, cache_write = drawn
             line["message"] = {
                 "id": msg_id,
                 "type": "message",
@@ -264,8 +272,8 @@ class ClaudeSession:
                 "content": [block],
                 "stop_reason": ("tool_use" if tool else "end_turn") if final else None,
                 "usage": {
-                    "input_tokens": self.rng.randint(3, 40),
-                    "cache_creation_input_tokens": self.rng.randint(0, 3_000),
+                    "input_tokens": fresh_input,
+                    "cache_creation_input_tokens": cache_write,
                     "cache_read_input_tokens": self.context,
                     "output_tokens": full_out if final else 1,
                     "service_tier": "standard",
