@@ -16,7 +16,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, overload
+from typing import IO, Generic, TypeVar, overload
 
 from jobvault.records import ToolCall
 from jobvault.spill import spill_dir, spill_prefix
@@ -73,6 +73,8 @@ class Previews:
 
 # (tool_use_id, name, agent_id, is_error, timestamp, input ref, output ref), in seq order
 RawCall = tuple[str | None, str, str | None, bool, str | None, PreviewRef, PreviewRef]
+U = TypeVar("U")
+R = TypeVar("R")
 
 
 class ToolCallList(Sequence[ToolCall]):
@@ -132,3 +134,36 @@ class ToolCallList(Sequence[ToolCall]):
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics, like a list
+
+
+class ToolCallCollector(Generic[U, R]):
+    """One pass over an accumulator's tool calls, for its statistics, giving the record's list.
+
+    `rows()` yields (raw call, the adapter's call, its result) in order. Iterating the
+    collector yields (call, result) and keeps the raw calls when `keep`; otherwise the list
+    reads them again from `rows()` when it is written (a spilled session).
+    """
+
+    def __init__(
+        self,
+        rows: Callable[[], Iterator[tuple[RawCall, U, R]]],
+        previews: Previews,
+        keep: bool,
+    ) -> None:
+        self._rows = rows
+        self._previews = previews
+        self._calls: list[RawCall] | None = [] if keep else None
+        self._count = 0
+
+    def __iter__(self) -> Iterator[tuple[U, R]]:
+        for raw, call, result in self._rows():
+            self._count += 1
+            if self._calls is not None:
+                self._calls.append(raw)
+            yield call, result
+
+    def listing(self) -> ToolCallList:
+        if self._calls is not None:
+            return ToolCallList(self._calls, self._previews)
+        rows = self._rows
+        return ToolCallList(lambda: (raw for raw, _, _ in rows()), self._previews, self._count)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import orjson
 
 from jobvault import pricing, spill
-from jobvault.previews import PreviewRef, Previews, RawCall, ToolCallList
+from jobvault.previews import PreviewRef, Previews, RawCall, ToolCallCollector, ToolCallList
 from jobvault.records import (
     PREVIEW_CHARS,
     FileModified,
@@ -646,16 +646,14 @@ class ClaudeJob:
         ToolCallList, int, Counter[str], list[FileModified], Counter[str], dict[str, _ToolUse]
     ]:
         # A spilled session's calls are read again from its scratch file when written.
-        calls: list[RawCall] | None = [] if self._scratch is None else None
-        count = 0
+        collector = ToolCallCollector(self._tool_rows, self.previews, keep=self._scratch is None)
         failed = 0
         names: Counter[str] = Counter()
         per_agent: Counter[str] = Counter()
         modified: Counter[tuple[str, str]] = Counter()
         agent_links: dict[str, _ToolUse] = {}
-        for raw, use, result in self._tool_rows():
-            count += 1
-            is_error = raw[3]
+        for use, result in collector:
+            is_error = bool(result and result.is_error)
             failed += is_error
             names[use.name] += 1
             if use.agent_id:
@@ -666,16 +664,8 @@ class ClaudeJob:
                     modified[(path, use.name)] += 1
             if use.name in TASK_TOOLS and result and result.agent_link:
                 agent_links[result.agent_link] = use
-            if calls is not None:
-                calls.append(raw)
         files = [FileModified(p, tool, n) for (p, tool), n in sorted(modified.items())]
-        listing = (
-            ToolCallList(calls, self.previews)
-            if calls is not None
-            else ToolCallList(
-                lambda: (raw for raw, _, _ in self._tool_rows()), self.previews, count
-            )
-        )
+        listing = collector.listing()
         return listing, failed, names, files, per_agent, agent_links
 
     def _subagents(

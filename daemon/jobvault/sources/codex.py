@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobvault import pricing, spill
-from jobvault.previews import Previews, RawCall, ToolCallList
+from jobvault.previews import Previews, RawCall, ToolCallCollector, ToolCallList
 from jobvault.records import (
     FileModified,
     JobDetail,
@@ -303,32 +303,24 @@ def _tools(
 
     A spilled job's calls are read again from its scratch file when they are written.
     """
-    calls: list[RawCall] | None = [] if in_memory else None
-    count = 0
+    collector = ToolCallCollector(lambda: _tool_rows(files), previews, keep=in_memory)
     failed = 0
     names: Counter[str] = Counter()
     modified: Counter[str] = Counter()
-    for raw, call, result in _tool_rows(files):
-        count += 1
-        is_error = raw[3]
+    for call, result in collector:
+        is_error = bool(result and result.failed)
         failed += is_error
         names[call.name] += 1
         patched = call.is_patch or bool(result and result.patch_success is not None)
         if patched and not is_error:
             touched = set(call.patch_files) | set(result.patch_files if result else [])
             modified.update(touched)
-        if calls is not None:
-            calls.append(raw)
     for f in files:  # patch_apply_end without a call (e.g. an intercepted shell)
         for call_id, result in f.results.items():
             if result.patch_success and f.called.get(call_id) is None:
                 modified.update(set(result.patch_files))
     files_modified = [FileModified(p, PATCH_TOOL, n) for p, n in sorted(modified.items())]
-    listing = (
-        ToolCallList(calls, previews)
-        if calls is not None
-        else ToolCallList(lambda: (raw for raw, _, _ in _tool_rows(files)), previews, count)
-    )
+    listing = collector.listing()
     return listing, failed, names, files_modified
 
 
