@@ -316,7 +316,7 @@ class FileModel(RuleBasedStateMachine):
 
 
 def _archive(db: Path, file_id: int) -> bytes:
-    from jobvault.store.writer import iter_chunks
+    from jobvault.store.archive import iter_chunks
 
     conn = sqlite3.connect(db)
     try:

@@ -94,7 +94,7 @@ def test_every_table_is_described() -> None:
 
 
 def _file(store: Store, name: str) -> int:
-    from jobvault.store.writer import FileRow
+    from jobvault.store.archive import FileRow
 
     row = FileRow(
         0, "claude", f"/x/{name}", "/x", name, 0, 1, 2, 0, None, 0, 0, 0,

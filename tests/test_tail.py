@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobvault.store.writer import iter_archived_lines
+from jobvault.store.archive import iter_archived_lines
 from jobvault.tail import read_lines, read_tail
 
 

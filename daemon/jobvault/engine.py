@@ -34,13 +34,8 @@ from jobvault.engine_base import (
 )
 from jobvault.sessions import Sessions
 from jobvault.sources import Adapter, LineContext
-from jobvault.store.writer import (
-    BadLine,
-    Batch,
-    Chunk,
-    FileRow,
-    Store,
-)
+from jobvault.store.archive import FileRow
+from jobvault.store.writer import BadLine, Batch, Chunk, Store
 from jobvault.tail import Segment, fingerprint, fingerprint_len, read_lines, read_tail
 from jobvault.tracking import FileTracking
 

@@ -21,11 +21,8 @@ from jobvault.config import Config
 from jobvault.records import JobRecord
 from jobvault.sources import ADAPTERS, Adapter, FileInfo
 from jobvault.sources.base import Accumulator
-from jobvault.store.writer import (
-    Batch,
-    FileRow,
-    Store,
-)
+from jobvault.store.archive import FileRow
+from jobvault.store.writer import Batch, Store
 
 log = structlog.get_logger("jobvault.engine")
 

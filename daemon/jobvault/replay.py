@@ -23,7 +23,7 @@ from jobvault.sources.claude import INTERRUPT_MARK, SYNTHETIC_MODEL
 from jobvault.sources.claude import _is_command_wrapper as is_command_wrapper
 from jobvault.sources.codex_parse import tool_output
 from jobvault.store import queries
-from jobvault.store.writer import iter_archived_objects, iter_chunks
+from jobvault.store.archive import iter_archived_objects, iter_chunks
 
 Event = dict[str, Any]
 

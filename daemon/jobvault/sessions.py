@@ -19,11 +19,8 @@ from jobvault.errors import StoreError
 from jobvault.records import JobDetail
 from jobvault.sources import ADAPTERS, Adapter, LineContext
 from jobvault.sources.base import Accumulator
-from jobvault.store.writer import (
-    Batch,
-    FileRow,
-    iter_archived_objects,
-)
+from jobvault.store.archive import FileRow, iter_archived_objects
+from jobvault.store.writer import Batch
 
 MIN_WRITE_INTERVAL = 0.1  # seconds: the shortest lag of an active session's record
 

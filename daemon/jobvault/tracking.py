@@ -18,10 +18,8 @@ from pathlib import Path
 from jobvault.engine_base import TAIL_CHECK, EngineBase, Tracked, log
 from jobvault.errors import StoreError
 from jobvault.sources import ADAPTERS, Adapter, FileInfo
-from jobvault.store.writer import (
-    Batch,
-    FileRow,
-)
+from jobvault.store.archive import FileRow
+from jobvault.store.writer import Batch
 from jobvault.tail import fingerprint
 
 

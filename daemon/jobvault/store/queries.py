@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from jobvault.errors import NotFoundError, UsageError
-from jobvault.store.writer import FILE_COLUMNS, FileRow, file_row, iter_archived_lines, iter_chunks
+from jobvault.store.archive import FILE_COLUMNS, FileRow, file_row, iter_archived_lines, iter_chunks
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

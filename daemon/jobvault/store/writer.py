@@ -23,6 +23,7 @@ import zstandard
 from jobvault.errors import StoreError
 from jobvault.records import JobDetail
 from jobvault.sources.base import UsageCandidate
+from jobvault.store.archive import FILE_COLUMNS, FileRow, file_row, iter_chunks
 from jobvault.store.db import BUSY_TIMEOUT_MS
 
 SETTLE_SLICE = 2000  # message keys settled per query
@@ -41,48 +42,6 @@ def _slices(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(slots=True)
-class FileRow:
-    """A tracked file as stored (one generation of a path)."""
-
-    id: int
-    source: str
-    path: str
-    root: str
-    rel_path: str
-    generation: int
-    dev: int
-    ino: int
-    fp_len: int
-    fp_hash: bytes | None
-    offset: int
-    size: int
-    mtime_ns: int
-    in_long_line: bool
-    partial_tail: bool
-    state: str
-    job_key: str | None
-    role: str
-    agent_id: str | None
-    line_count: int
-    bad_lines: int
-    lost_bytes: int
-
-
-FILE_COLUMNS = (
-    "id, source, path, root, rel_path, generation, dev, ino, fp_len, fp_hash, offset, size, "
-    "mtime_ns, in_long_line, partial_tail, state, job_key, role, agent_id, line_count, "
-    "bad_lines, lost_bytes"
-)
-
-
-def file_row(row: tuple[Any, ...]) -> FileRow:
-    values = list(row)
-    values[13] = bool(values[13])
-    values[14] = bool(values[14])
-    return FileRow(*values)
 
 
 @dataclass(slots=True)
@@ -602,79 +561,3 @@ class Store:
             "AND state IN ('active', 'deleted') ORDER BY job_key"
         )
         return [r[0] for r in rows]
-
-
-def iter_chunks(
-    conn: sqlite3.Connection, file_id: int, decompressor: zstandard.ZstdDecompressor | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, raw bytes) of a file's chunks in offset order, one chunk in memory."""
-    dctx = decompressor or zstandard.ZstdDecompressor()
-    ids = [
-        r[0]
-        for r in conn.execute("SELECT id FROM chunks WHERE file_id = ? ORDER BY offset", (file_id,))
-    ]
-    for chunk_id in ids:
-        offset, length, codec, data = conn.execute(
-            "SELECT offset, length, codec, data FROM chunks WHERE id = ?", (chunk_id,)
-        ).fetchone()
-        raw = dctx.decompress(data, max_output_size=length) if codec == "zstd" else bytes(data)
-        if len(raw) != length:
-            raise StoreError(f"archive chunk {chunk_id} is damaged (length {len(raw)} != {length})")
-        yield offset, raw
-
-
-def iter_archived_lines(
-    chunks: Iterable[tuple[int, bytes]], max_line: int
-) -> Iterator[tuple[int, bytes | None]]:
-    """Split archived chunks back into (offset, line) pairs, joining lines split across chunks.
-
-    A line longer than `max_line` is yielded as (offset, None) without being held in memory;
-    the final unterminated line (if any) is yielded too.
-    """
-    carry = b""
-    carry_start = 0
-    skipping = False
-    for offset, data in chunks:
-        if skipping:
-            newline = data.find(b"\n")
-            if newline < 0:
-                continue
-            yield carry_start, None
-            skipping = False
-            data, offset = data[newline + 1 :], offset + newline + 1
-        elif carry:
-            data, offset = carry + data, carry_start
-        start = 0
-        while True:
-            newline = data.find(b"\n", start)
-            if newline < 0:
-                break
-            if newline - start > max_line:
-                yield offset + start, None
-            else:
-                yield offset + start, data[start:newline]
-            start = newline + 1
-        carry = data[start:]
-        carry_start = offset + start
-        if len(carry) > max_line:
-            skipping, carry = True, b""
-    if skipping:
-        yield carry_start, None
-    elif carry:
-        yield carry_start, carry
-
-
-def iter_archived_objects(
-    chunks: Iterable[tuple[int, bytes]], max_line: int
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The archived lines that are JSON objects, as (offset, object); the rest are skipped
-    (they were counted as bad lines when they were archived)."""
-    for offset, line in iter_archived_lines(chunks, max_line):
-        if line is None or not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            yield offset, obj
