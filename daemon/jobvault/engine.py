@@ -61,6 +61,16 @@ def _peek_job_key(path: str, adapter: Adapter, size: int = 64 * 1024) -> str | N
     return None
 
 
+IMPORT_GROUP_BYTES = 16 * 1024 * 1024  # transcripts read between finalizations by `import`
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, memoryview]]:
     """The lines of a segment, as views of its bytes (a long line is not copied)."""
     data = segment.data
@@ -159,10 +169,16 @@ class Engine(FileTracking, Sessions):
         progress: Any,
         group_size: int,
     ) -> None:
-        for start in range(0, len(keyed), group_size):
-            group = keyed[start : start + group_size]
+        start = 0
+        while start < len(keyed):
+            # A group ends after `group_size` files or IMPORT_GROUP_BYTES of transcripts, so
+            # the sessions in memory at once stay few however large they are.
+            end, size = start, 0
+            while end < len(keyed) and end - start < group_size and size < IMPORT_GROUP_BYTES:
+                size += _size(keyed[end][1])
+                end += 1
+            group = keyed[start:end]
             self.poll([p for _, p in group], roots)
-            end = start + len(group)
             done = sorted(
                 {
                     k
@@ -173,6 +189,7 @@ class Engine(FileTracking, Sessions):
             self.finalize_many(done)
             if progress is not None:
                 progress([p for _, p in group])
+            start = end
 
     def rescan(self, roots: Iterable[Path]) -> int:
         """Walk the roots and re-check every tracked file (finds deletions and missed events)."""
