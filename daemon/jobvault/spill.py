@@ -23,7 +23,7 @@ import os
 import sqlite3
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -293,6 +293,44 @@ class SpillMap(Generic[V]):
         conn.executemany("INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)", rows)
         conn.execute("COMMIT")
         self._stored += new
+
+
+class Spiller:
+    """When a session's maps move to disk: the policy the adapters share.
+
+    The adapter adds the entries it offers to `offers` (an attribute: cheap per line) and
+    calls `check` with its maps when there are more than SPILL_AFTER; `check` then counts the
+    entries really held (streamed copies of a message share one) and moves every map of the
+    session to one scratch file when they are too many. Maps made afterwards join it through
+    `adopt`. With no room for a scratch file the state stays in memory and is checked again
+    later. (It holds no reference to its session, so a dropped session is freed, and its
+    scratch file deleted, at once.)
+    """
+
+    def __init__(self) -> None:
+        self.offers = 0
+        self.scratch: Scratch | None = None
+
+    def check(self, session_maps: Iterable[SpillMap[Any]]) -> None:
+        if self.scratch is not None or self.offers <= SPILL_AFTER:
+            return
+        maps = list(session_maps)
+        held = sum(len(m) for m in maps)
+        if held <= SPILL_AFTER:
+            self.offers = held // 2  # check again after as many new entries
+            return
+        self.scratch = open_scratch()
+        if self.scratch is None:  # no room on disk: stay in memory, try again later
+            self.offers = 0
+            return
+        for m in maps:
+            m.spill(self.scratch)
+
+    def adopt(self, maps: Iterable[SpillMap[Any]]) -> None:
+        """Maps made after the move go to the same scratch file."""
+        if self.scratch is not None:
+            for m in maps:
+                m.spill(self.scratch)
 
 
 def ordered(maps: list[SpillMap[Any]]) -> Iterator[tuple[int, str, Any]]:

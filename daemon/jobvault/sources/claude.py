@@ -207,8 +207,7 @@ class ClaudeJob:
             _TOOL_RESULT, _order, _earlier
         )
         self._unkeyed = 0  # entries without an id so far (their keys)
-        self._offers = 0  # entries offered since the last size check
-        self._scratch: spill.Scratch | None = None
+        self._spill = spill.Spiller()
         self.agents: dict[str, _Agent] = {}
         self.sidechain_roots = 0
         self.excluded_keys: frozenset[str] = frozenset()
@@ -255,8 +254,7 @@ class ClaudeJob:
             agent = self.agents.get(agent_id)
             if agent is None:
                 agent = self.agents[agent_id] = _Agent(ctx.layout or "sidechain")
-                if self._scratch is not None:
-                    agent.assistant_ids.spill(self._scratch)
+                self._spill.adopt([agent.assistant_ids])
             if ts:
                 agent.first = ts if agent.first is None or ts < agent.first else agent.first
                 agent.last = ts if agent.last is None or ts > agent.last else agent.last
@@ -286,8 +284,8 @@ class ClaudeJob:
             subtype = obj.get("subtype")
             if subtype in ("api_error", "error"):
                 self.last_event.offer(order, "error")
-        if self._offers > spill.SPILL_AFTER and self._scratch is None:
-            self._maybe_spill()
+        if self._spill.offers > spill.SPILL_AFTER:
+            self._spill.check(self._maps())
 
     def _assistant(
         self, obj: dict[str, Any], order: Order, sidechain: bool, agent_id: str | None, path: str
@@ -300,7 +298,7 @@ class ClaudeJob:
         model = sys.intern(model) if isinstance(model, str) else ""  # one copy, not one per line
         message_key = msg_id if isinstance(msg_id, str) else f"line:{order[1]}:{order[2]}"
         self.assistant_ids.offer(message_key, True)
-        self._offers += 1
+        self._spill.offers += 1
         if agent_id:
             agent = self.agents.get(agent_id)
             if agent is not None:
@@ -370,7 +368,7 @@ class ClaudeJob:
             order, name, agent_id, self.previews.put(_dumps_preview(tool_input)), file_path
         )
         tool_id = block.get("id")
-        self._offers += 1
+        self._spill.offers += 1
         if not isinstance(tool_id, str):
             self.unkeyed_tools.offer(self._unkeyed_key(), use)
             return
@@ -433,14 +431,14 @@ class ClaudeJob:
             file_path,
             agent_link,
         )
-        self._offers += 1
+        self._spill.offers += 1
         self.tool_results.offer(tool_id, result)
 
     # -- building --------------------------------------------------------------------------
 
     def _unkeyed_key(self) -> str:
         self._unkeyed += 1
-        self._offers += 1
+        self._spill.offers += 1
         return f"{UNKEYED}{self._unkeyed:012d}"
 
     def _maps(self) -> list[spill.SpillMap[Any]]:
@@ -454,22 +452,13 @@ class ClaudeJob:
             *(agent.assistant_ids for agent in self.agents.values()),
         ]
 
-    def _maybe_spill(self) -> None:
-        """Past spill.SPILL_AFTER entries, move the per-message state to a scratch file."""
-        held = sum(len(m) for m in self._maps())
-        if held <= spill.SPILL_AFTER:
-            self._offers = held // 2  # check again after as many new entries
-            return
-        self._scratch = spill.open_scratch()
-        if self._scratch is None:  # no room on disk: stay in memory, try again later
-            self._offers = 0
-            return
-        for m in self._maps():
-            m.spill(self._scratch)
-
     @property
     def spilled(self) -> bool:
-        return self._scratch is not None
+        return self._spill.scratch is not None
+
+    @property
+    def _scratch(self) -> spill.Scratch | None:  # (for tests)
+        return self._spill.scratch
 
     def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
         """The best copy of each deduplicated message, in key order, to settle duplicates."""
@@ -646,7 +635,7 @@ class ClaudeJob:
         ToolCallList, int, Counter[str], list[FileModified], Counter[str], dict[str, _ToolUse]
     ]:
         # A spilled session's calls are read again from its scratch file when written.
-        collector = ToolCallCollector(self._tool_rows, self.previews, keep=self._scratch is None)
+        collector = ToolCallCollector(self._tool_rows, self.previews, keep=not self.spilled)
         failed = 0
         names: Counter[str] = Counter()
         per_agent: Counter[str] = Counter()

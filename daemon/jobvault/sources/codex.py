@@ -86,37 +86,20 @@ class CodexJob:
         self.files: dict[int, FileState] = {}
         self.texts: dict[int, TextSample] = {}  # per file: prompts and agent messages
         self.previews = Previews()  # every file's tool-call previews
-        self._offers = 0  # lines fed since the last size check
-        self._scratch: spill.Scratch | None = None
+        self._spill = spill.Spiller()
 
     def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None:
         state = self.files.get(ctx.file_id)
         if state is None:
             state = self.files[ctx.file_id] = FileState(ctx.file_id, ctx.path, self.previews)
             self.texts[ctx.file_id] = TextSample()
-            if self._scratch is not None:
-                for m in state.maps():
-                    m.spill(self._scratch)
+            self._spill.adopt(state.maps())
         state.path = ctx.path  # a rename keeps the file id; the latest name counts
         self._sample_text(obj, state, offset)
         state.feed(obj, offset)
-        self._offers += 1
-        if self._offers > spill.SPILL_AFTER and self._scratch is None:
-            self._maybe_spill()
-
-    def _maybe_spill(self) -> None:
-        """Past spill.SPILL_AFTER entries, move the per-line state to a scratch file."""
-        maps = [m for state in self.files.values() for m in state.maps()]
-        held = sum(len(m) for m in maps)
-        if held <= spill.SPILL_AFTER:
-            self._offers = held // 2
-            return
-        self._scratch = spill.open_scratch()
-        if self._scratch is None:  # no room on disk: stay in memory, try again later
-            self._offers = 0
-            return
-        for m in maps:
-            m.spill(self._scratch)
+        self._spill.offers += 1
+        if self._spill.offers > spill.SPILL_AFTER:
+            self._spill.check(m for state in self.files.values() for m in state.maps())
 
     def _sample_text(self, obj: dict[str, Any], state: FileState, offset: int) -> None:
         """Keep the prompts and agent messages for full-text search (not a fork's replay)."""
@@ -136,7 +119,11 @@ class CodexJob:
 
     @property
     def spilled(self) -> bool:
-        return self._scratch is not None
+        return self._spill.scratch is not None
+
+    @property
+    def _scratch(self) -> spill.Scratch | None:  # (for tests)
+        return self._spill.scratch
 
     def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
         """Codex usage is never shared between jobs: forks skip their replayed prefix."""
@@ -164,7 +151,7 @@ class CodexJob:
         deltas = (d for _, _, d in spill.ordered([f.deltas for f in files]))
         usage, totals, cost, unpriced, per_model = _usage(deltas)
         models = sorted(per_model, key=lambda m: (-per_model[m], m))
-        tool_calls, failed, names, modified = _tools(files, self.previews, self._scratch is None)
+        tool_calls, failed, names, modified = _tools(files, self.previews, not self.spilled)
         primary = min(files, key=lambda f: (f.first_ts or "~", f.file_id), default=None)
         turn_file = max(
             (f for f in files if f.turn_order is not None),
