@@ -166,7 +166,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
-    from jobvault.engine import Engine
+    from jobvault.engine import Engine, file_size
     from jobvault.lock import WriterLock
     from jobvault.store.db import open_writer
     from jobvault.store.writer import Store
@@ -183,7 +183,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
             # Sessions archived by an interrupted earlier run get their records too.
             engine.recover()
             paths = engine.scan(roots)
-            sizes = {p: _size(p) for p in paths}
+            sizes = {p: file_size(p) for p in paths}
             with render.Progress(
                 "importing", sum(sizes.values()), enabled=not args.no_progress
             ) as progress:
@@ -191,6 +191,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
                     roots,
                     lambda group: progress.advance(sum(sizes.get(p, 0) for p in group)),
                     paths=paths,
+                    sizes=sizes,
                 )
             summary = {
                 "files": len(paths),
@@ -208,13 +209,6 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     else:
         render.import_summary(summary)
     return ExitCode.OK
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
 
 
 def _daemon(config: Config, args: argparse.Namespace) -> Client | None:

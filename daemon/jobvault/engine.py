@@ -64,7 +64,8 @@ def _peek_job_key(path: str, adapter: Adapter, size: int = 64 * 1024) -> str | N
 IMPORT_GROUP_BYTES = 16 * 1024 * 1024  # transcripts read between finalizations by `import`
 
 
-def _size(path: str) -> int:
+def file_size(path: str) -> int:
+    """A file's size, 0 when it cannot be stat'ed (it is looked at again when read)."""
     try:
         return os.stat(path).st_size
     except OSError:
@@ -133,6 +134,7 @@ class Engine(FileTracking, Sessions):
         progress: Any = None,
         group_size: int = 64,
         paths: list[str] | None = None,
+        sizes: dict[str, int] | None = None,
     ) -> list[str]:
         """Read every transcript under `roots` once and finalize it (`jobvault import`).
 
@@ -142,6 +144,8 @@ class Engine(FileTracking, Sessions):
         roots = list(roots)
         if paths is None:  # the caller may have walked the roots already (for a progress bar)
             paths = self.scan(roots)
+        if sizes is None:  # ... and looked at their sizes
+            sizes = {path: file_size(path) for path in paths}
         keyed: list[tuple[str, str]] = []
         for path in paths:
             classified = self.classify(Path(path))
@@ -155,7 +159,7 @@ class Engine(FileTracking, Sessions):
         last: dict[str, int] = {key: i for i, (key, _) in enumerate(keyed)}
         self._importing = True
         try:
-            self._ingest_groups(keyed, last, roots, progress, group_size)
+            self._ingest_groups(keyed, last, sizes, roots, progress, group_size)
         finally:
             self._importing = False
         self.finalize_all()
@@ -165,6 +169,7 @@ class Engine(FileTracking, Sessions):
         self,
         keyed: list[tuple[str, str]],
         last: dict[str, int],
+        sizes: dict[str, int],
         roots: list[Path],
         progress: Any,
         group_size: int,
@@ -175,7 +180,7 @@ class Engine(FileTracking, Sessions):
             # the sessions in memory at once stay few however large they are.
             end, size = start, 0
             while end < len(keyed) and end - start < group_size and size < IMPORT_GROUP_BYTES:
-                size += _size(keyed[end][1])
+                size += sizes.get(keyed[end][1], 0)
                 end += 1
             group = keyed[start:end]
             self.poll([p for _, p in group], roots)

@@ -16,7 +16,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Generic, TypeVar, overload
+from typing import IO, Generic, NamedTuple, TypeVar, overload
 
 from jobvault.records import ToolCall
 from jobvault.spill import spill_dir, spill_prefix
@@ -71,8 +71,18 @@ class Previews:
             self._file = None
 
 
-# (tool_use_id, name, agent_id, is_error, timestamp, input ref, output ref), in seq order
-RawCall = tuple[str | None, str, str | None, bool, str | None, PreviewRef, PreviewRef]
+class RawCall(NamedTuple):
+    """A tool call of a record with its previews still as references, in seq order."""
+
+    tool_use_id: str | None
+    name: str
+    agent_id: str | None
+    is_error: bool
+    timestamp: str | None
+    input_ref: PreviewRef
+    output_ref: PreviewRef
+
+
 U = TypeVar("U")
 R = TypeVar("R")
 
@@ -142,6 +152,7 @@ class ToolCallCollector(Generic[U, R]):
     `rows()` yields (raw call, the adapter's call, its result) in order. Iterating the
     collector yields (call, result) and keeps the raw calls when `keep`; otherwise the list
     reads them again from `rows()` when it is written (a spilled session).
+    Iterating yields (raw call, call, result).
     """
 
     def __init__(
@@ -155,12 +166,12 @@ class ToolCallCollector(Generic[U, R]):
         self._calls: list[RawCall] | None = [] if keep else None
         self._count = 0
 
-    def __iter__(self) -> Iterator[tuple[U, R]]:
-        for raw, call, result in self._rows():
+    def __iter__(self) -> Iterator[tuple[RawCall, U, R]]:
+        for row in self._rows():
             self._count += 1
             if self._calls is not None:
-                self._calls.append(raw)
-            yield call, result
+                self._calls.append(row[0])
+            yield row
 
     def listing(self) -> ToolCallList:
         if self._calls is not None:

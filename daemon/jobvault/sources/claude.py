@@ -618,7 +618,7 @@ class ClaudeJob:
         for i, key, use in spill.ordered([self.tool_uses, self.unkeyed_tools]):
             tid = key if i == 0 else None  # (an entry of unkeyed_tools has a made-up key)
             result = self.tool_results.get(tid) if tid else None
-            raw: RawCall = (
+            raw = RawCall(
                 tid,
                 use.name,
                 use.agent_id,
@@ -641,8 +641,8 @@ class ClaudeJob:
         per_agent: Counter[str] = Counter()
         modified: Counter[tuple[str, str]] = Counter()
         agent_links: dict[str, _ToolUse] = {}
-        for use, result in collector:
-            is_error = bool(result and result.is_error)
+        for raw, use, result in collector:
+            is_error = raw.is_error
             failed += is_error
             names[use.name] += 1
             if use.agent_id:

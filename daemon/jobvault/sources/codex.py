@@ -271,7 +271,7 @@ def _tool_rows(files: list[FileState]) -> Iterator[tuple[RawCall, Call, Result |
     """Every tool call of the chosen files with its result, in the order of their lines."""
     for i, _, call in spill.ordered([f.calls for f in files]):
         result = files[i].results.get(call.call_id) if call.call_id else None
-        raw: RawCall = (
+        raw = RawCall(
             call.call_id,
             call.name,
             None,
@@ -294,8 +294,8 @@ def _tools(
     failed = 0
     names: Counter[str] = Counter()
     modified: Counter[str] = Counter()
-    for call, result in collector:
-        is_error = bool(result and result.failed)
+    for raw, call, result in collector:
+        is_error = raw.is_error
         failed += is_error
         names[call.name] += 1
         patched = call.is_patch or bool(result and result.patch_success is not None)
