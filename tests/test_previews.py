@@ -78,3 +78,20 @@ def test_spilled_previews_store_the_same_rows(
     assert any(row[7] and row[8] for row in in_memory), "the fixtures have previews"
     assert spilled == in_memory
     assert not list(tmp_path.rglob("jobvault-spill-*")), "no scratch file is left behind"
+
+
+def test_spilled_previews_are_read_back_from_the_file_and_from_its_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(previews, "WRITE_BUFFER", 50)  # written every few previews
+    spill.set_spill_dir(tmp_path)
+    try:
+        store = Previews(budget=0)
+        texts = [f"{i}: {TEXTS[i % len(TEXTS)]}" for i in range(40)] + ["tail 1", "tail 2"]
+        refs = [store.put(t) for t in texts]
+        assert all(isinstance(r, int) for r in refs)
+        assert 0 < store._written < store.spilled, "some in the file, the last ones buffered"
+        assert [store.get(r) for r in refs] == texts
+        store.close()
+    finally:
+        spill.set_spill_dir(None)

@@ -22,16 +22,23 @@ from jobvault.records import ToolCall
 from jobvault.spill import spill_dir, spill_prefix
 
 MEMORY_BUDGET = 2 * 1024 * 1024  # preview bytes held in memory per session
+WRITE_BUFFER = 256 * 1024  # spilled previews written to the scratch file at a time
 PreviewRef = bytes | int | None  # the text itself, or (offset << 32 | length) in the file
 
 
 class Previews:
-    """A session's previews: bytes in memory up to `budget`, then in a scratch file."""
+    """A session's previews: bytes in memory up to `budget`, then in a scratch file.
+
+    Spilled previews are appended to the file a WRITE_BUFFER at a time, not one write per
+    tool call.
+    """
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = MEMORY_BUDGET if budget is None else budget
         self.held = 0
-        self.spilled = 0
+        self.spilled = 0  # bytes spilled: those in the file, then those in `_pending`
+        self._written = 0
+        self._pending = bytearray()
         self._file: IO[bytes] | None = None
         self._closer: Callable[[], object] | None = None
 
@@ -42,18 +49,30 @@ class Previews:
         if self.held + len(data) <= self.budget or not data:
             self.held += len(data)
             return data
-        try:
-            if self._file is None:
+        if self._file is None:
+            try:
                 # Lives as long as this object (the session's accumulator): closed with it.
                 self._file = tempfile.TemporaryFile(prefix=spill_prefix(), dir=spill_dir())  # noqa: SIM115
-                self._closer = weakref.finalize(self, self._file.close)
-            os.pwrite(self._file.fileno(), data, self.spilled)
-        except OSError:  # no room for the scratch file: keep it in memory rather than lose it
-            self.held += len(data)
-            return data
+            except OSError:  # no room for the scratch file: keep it in memory, not lose it
+                self.held += len(data)
+                return data
+            self._closer = weakref.finalize(self, self._file.close)
         ref = self.spilled << 32 | len(data)
         self.spilled += len(data)
+        self._pending += data
+        if len(self._pending) >= WRITE_BUFFER:
+            self._write()
         return ref
+
+    def _write(self) -> None:
+        assert self._file is not None
+        try:
+            while self._pending:
+                done = os.pwrite(self._file.fileno(), self._pending, self._written)
+                self._written += done
+                del self._pending[:done]
+        except OSError:  # (disk full): the rest stays in memory, written with the next ones
+            pass
 
     def get(self, ref: PreviewRef) -> str | None:
         if ref is None:
@@ -61,7 +80,13 @@ class Previews:
         if isinstance(ref, bytes):
             return ref.decode("utf-8", "surrogatepass")
         assert self._file is not None
-        data = os.pread(self._file.fileno(), ref & 0xFFFFFFFF, ref >> 32)
+        offset, length = ref >> 32, ref & 0xFFFFFFFF
+        data = b""
+        if offset < self._written:
+            data = os.pread(self._file.fileno(), min(length, self._written - offset), offset)
+        if len(data) < length:  # (the rest is still in the buffer)
+            start = offset + len(data) - self._written
+            data += self._pending[start : start + length - len(data)]
         return data.decode("utf-8", "surrogatepass")
 
     def close(self) -> None:
