@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("JOBVAULT_TEST_SPILL"):
         # Run the whole suite with every session's state on disk from its first entries
         # (`JOBVAULT_TEST_SPILL=1 make test`): the records must not change.
-        from jobvault import previews, spill
+        from jobvault.sources import previews, spill
 
         spill.SPILL_AFTER, spill.FLUSH_EVERY, previews.MEMORY_BUDGET = 0, 3, 0
 

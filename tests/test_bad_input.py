@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobvault import config as config_mod
-from jobvault.engine import Engine
+from jobvault.ingest.engine import Engine
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from tests.helpers import SESSION, archived, dumps, run_json, session_lines, user

@@ -8,7 +8,7 @@ import pytest
 
 from jobvault.cli import main
 from jobvault.errors import ExitCode
-from jobvault.lock import WriterLock
+from jobvault.store.lock import WriterLock
 from tests.helpers import run, run_json, session_lines
 
 

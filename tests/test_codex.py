@@ -396,7 +396,7 @@ async def test_daemon_watches_claude_and_codex_roots_at_once(
     """The real daemon on the default layout of both agents: one job per session, each with
     its source, and a rollout exported byte for byte."""
     from jobvault.config import Config
-    from jobvault.service import run_daemon
+    from jobvault.service.daemon import run_daemon
     from tests.test_daemon import eventually
 
     fixtures = Path(__file__).parent / "fixtures"

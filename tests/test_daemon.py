@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from jobvault.config import Config
-from jobvault.service import run_daemon
+from jobvault.service.daemon import run_daemon
 from tests.helpers import SESSION, archived, expected_tokens, run, session_lines, sha256
 
 
@@ -152,8 +152,8 @@ async def test_database_is_private(tmp_path: Path) -> None:
 
 def test_record_rewrites_are_paced_by_their_build_time(tmp_path: Path, db: Path) -> None:
     """A record is rewritten about every ten times its build time, between 0.1 and 60 s."""
-    from jobvault.engine import Engine
-    from jobvault.engine_base import Job
+    from jobvault.ingest.engine import Engine
+    from jobvault.ingest.engine_base import Job
     from jobvault.sources.claude import ClaudeAdapter
     from jobvault.store.db import open_writer
     from jobvault.store.writer import Store

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from jobvault.config import Config
-from jobvault.engine import Engine
 from jobvault.errors import StoreError
-from jobvault.service import run_daemon
+from jobvault.ingest.engine import Engine
+from jobvault.service.daemon import run_daemon
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from tests.helpers import SESSION, archived, expected_tokens, session_lines

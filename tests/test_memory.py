@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jobvault import memory
+from jobvault.ingest import memory
 
 
 def test_a_users_own_threshold_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -19,7 +19,7 @@ def test_a_users_own_threshold_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 CHECK = """
 import ctypes, ctypes.util, sys
-from jobvault import memory
+from jobvault.ingest import memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (

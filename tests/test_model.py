@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from jobvault.config import Config
-from jobvault.engine import Engine
+from jobvault.ingest.engine import Engine
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from tests.helpers import archived

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from jobvault import previews, spill
 from jobvault.cli import main
-from jobvault.previews import Previews, ToolCallList
 from jobvault.records import ToolCall
+from jobvault.sources import previews, spill
+from jobvault.sources.previews import Previews, ToolCallList
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TEXTS = ["plain ascii", "", "accents é è and a cut…", "emoji 🚀 and CJK 漢字", "x" * 500]

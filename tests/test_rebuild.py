@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobvault.config import Config
-from jobvault.engine import Engine
+from jobvault.ingest.engine import Engine
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from tests.helpers import SESSION, assistant, dumps, run, run_json, session_lines, user

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from jobvault.config import Config
-from jobvault.service import run_daemon
+from jobvault.service.daemon import run_daemon
 from jobvault.store import migrations
 from tests.helpers import assistant, dumps, run, run_json, user
 from tests.test_daemon import eventually

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobvault.config import Config
-from jobvault.service import Daemon, run_daemon
+from jobvault.service.daemon import Daemon, run_daemon
 from tests.helpers import SESSION, run, run_json, session_lines
 from tests.test_daemon import eventually
 
@@ -295,7 +295,7 @@ async def test_subscriber_sees_updates_and_finalization(tmp_path: Path) -> None:
 
 
 async def test_slow_subscriber_is_told_and_dropped(tmp_path: Path) -> None:
-    from jobvault.server import Hub, Subscription
+    from jobvault.serve.server import Hub, Subscription
 
     hub = Hub()
     sub = Subscription(asyncio.Queue(3), frozenset({"job.updated"}))

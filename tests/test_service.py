@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from jobvault import install
 from jobvault.cli import main
 from jobvault.config import Config
-from jobvault.service import run_daemon
+from jobvault.service import install
+from jobvault.service.daemon import run_daemon
 from tests.helpers import SESSION, archived, archived_total, session_lines
 from tests.test_crash import _check, _corpus
 from tests.test_daemon import eventually

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from jobvault import previews, spill
 from jobvault.cli import main
-from jobvault.spill import Codec, Scratch, SpillMap
+from jobvault.sources import previews, spill
+from jobvault.sources.spill import Codec, Scratch, SpillMap
 from tests.helpers import session_lines
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -222,7 +222,7 @@ def test_status_counts_the_spilled_sessions(
     tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from jobvault.config import Config
-    from jobvault.engine import Engine
+    from jobvault.ingest.engine import Engine
     from jobvault.store.db import open_writer
     from jobvault.store.writer import Store
 
@@ -255,8 +255,8 @@ def test_import_holds_few_sessions_whatever_their_size(
 ) -> None:
     """`import` finalizes sessions after every IMPORT_GROUP_BYTES of transcripts read, so many
     large sessions are never all in memory at once (64 of 8 MB each peaked at 158 MB before)."""
-    from jobvault import engine as engine_mod
-    from jobvault.sessions import Sessions
+    from jobvault.ingest import engine as engine_mod
+    from jobvault.ingest.sessions import Sessions
 
     root = tmp_path / "projects" / "-p"
     root.mkdir(parents=True)

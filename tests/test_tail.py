@@ -8,8 +8,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobvault.ingest.tail import read_lines, read_tail
 from jobvault.store.archive import iter_archived_lines
-from jobvault.tail import read_lines, read_tail
 
 
 def _fd(path: Path, data: bytes) -> int:

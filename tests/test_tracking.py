@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobvault.config import Config
-from jobvault.engine import Engine
+from jobvault.ingest.engine import Engine
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from tests.helpers import SESSION, archived, session_lines

@@ -75,6 +75,20 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageCandidate:
+    """A job's best copy of one deduplicated message; across jobs the best copy counts.
+
+    Best = a non-sidechain copy, then the largest token total, then the smallest (path,
+    offset): ccusage's rule, so totals agree with it.
+    """
+
+    sidechain: bool
+    total: int
+    path: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     """One agent session, derived from the raw archive alone (a pure function of it)."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from jobvault.records import JobDetail
+from jobvault.records import JobDetail, UsageCandidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,20 +37,6 @@ class LineContext:
     layout: Literal["subagents-dir", "flat-file"] | None
     project: str | None
     path: str
-
-
-@dataclass(frozen=True, slots=True)
-class UsageCandidate:
-    """A job's best copy of one deduplicated message; across jobs the best copy counts.
-
-    Best = a non-sidechain copy, then the largest token total, then the smallest (path,
-    offset): ccusage's rule, so totals agree with it.
-    """
-
-    sidechain: bool
-    total: int
-    path: str
-    offset: int
 
 
 class Accumulator(Protocol):

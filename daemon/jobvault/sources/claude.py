@@ -24,8 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
-from jobvault import pricing, spill
-from jobvault.previews import PreviewRef, Previews, RawCall, ToolCallCollector, ToolCallList
+from jobvault import pricing
 from jobvault.records import (
     PREVIEW_CHARS,
     FileModified,
@@ -34,11 +33,14 @@ from jobvault.records import (
     Status,
     Subagent,
     TextSample,
+    UsageCandidate,
     UsageRow,
     duration_ms,
     preview,
 )
-from jobvault.sources.base import FileInfo, LineContext, UsageCandidate
+from jobvault.sources import spill
+from jobvault.sources.base import FileInfo, LineContext
+from jobvault.sources.previews import PreviewRef, Previews, RawCall, ToolCallCollector, ToolCallList
 
 SOURCE = "claude"
 EDIT_TOOLS = frozenset({"Write", "Edit", "MultiEdit", "NotebookEdit"})

@@ -24,20 +24,22 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jobvault import pricing, spill
-from jobvault.previews import Previews, RawCall, ToolCallCollector, ToolCallList
+from jobvault import pricing
 from jobvault.records import (
     FileModified,
     JobDetail,
     JobRecord,
     Status,
     TextSample,
+    UsageCandidate,
     UsageRow,
     duration_ms,
     join_sample,
 )
-from jobvault.sources.base import FileInfo, LineContext, UsageCandidate
+from jobvault.sources import spill
+from jobvault.sources.base import FileInfo, LineContext
 from jobvault.sources.codex_file import Call, Delta, FileState, Order, Result
+from jobvault.sources.previews import Previews, RawCall, ToolCallCollector, ToolCallList
 
 SOURCE = "codex"
 PATCH_TOOL = "apply_patch"

@@ -24,9 +24,8 @@ from typing import Any
 
 import orjson
 
-from jobvault import spill
-from jobvault.previews import PreviewRef, Previews
 from jobvault.records import preview
+from jobvault.sources import spill
 from jobvault.sources.codex_parse import (
     Usage,
     absolute,
@@ -41,6 +40,7 @@ from jobvault.sources.codex_parse import (
     tool_output,
     usage_of,
 )
+from jobvault.sources.previews import PreviewRef, Previews
 
 Order = tuple[str, int, int]  # (timestamp, file_id, offset)
 

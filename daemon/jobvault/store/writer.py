@@ -21,8 +21,7 @@ import orjson
 import zstandard
 
 from jobvault.errors import StoreError
-from jobvault.records import JobDetail
-from jobvault.sources.base import UsageCandidate
+from jobvault.records import JobDetail, UsageCandidate
 from jobvault.store.archive import FILE_COLUMNS, FileRow, file_row, iter_chunks
 from jobvault.store.db import BUSY_TIMEOUT_MS
 

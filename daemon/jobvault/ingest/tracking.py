@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from jobvault.engine_base import TAIL_CHECK, EngineBase, Tracked, log
 from jobvault.errors import StoreError
+from jobvault.ingest.engine_base import TAIL_CHECK, EngineBase, Tracked, log
+from jobvault.ingest.tail import fingerprint
 from jobvault.sources import ADAPTERS, Adapter, FileInfo
 from jobvault.store.archive import FileRow
 from jobvault.store.writer import Batch
-from jobvault.tail import fingerprint
 
 
 class FileTracking(EngineBase):

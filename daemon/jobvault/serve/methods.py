@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from jobvault.errors import NotFoundError, UsageError
-from jobvault.protocol import (
+from jobvault.serve.protocol import (
     INTERNAL_ERROR,
     NOT_FOUND,
     REFUSED,

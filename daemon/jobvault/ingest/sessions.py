@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jobvault.engine_base import EngineBase, Job, Tracked, log
 from jobvault.errors import StoreError
+from jobvault.ingest.engine_base import EngineBase, Job, Tracked, log
 from jobvault.records import JobDetail
 from jobvault.sources import ADAPTERS, Adapter, LineContext
 from jobvault.sources.base import Accumulator

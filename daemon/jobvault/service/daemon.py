@@ -28,15 +28,15 @@ from typing import Any, TypeVar
 import structlog
 
 from jobvault.config import Config
-from jobvault.engine import Engine
 from jobvault.errors import JobvaultError, StoreError
-from jobvault.lock import InstanceLock
+from jobvault.ingest.engine import Engine
+from jobvault.ingest.watch import Watcher
 from jobvault.records import JobRecord
-from jobvault.server import Hub, Server, ServerLimits, bind_socket, prepare_socket_dir
+from jobvault.serve.server import Hub, Server, ServerLimits, bind_socket, prepare_socket_dir
+from jobvault.service.systemd import Notifier, listen_socket, watchdog_interval
 from jobvault.store.db import open_writer
+from jobvault.store.lock import InstanceLock
 from jobvault.store.writer import Store
-from jobvault.systemd import Notifier, listen_socket, watchdog_interval
-from jobvault.watch import Watcher
 
 log = structlog.get_logger("jobvault.service")
 T = TypeVar("T")

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import structlog
 
-from jobvault import spill
 from jobvault.config import Config
 from jobvault.records import JobRecord
-from jobvault.sources import ADAPTERS, Adapter, FileInfo
+from jobvault.sources import ADAPTERS, Adapter, FileInfo, spill
 from jobvault.sources.base import Accumulator
 from jobvault.store.archive import FileRow
 from jobvault.store.writer import Batch, Store

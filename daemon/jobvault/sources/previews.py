@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Generic, NamedTuple, TypeVar, overload
 
 from jobvault.records import ToolCall
-from jobvault.spill import spill_dir, spill_prefix
+from jobvault.sources.spill import spill_dir, spill_prefix
 
 MEMORY_BUDGET = 2 * 1024 * 1024  # preview bytes held in memory per session
 WRITE_BUFFER = 256 * 1024  # spilled previews written to the scratch file at a time

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from jobvault.errors import ExitCode, JobvaultError
-from jobvault.protocol import RpcError
+from jobvault.serve.protocol import RpcError
 
 
 class DaemonUnavailable(JobvaultError):

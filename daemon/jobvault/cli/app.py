@@ -13,13 +13,15 @@ from typing import Any
 import orjson
 
 import jobvault
-from jobvault import cli_reports, memory, render
 from jobvault import config as config_mod
-from jobvault.client import Client, DaemonUnavailable
+from jobvault.cli import render
+from jobvault.cli import reports as cli_reports
 from jobvault.config import Config
 from jobvault.errors import ExitCode, JobvaultError, NotFoundError, UsageError
+from jobvault.ingest import memory
 from jobvault.log import configure as configure_logging
-from jobvault.protocol import METHOD_NOT_FOUND, RpcError
+from jobvault.serve.client import Client, DaemonUnavailable
+from jobvault.serve.protocol import METHOD_NOT_FOUND, RpcError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,8 +157,8 @@ def _print_json(value: Any) -> None:
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     import asyncio
 
-    from jobvault import service
-    from jobvault.lock import WriterLock
+    from jobvault.service import daemon as service
+    from jobvault.store.lock import WriterLock
 
     with WriterLock(config.db):
         memory.limit_fragmentation()
@@ -166,9 +168,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
-    from jobvault.engine import Engine, file_size
-    from jobvault.lock import WriterLock
+    from jobvault.ingest.engine import Engine, file_size
     from jobvault.store.db import open_writer
+    from jobvault.store.lock import WriterLock
     from jobvault.store.writer import Store
 
     roots = [p.expanduser().absolute() for p in args.paths]
@@ -228,7 +230,7 @@ def _daemon(config: Config, args: argparse.Namespace) -> Client | None:
 
 def _offline(config: Config, method: str, params: Any) -> Any:
     """Answer a socket method from the database directly (the daemon is not running)."""
-    from jobvault.methods import Limits, read_methods, run_read
+    from jobvault.serve.methods import Limits, read_methods, run_read
     from jobvault.store import queries
     from jobvault.store.db import open_reader
 
@@ -376,9 +378,9 @@ def cmd_reports(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
-    from jobvault.engine import Engine
-    from jobvault.lock import WriterLock
+    from jobvault.ingest.engine import Engine
     from jobvault.store.db import open_writer
+    from jobvault.store.lock import WriterLock
     from jobvault.store.writer import Store
 
     if not config.db.expanduser().exists():
@@ -415,7 +417,7 @@ def cmd_backup(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_service(config: Config, args: argparse.Namespace) -> int:
-    from jobvault import install
+    from jobvault.service import install
 
     out: list[str] = []
     if args.action == "install":

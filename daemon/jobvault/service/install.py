@@ -3,7 +3,7 @@
 Linux: the systemd user units (`jobvault.service`, Type=notify, and `jobvault.socket` for socket
 activation) go to ~/.config/systemd/user/. macOS: the launchd agent goes to
 ~/Library/LaunchAgents/. The templates live in the repository's `systemd/` folder (packaged as
-`jobvault/units`); install points them at the absolute path of the installed `jobvault`.
+`jobvault/service/units`); install points them at the absolute path of the installed `jobvault`.
 The daemon never forks itself: the service manager runs it in the foreground.
 """
 
@@ -49,7 +49,7 @@ def jobvault_binary() -> Path:
 
 
 def _template(name: str) -> str:
-    return (files("jobvault") / "units" / name).read_text()
+    return (files("jobvault.service") / "units" / name).read_text()
 
 
 def systemd_dir() -> Path:

@@ -1,7 +1,7 @@
 """JSON-RPC 2.0 framing for the Unix socket: one JSON object per line, UTF-8, `\\n`.
 
 Only what the transport needs lives here: parsing a request line, error objects with a stable
-`data.kind`, and encoding responses and notifications. Methods live in `methods.py`.
+`data.kind`, and encoding responses and notifications. Methods live in `serve/methods.py`.
 """
 
 from __future__ import annotations

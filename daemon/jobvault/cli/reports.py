@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from jobvault import render
+from jobvault.cli import render
 from jobvault.errors import ExitCode, UsageError
 
 Call = Callable[[str, Any], Any]
@@ -148,8 +148,8 @@ def cmd_search(args: argparse.Namespace, call: Call, db: Path) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, call: Call, db: Path) -> int:
-    from jobvault import replay
-    from jobvault.store import queries
+    from jobvault.cli import replay_view
+    from jobvault.store import queries, replay
     from jobvault.store.db import open_reader
 
     conn = open_reader(db)
@@ -164,7 +164,7 @@ def cmd_replay(args: argparse.Namespace, call: Call, db: Path) -> int:
     console = render.console
     if not args.no_pager and sys.stdout.isatty() and len(result["events"]) > console.height:
         with console.pager(styles=True):
-            replay.render(result, console, job=job)
+            replay_view.render(result, console, job=job)
     else:
-        replay.render(result, console, job=job)
+        replay_view.render(result, console, job=job)
     return ExitCode.OK

@@ -33,8 +33,8 @@ import structlog
 
 from jobvault import __version__
 from jobvault.errors import LockedError
-from jobvault.methods import Limits, read_methods, run_read
-from jobvault.protocol import (
+from jobvault.serve.methods import Limits, read_methods, run_read
+from jobvault.serve.protocol import (
     DROPPED,
     INTERNAL_ERROR,
     METHOD_NOT_FOUND,

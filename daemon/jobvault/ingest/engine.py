@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from jobvault.config import Config
-from jobvault.engine_base import (
+from jobvault.ingest.engine_base import (
     CHUNK_MAX,
     MAX_WRITE_INTERVAL,
     TAIL_CHECK,
@@ -32,12 +32,12 @@ from jobvault.engine_base import (
     Tracked,
     log,
 )
-from jobvault.sessions import Sessions
+from jobvault.ingest.sessions import Sessions
+from jobvault.ingest.tail import Segment, fingerprint, fingerprint_len, read_lines, read_tail
+from jobvault.ingest.tracking import FileTracking
 from jobvault.sources import Adapter, LineContext
 from jobvault.store.archive import FileRow
 from jobvault.store.writer import BadLine, Batch, Chunk, Store
-from jobvault.tail import Segment, fingerprint, fingerprint_len, read_lines, read_tail
-from jobvault.tracking import FileTracking
 
 __all__ = ["Engine", "Job", "Stats", "Tracked"]
 

@@ -1,0 +1,1 @@
+"""The daemon's lifecycle (start-up, schedule, signals, shutdown), systemd and launchd."""
