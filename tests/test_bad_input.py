@@ -127,3 +127,33 @@ def test_logs_never_carry_prompt_or_tool_text(
     err = capsys.readouterr().err
     assert "bad_line" in err and "file_tracked" in err  # it did log, in detail
     assert secret not in err
+
+
+def test_token_counts_out_of_range_are_bad_values_not_crashes(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A count past SQLite's 64 bits (or two summing past it) is a counted bad value; the
+    rest of the session, and `rebuild`, go on."""
+    from tests.helpers import assistant
+
+    project = tmp_path / "p"
+    project.mkdir()
+    lines = [
+        dumps(user("hello", 0)),
+        dumps(assistant("msg_huge", 1, inp=18446744073709551615, out=7)),
+        dumps(assistant("msg_half1", 2, inp=2**62, out=5)),
+        dumps(assistant("msg_half2", 3, inp=2**62, out=5)),
+        dumps(assistant("msg_neg", 4, inp=-5, out=3)),
+        dumps(assistant("msg_ok", 5, inp=11, out=13)),
+    ]
+    (project / f"{SESSION}.jsonl").write_bytes(b"".join(lines))
+    summary = run_json(capsys, "import", str(project), "--db", str(db), "--no-progress")
+    assert summary["bad_lines"] == 4
+    reasons = [reason for _name, _off, reason in _bad_lines(db)]
+    assert all(r.startswith("bad value: input_tokens") for r in reasons), reasons
+    job = run_json(capsys, "show", SESSION, "--db", str(db))
+    # The bad values count 0; everything else on those lines is used.
+    assert job["input_tokens"] == 11
+    assert job["output_tokens"] == 7 + 5 + 5 + 3 + 13
+    assert run_json(capsys, "rebuild", "--db", str(db), "--no-progress")["jobs"] == 1
+    assert run_json(capsys, "show", SESSION, "--db", str(db))["input_tokens"] == 11

@@ -18,6 +18,37 @@ Status = Literal["active", "completed", "interrupted", "error"]
 STATUSES: tuple[Status, ...] = ("active", "completed", "interrupted", "error")
 PREVIEW_CHARS = 500
 SEARCH_TEXT_CHARS = 32 * 1024  # message text indexed for full-text search, per job
+# A token count above this is no real one (a million times a long session's): a corrupt or
+# hostile line. It is counted as a bad value, never stored, so no sum can overflow SQLite.
+MAX_COUNT = 10**12
+
+
+def count(value: Any, name: str, bad: list[str]) -> int:
+    """A token count taken from a line: a non-negative integer up to MAX_COUNT, else 0.
+
+    Missing values, bools, floats and strings count 0 as before; an integer outside
+    0..MAX_COUNT is also noted in `bad`, which the adapter returns from `feed` so the engine
+    counts the line as a bad value (the line stays archived; its other fields are used).
+    """
+    if value.__class__ is not int:
+        return 0
+    if 0 <= value <= MAX_COUNT:
+        return int(value)
+    bad.append(f"bad value: {name} = {str(value)[:24]} is outside 0..{MAX_COUNT}")
+    return 0
+
+
+MAX_COST = 1e6  # dollars for one message: anything above is no real cost
+
+
+def money(value: Any, name: str, bad: list[str]) -> float | None:
+    """A cost in dollars taken from a line (None when absent); out of range is a bad value."""
+    if value is None or value.__class__ not in (int, float):
+        return None
+    if 0 <= value <= MAX_COST:  # (NaN fails both comparisons)
+        return float(value)
+    bad.append(f"bad value: {name} = {str(value)[:24]} is outside 0..{MAX_COST:g}")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -418,7 +418,9 @@ class Engine(FileTracking, Sessions):
                 job.finalized = False
                 touched.add(job.key)
             if job.acc is not None:
-                job.acc.feed(obj, ctx, offset)
+                bad_value = job.acc.feed(obj, ctx, offset)
+                if bad_value is not None and problem is None:
+                    self._bad(batch, tracked, offset, len(line), bad_value)
         if job is not None:
             job.last_activity = time.monotonic()
         row.line_count += count

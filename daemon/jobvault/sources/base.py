@@ -47,7 +47,13 @@ class Accumulator(Protocol):
         """Is the per-message state in a scratch file (a very long session)?"""
         ...
 
-    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None: ...
+    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> str | None:
+        """Take one parsed line; return a description of a bad value in it, if any.
+
+        A bad value (a token count out of range, say) is not used; the engine counts the line
+        in `bad_lines` with that reason. Every other field of the line is still read.
+        """
+        ...
 
     def build(
         self,

@@ -35,7 +35,9 @@ from jobvault.records import (
     TextSample,
     UsageCandidate,
     UsageRow,
+    count,
     duration_ms,
+    money,
     preview,
 )
 from jobvault.sources import spill
@@ -147,10 +149,6 @@ def _text_of(content: Any, limit: int | None = None) -> str:
     return ""
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _is_command_wrapper(text: str) -> bool:
     """A prompt that only wraps a slash command or local command output is not a real prompt."""
     stripped = text.strip()
@@ -219,7 +217,7 @@ class ClaudeJob:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None:
+    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> str | None:
         kind = obj.get("type")
         ts = obj.get("timestamp")
         ts = ts if isinstance(ts, str) else ""
@@ -266,8 +264,9 @@ class ClaudeJob:
         elif sidechain and obj.get("parentUuid") is None and kind == "user":
             self.sidechain_roots += 1
 
+        problem = None
         if kind == "assistant":
-            self._assistant(obj, order, sidechain, agent_id, ctx.path)
+            problem = self._assistant(obj, order, sidechain, agent_id, ctx.path)
         elif kind == "user":
             self._user(obj, order, sidechain, agent_id)
         elif kind == "summary":
@@ -288,13 +287,15 @@ class ClaudeJob:
                 self.last_event.offer(order, "error")
         if self._spill.offers > spill.SPILL_AFTER:
             self._spill.check(self._maps())
+        return problem
 
     def _assistant(
         self, obj: dict[str, Any], order: Order, sidechain: bool, agent_id: str | None, path: str
-    ) -> None:
+    ) -> str | None:
+        """Read an assistant line; return its bad values, if any."""
         message = obj.get("message")
         if not isinstance(message, dict):
-            return
+            return None
         msg_id = message.get("id")
         model = message.get("model")
         model = sys.intern(model) if isinstance(model, str) else ""  # one copy, not one per line
@@ -320,18 +321,20 @@ class ClaudeJob:
             self.last_event.offer(order, "error" if api_error else "ok")
         usage = message.get("usage")
         if not isinstance(usage, dict) or model == SYNTHETIC_MODEL:
-            return
+            return None
+        bad: list[str] = []
         cache_creation = usage.get("cache_creation")
         if isinstance(cache_creation, dict):
             # As ccusage: the split, when present, replaces cache_creation_input_tokens.
-            c1h = _int(cache_creation.get("ephemeral_1h_input_tokens"))
-            c5m = _int(cache_creation.get("ephemeral_5m_input_tokens"))
+            c1h = count(cache_creation.get("ephemeral_1h_input_tokens"), "ephemeral_1h", bad)
+            c5m = count(cache_creation.get("ephemeral_5m_input_tokens"), "ephemeral_5m", bad)
         else:
-            c1h, c5m = 0, _int(usage.get("cache_creation_input_tokens"))
-        inp = _int(usage.get("input_tokens"))
-        out = _int(usage.get("output_tokens"))
-        read = _int(usage.get("cache_read_input_tokens"))
-        cost_usd = obj.get("costUSD")
+            c1h = 0
+            c5m = count(usage.get("cache_creation_input_tokens"), "cache_creation", bad)
+        inp = count(usage.get("input_tokens"), "input_tokens", bad)
+        out = count(usage.get("output_tokens"), "output_tokens", bad)
+        read = count(usage.get("cache_read_input_tokens"), "cache_read", bad)
+        cost_usd = money(obj.get("costUSD"), "costUSD", bad)
         entry = _Usage(
             order=order,
             path=path,
@@ -345,18 +348,18 @@ class ClaudeJob:
             cache_1h=c1h,
             cache_read=read,
             fast=usage.get("speed") == "fast",
-            cost_override=float(cost_usd)
-            if isinstance(cost_usd, int | float) and not isinstance(cost_usd, bool)
-            else None,
+            cost_override=cost_usd,
         )
         if not sidechain:
             self.context.offer(order, (model, inp + c5m + c1h + read))
+        problem = "; ".join(bad) if bad else None
         if not isinstance(msg_id, str):
             self.unkeyed_usage.offer(self._unkeyed_key(), entry)
-            return
+            return problem
         request_id = obj.get("requestId")
         key = f"{msg_id}:{request_id}" if isinstance(request_id, str) else msg_id
         self.usage.offer(key, entry)
+        return problem
 
     def _tool_use(self, block: dict[str, Any], order: Order, agent_id: str | None) -> None:
         name = block.get("name")

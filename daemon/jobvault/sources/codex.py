@@ -90,7 +90,7 @@ class CodexJob:
         self.previews = Previews()  # every file's tool-call previews
         self._spill = spill.Spiller()
 
-    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> None:
+    def feed(self, obj: dict[str, Any], ctx: LineContext, offset: int) -> str | None:
         state = self.files.get(ctx.file_id)
         if state is None:
             state = self.files[ctx.file_id] = FileState(ctx.file_id, ctx.path, self.previews)
@@ -98,10 +98,11 @@ class CodexJob:
             self._spill.adopt(state.maps())
         state.path = ctx.path  # a rename keeps the file id; the latest name counts
         self._sample_text(obj, state, offset)
-        state.feed(obj, offset)
+        problem = state.feed(obj, offset)
         self._spill.offers += 1
         if self._spill.offers > spill.SPILL_AFTER:
             self._spill.check(m for state in self.files.values() for m in state.maps())
+        return problem
 
     def _sample_text(self, obj: dict[str, Any], state: FileState, offset: int) -> None:
         """Keep the prompts and agent messages for full-text search (not a fork's replay)."""

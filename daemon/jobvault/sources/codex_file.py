@@ -161,7 +161,8 @@ class FileState:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def feed(self, obj: dict[str, Any], offset: int) -> None:
+    def feed(self, obj: dict[str, Any], offset: int) -> str | None:
+        """Read one line of this file; return its bad values, if any."""
         kind = obj.get("type")
         payload = obj.get("payload")
         raw_ts = obj.get("timestamp")
@@ -171,19 +172,21 @@ class FileState:
             sub = payload.get("type") if kind in ("response_item", "event_msg") else None
             if not self._known(kind, sub):
                 self.skipped[f"{kind}/{sub}" if sub is not None else kind] += 1
-                return
+                return None
             if kind == "session_meta":
                 self._session_meta(payload, ts)
-                return
-            if self._replayed(ts, kind, sub, payload):
-                return
+                return None
+            bad: list[str] = []
+            if self._replayed(ts, kind, sub, payload, bad):
+                return "; ".join(bad) if bad else None
             self._seen(ts)
             if kind == "turn_context":
                 self._turn_context(payload, order)
             elif kind == "response_item":
                 self._response(payload, order)
             elif kind == "event_msg":
-                self._event(payload, order)
+                self._event(payload, order, bad)
+            return "; ".join(bad) if bad else None
         elif "record_type" in obj:
             self._seen(ts)  # legacy `{"record_type": "state"}` lines: nothing to read
         elif isinstance(kind, str) and kind in RESPONSE_KINDS:
@@ -193,6 +196,7 @@ class FileState:
             self._legacy_header(obj, raw_ts)
         else:
             self.skipped[kind if isinstance(kind, str) else "untyped"] += 1
+        return None
 
     @staticmethod
     def _known(kind: str, sub: Any) -> bool:
@@ -231,7 +235,9 @@ class FileState:
             self.replay_until = created[:19]  # to the second: replayed lines share it
         self._seen(ts)
 
-    def _replayed(self, ts: str, kind: str, sub: Any, payload: dict[str, Any]) -> bool:
+    def _replayed(
+        self, ts: str, kind: str, sub: Any, payload: dict[str, Any], bad: list[str]
+    ) -> bool:
         """Is this line part of a fork's copy of its parent's history?"""
         if self.replay_until is None:
             return False
@@ -242,7 +248,7 @@ class FileState:
             self.turn.model = as_str(payload.get("model")) or self.turn.model
         elif sub == "token_count":
             info = payload.get("info")
-            total = usage_of(info.get("total_token_usage")) if isinstance(info, dict) else None
+            total = usage_of(info.get("total_token_usage"), bad) if isinstance(info, dict) else None
             if total is not None and (self.prev is None or total.total > self.prev.total):
                 self.prev = total
                 self.after_replay = True
@@ -330,7 +336,7 @@ class FileState:
         self.results.put(call_id, result)
         return result
 
-    def _event(self, payload: dict[str, Any], order: Order) -> None:
+    def _event(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
         kind = payload.get("type")
         if kind == "user_message":
             text = payload.get("message")
@@ -370,13 +376,13 @@ class FileState:
                     absolute(p, self.cwd) for p in changed_paths(payload.get("changes"))
                 ]
         elif kind == "token_count":
-            self._token_count(payload, order)
+            self._token_count(payload, order, bad)
 
-    def _token_count(self, payload: dict[str, Any], order: Order) -> None:
+    def _token_count(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
         info = payload.get("info")
         if not isinstance(info, dict):
             return  # `info: null`: a rate-limit refresh only
-        total = usage_of(info.get("total_token_usage"))
+        total = usage_of(info.get("total_token_usage"), bad)
         if total is None:
             return
         prev, restarted = self.prev, self.after_replay and self.prev is not None
@@ -392,7 +398,7 @@ class FileState:
             self.prev = total
             self.entries += 1
             self.deltas.offer(f"{self.entries:012d}", Delta(order, self.turn.model or "", delta))
-        last = usage_of(info.get("last_token_usage"))
+        last = usage_of(info.get("last_token_usage"), bad)
         window = info.get("model_context_window")
         if last is not None:
             self.context = (order, window if isinstance(window, int) and window > 0 else None,

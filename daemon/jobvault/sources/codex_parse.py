@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from jobvault.records import count
+
 # The first user messages of a session are instructions Codex injects, not a prompt.
 BOILERPLATE_PREFIXES = (
     "# AGENTS.md instructions",
@@ -62,19 +64,23 @@ def as_str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def usage_of(value: Any) -> Usage | None:
-    """Read a `total_token_usage` / `last_token_usage` object; None when it is not one."""
+def usage_of(value: Any, bad: list[str]) -> Usage | None:
+    """Read a `total_token_usage` / `last_token_usage` object; None when it is not one.
+
+    Counts out of range (records.MAX_COUNT) are noted in `bad` and read as 0.
+    """
     if not isinstance(value, dict) or "input_tokens" not in value:
         return None
-    inp, out = as_int(value.get("input_tokens")), as_int(value.get("output_tokens"))
+    inp = count(value.get("input_tokens"), "input_tokens", bad)
+    out = count(value.get("output_tokens"), "output_tokens", bad)
     total = value.get("total_tokens")
     return Usage(
         inp,
-        min(as_int(value.get("cached_input_tokens")), inp),
+        min(count(value.get("cached_input_tokens"), "cached_input_tokens", bad), inp),
         out,
-        as_int(value.get("reasoning_output_tokens")),
+        count(value.get("reasoning_output_tokens"), "reasoning_output_tokens", bad),
         # Reasoning is part of output already, so it is not added again.
-        as_int(total) if isinstance(total, int) and not isinstance(total, bool) else inp + out,
+        count(total, "total_tokens", bad) if total.__class__ is int else inp + out,
     )
 
 

@@ -26,6 +26,15 @@ from jobvault.store.archive import FILE_COLUMNS, FileRow, file_row, iter_chunks
 from jobvault.store.db import BUSY_TIMEOUT_MS
 
 SETTLE_SLICE = 2000  # message keys settled per query
+SQL_INT = 2**63 - 1  # SQLite's integers are 64-bit
+
+
+def _ints(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Saturate integers to SQLite's range: a last guard, so a sum no check foresaw can never
+    raise OverflowError out of the writer (each value from a line is checked already)."""
+    if any(v.__class__ is int and not -SQL_INT <= v <= SQL_INT for v in values):
+        return tuple(max(-SQL_INT, min(SQL_INT, v)) if v.__class__ is int else v for v in values)
+    return values
 
 
 def _slices(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -319,7 +328,7 @@ class Store:
             "primary_tool, message_count, user_message_count, subagent_count, context_window, "
             "context_used_pct, source_path, machine_id, record, finalized_at, updated_at) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
+            _ints((
                 rec.id, rec.source, rec.session_id, rec.project, rec.cwd, rec.git_branch,
                 rec.version, rec.model, orjson.dumps(rec.models).decode(), rec.status,
                 rec.started_at, rec.ended_at, rec.duration_ms, rec.prompt, rec.summary,
@@ -329,7 +338,7 @@ class Store:
                 rec.user_message_count, rec.subagent_count, rec.context_window,
                 rec.context_used_pct, rec.source_path, rec.machine_id, record_json,
                 now if finalized else None, now,
-            ),
+            )),
         )  # fmt: skip
         self.conn.executemany(
             "INSERT INTO tool_calls (job_id, seq, tool_use_id, name, agent_id, is_error, "
@@ -346,9 +355,9 @@ class Store:
             "cache_creation_tokens, cache_read_tokens, cost_usd) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [
-                (rec.id, s.agent_id, s.agent_type, s.description, s.layout, s.started_at,
+                _ints((rec.id, s.agent_id, s.agent_type, s.description, s.layout, s.started_at,
                  s.ended_at, s.message_count, s.tool_call_count, s.input_tokens,
-                 s.output_tokens, s.cache_creation_tokens, s.cache_read_tokens, s.cost_usd)
+                 s.output_tokens, s.cache_creation_tokens, s.cache_read_tokens, s.cost_usd))
                 for s in detail.subagents
             ],
         )  # fmt: skip
@@ -361,9 +370,9 @@ class Store:
             "cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd, first_at, "
             "last_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [
-                (rec.id, u.hour, u.model, u.messages, u.input_tokens, u.output_tokens,
+                _ints((rec.id, u.hour, u.model, u.messages, u.input_tokens, u.output_tokens,
                  u.cache_creation_tokens, u.cache_read_tokens, u.reasoning_tokens, u.cost_usd,
-                 u.first_at, u.last_at)
+                 u.first_at, u.last_at))
                 for u in detail.usage
             ],
         )  # fmt: skip
