@@ -132,3 +132,30 @@ def test_nested_writes_commit_or_roll_back_as_one(tmp_path: Path) -> None:
     assert not store.conn.in_transaction
     assert store.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 2
     store.close()
+
+
+def test_usage_keys_hold_what_each_message_copy_counts(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`usage_keys` is the per-message usage of every job: its counted copies add up to the
+    job's totals (what a team vault dedups across machines with)."""
+    from tests.helpers import SESSION, run_json, session_lines
+
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / f"{SESSION}.jsonl").write_bytes(b"".join(session_lines(6)))
+    run_json(capsys, "import", str(project), "--db", str(db), "--no-progress")
+    job = run_json(capsys, "show", SESSION, "--db", str(db))
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute(
+            "SELECT COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd), "
+            "MIN(model), MIN(at) FROM usage_keys WHERE session_id = ?",
+            (SESSION,),
+        ).fetchone()
+    finally:
+        conn.close()
+    assert row[0] == 6
+    assert (row[1], row[2]) == (job["input_tokens"], job["output_tokens"])
+    assert row[3] == pytest.approx(job["cost_usd"], abs=1e-6)
+    assert row[4] == "claude-sonnet-4-20250514" and row[5].startswith("2025-10-01T")

@@ -117,6 +117,15 @@ class UsageCandidate:
     total: int
     path: str
     offset: int
+    # What the copy counts (stored per message in `usage_keys`, so a team vault can count a
+    # message present on several machines once, by the same rule).
+    at: str = ""  # the line's timestamp
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

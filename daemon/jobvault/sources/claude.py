@@ -468,7 +468,11 @@ class ClaudeJob:
     def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
         """The best copy of each deduplicated message, in key order, to settle duplicates."""
         for key, u in self.usage.sorted_items():
-            yield key, UsageCandidate(u.sidechain, u.total, u.path, u.order[2])
+            cost, _priced = _message_cost(u)
+            yield key, UsageCandidate(
+                u.sidechain, u.total, u.path, u.order[2], u.order[0], u.model, u.input,
+                u.output, u.cache_5m + u.cache_1h, u.cache_read, round(cost, 9),
+            )  # fmt: skip
 
     def _counted_usage(self) -> Iterator[_Usage]:
         excluded = self.excluded_keys
@@ -496,17 +500,9 @@ class ClaudeJob:
         model_messages: Counter[str] = Counter()
         unpriced: set[str] = set()
         for u in self._counted_usage():
-            price = pricing.lookup(u.model)
-            if u.cost_override is not None:
-                msg_cost = u.cost_override
-            elif price is None:
-                msg_cost = 0.0
-                if u.model:
-                    unpriced.add(u.model)
-            else:
-                msg_cost = pricing.message_cost(
-                    price, u.input, u.output, u.cache_5m, u.cache_1h, u.cache_read, u.fast
-                )
+            msg_cost, priced = _message_cost(u)
+            if not priced and u.model:
+                unpriced.add(u.model)
             write = u.cache_5m + u.cache_1h
             totals[0] += u.input
             totals[1] += u.output
@@ -714,6 +710,18 @@ class ClaudeJob:
                 )
             )
         return out
+
+
+def _message_cost(u: _Usage) -> tuple[float, bool]:
+    """One message's cost, and whether it was priced (an unknown model costs 0)."""
+    if u.cost_override is not None:
+        return u.cost_override, True
+    price = pricing.lookup(u.model)
+    if price is None:
+        return 0.0, False
+    return pricing.message_cost(
+        price, u.input, u.output, u.cache_5m, u.cache_1h, u.cache_read, u.fast
+    ), True
 
 
 def _order(entry: _Usage | _ToolUse | _ToolResult) -> Order:

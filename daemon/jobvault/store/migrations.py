@@ -295,7 +295,37 @@ def m003_list_order_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_analytics, m003_list_order_indexes]
+def m004_message_usage(conn: sqlite3.Connection) -> None:
+    """Keep what each message copy counts, and index file rows by their path under a root.
+
+    * `usage_keys` gains the copy's time, model, tokens by kind and cost, so the table is the
+      per-message usage of every job (a team vault counts a message present on several
+      machines once with it, by the same best-copy rule). Existing rows keep empty values
+      until the next `jobvault rebuild` or the job's next write.
+    * `files (root, rel_path, generation)`: the next generation of a path was found by a
+      scan of `files` for every new file, which made an import quadratic in its files.
+    """
+    run_script(
+        conn,
+        """
+        ALTER TABLE usage_keys ADD COLUMN at TEXT NOT NULL DEFAULT '';
+        ALTER TABLE usage_keys ADD COLUMN model TEXT NOT NULL DEFAULT '';
+        ALTER TABLE usage_keys ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE usage_keys ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE usage_keys ADD COLUMN cache_creation_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE usage_keys ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE usage_keys ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+        CREATE INDEX files_root_rel ON files (root, rel_path, generation);
+        """,
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    m001_initial,
+    m002_analytics,
+    m003_list_order_indexes,
+    m004_message_usage,
+]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

@@ -39,7 +39,8 @@ DESCRIPTIONS = {
     "usage report. `first_at` / `last_at` are the hour's first and last counted message "
     "(billing blocks need them; NULL in rows written before `m002_analytics` until a rebuild).",
     "usage_keys": "The best copy of each deduplicated message per job; a message repeated in "
-    "several jobs counts only in the job holding its best copy.",
+    "several jobs counts only in the job holding its best copy. Each row also holds what that "
+    "copy counts (time, model, tokens by kind, cost): the per-message usage of every job.",
     "daily_metrics": "Usage per UTC day, source and model, kept up to date incrementally as "
     "job records are written.",
     "search_docs": "A stable integer id per job: the rowid of its full-text document. The "

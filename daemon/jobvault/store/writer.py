@@ -48,6 +48,20 @@ def _slices(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+USAGE_KEY_COLUMNS = (
+    "sidechain, total, path, offset, at, model, input_tokens, output_tokens, "
+    "cache_creation_tokens, cache_read_tokens, cost_usd"
+)
+
+
+def _key_row(c: UsageCandidate) -> tuple[Any, ...]:
+    """A message copy as its `usage_keys` columns (the order of USAGE_KEY_COLUMNS)."""
+    return _ints((
+        int(c.sidechain), c.total, c.path, c.offset, c.at, c.model, c.input_tokens,
+        c.output_tokens, c.cache_creation_tokens, c.cache_read_tokens, c.cost_usd,
+    ))  # fmt: skip
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -443,11 +457,11 @@ class Store:
             low: str | None = None  # the slices cover (low, high] in key order
             for part in _slices(candidates, SETTLE_SLICE):
                 high = part[-1][0]
-                new = {k: (int(c.sidechain), c.total, c.path, c.offset) for k, c in part}
+                new = {k: _key_row(c) for k, c in part}
                 old = {
-                    r[0]: (r[1], r[2], r[3], r[4])
+                    r[0]: tuple(r[1:])
                     for r in self.conn.execute(
-                        "SELECT key, sidechain, total, path, offset FROM usage_keys "
+                        f"SELECT key, {USAGE_KEY_COLUMNS} FROM usage_keys "
                         "WHERE session_id = ?1 AND (?2 IS NULL OR key > ?2) AND key <= ?3",
                         (session, low, high),
                     )
@@ -488,7 +502,7 @@ class Store:
         session: str,
         removed: list[str],
         changed: list[str],
-        new: dict[str, tuple[int, int, str, int]],
+        new: dict[str, tuple[Any, ...]],
         affected: set[str],
     ) -> None:
         self.conn.executemany(
@@ -496,8 +510,8 @@ class Store:
             [(k, session) for k in removed],
         )
         self.conn.executemany(
-            "INSERT OR REPLACE INTO usage_keys "
-            "(key, session_id, sidechain, total, path, offset) VALUES (?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO usage_keys (key, session_id, {USAGE_KEY_COLUMNS}) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [(k, session, *new[k]) for k in changed],
         )
         touched = removed + changed
