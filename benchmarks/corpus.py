@@ -10,6 +10,16 @@ size with a few multi-MB lines, sessions have subagents in the current
 `<session>/subagents/agent-<id>.jsonl` layout (some in the flat v2.0 layout), and Codex
 rollouts repeat every token_count event with an unchanged total. `--big-mb N` adds one
 N-MB session (DIR/big/projects/…) for the peak-RSS measure.
+
+    python -m benchmarks.corpus DIR --ordinary 3000 [--seed 7]
+
+writes instead a history of N *ordinary* sessions (DIR/claude/projects/…), the shape of a
+real user's months: a median session of ~50 lines (lines of ~1.5 KB), every 100th session
+with one 2 MB tool output, and 3 % of sessions resumed from an earlier one (their file
+starts with a copy of its messages under the new session id, as `claude --resume` writes
+it), so duplicates across sessions are counted as ccusage counts them. 3,000 sessions make
+about 260 MB and 170,000 lines. The cost of an import follows the number of sessions as
+much as the bytes, so this is the history the targets are measured on.
 """
 
 from __future__ import annotations
@@ -528,6 +538,82 @@ def write_big_session(out: Path, mb: float, seed: int = 11) -> int:
         return session.written
 
 
+class OrdinarySession(ClaudeSession):
+    """A session of a given number of lines, with tool outputs of everyday size."""
+
+    def __init__(self, *args: Any, big_output: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lines = 0
+        self.big_output = big_output
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        super().emit(obj)
+        self.lines += 1
+
+    def result(self, tool: str, tool_id: str) -> None:
+        if self.big_output:  # once: the 2 MB output of every 100th session
+            self.big_output = False
+            size = 2 * 1024 * 1024
+        else:
+            size = min(int(self.rng.lognormvariate(6.0, 1.0)), 64 * 1024)
+        line = self._env("user")
+        block = {"tool_use_id": tool_id, "type": "tool_result", "content": self.text.take(size)}
+        if self.rng.random() < 0.05:
+            block["is_error"] = True
+        line["message"] = {"role": "user", "content": [block]}
+        self.emit(line)
+
+    def run(self, target_lines: int) -> None:
+        """Prompt → (response → result)* turns until about `target_lines` lines."""
+        while self.lines < target_lines:
+            self.prompt()
+            for _ in range(self.rng.randint(1, 8)):
+                tool = self.rng.choices(TOOLS[:6], TOOL_WEIGHTS[:6])[0]
+                tool_id = self.response(tool)
+                assert tool_id is not None
+                self.result(tool, tool_id)
+                self.extras()
+                if self.lines >= target_lines:
+                    break
+            self.response(None)
+
+
+def ordinary_history(out: Path, sessions: int, seed: int = 7) -> dict[str, int]:
+    """Write `sessions` ordinary Claude Code sessions under out/claude/projects."""
+    rng = random.Random(seed)
+    text = Text(rng)
+    root = out / "claude" / "projects"
+    written = lines = resumed = 0
+    recent: list[tuple[Path, str]] = []  # (main file, project) of the last sessions
+    for n in range(sessions):
+        project = f"-home-dev-proj{rng.randint(0, 39)}"
+        folder = root / project
+        folder.mkdir(parents=True, exist_ok=True)
+        session_id = _uid(rng)
+        path = folder / f"{session_id}.jsonl"
+        clock = Clock(1_756_684_800_000 + n * 2_400_000 + rng.randint(0, 1_800_000))
+        with path.open("wb") as fh:
+            if recent and rng.random() < 0.03:
+                # `claude --resume`: the new file starts with the old session's messages.
+                old = rng.choice(recent)[0]
+                for raw in old.read_bytes().splitlines()[: rng.randint(4, 40)]:
+                    obj = orjson.loads(raw)
+                    if "sessionId" in obj:
+                        obj["sessionId"] = session_id
+                    written += _write(fh, obj)
+                    lines += 1
+                resumed += 1
+            session = OrdinarySession(
+                rng, text, fh, session_id, "/" + project[1:].replace("-", "/"), clock,
+                big_output=n % 100 == 99,
+            )  # fmt: skip
+            session.run(max(4, min(int(rng.lognormvariate(3.85, 0.5)), 800)))
+            written += session.written
+            lines += session.lines
+        recent = [*recent[-49:], (path, project)]
+    return {"sessions": sessions, "resumed": resumed, "bytes": written, "lines": lines}
+
+
 def iter_jsonl(root: Path) -> Iterator[Path]:
     """Every transcript under `root`, in a stable order."""
     yield from sorted(root.rglob("*.jsonl"))
@@ -539,7 +625,12 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=250.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--big-mb", type=float, default=0.0)
+    parser.add_argument("--ordinary", type=int, default=0, metavar="N",
+                        help="write N ordinary sessions instead (see above)")  # fmt: skip
     args = parser.parse_args()
+    if args.ordinary:
+        print(ordinary_history(args.dir, args.ordinary, args.seed))
+        return
     print(generate(args.dir, args.mb, args.seed))
     if args.big_mb:
         print({"big_bytes": write_big_session(args.dir / "big", args.big_mb)})

@@ -153,7 +153,7 @@ async def test_database_is_private(tmp_path: Path) -> None:
 def test_record_rewrites_are_paced_by_their_build_time(tmp_path: Path, db: Path) -> None:
     """A record is rewritten about every ten times its build time, between 0.1 and 60 s."""
     from jobvault.ingest.engine import Engine
-    from jobvault.ingest.engine_base import Job
+    from jobvault.ingest.book import Job
     from jobvault.sources.claude import ClaudeAdapter
     from jobvault.store.db import open_writer
     from jobvault.store.writer import Store
@@ -164,7 +164,7 @@ def test_record_rewrites_are_paced_by_their_build_time(tmp_path: Path, db: Path)
     paces = {}
     for cost in (0.0005, 0.05, 1.5, 30.0):
         job.build_cost = cost
-        paces[cost] = engine._interval(job)
+        paces[cost] = engine.book.interval(job)
     assert paces == {0.0005: 0.1, 0.05: 0.5, 1.5: 15.0, 30.0: 60.0}
     engine.close()
     store.close()

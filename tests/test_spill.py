@@ -253,10 +253,10 @@ def test_status_counts_the_spilled_sessions(
 def test_import_holds_few_sessions_whatever_their_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`import` finalizes sessions after every IMPORT_GROUP_BYTES of transcripts read, so many
-    large sessions are never all in memory at once (64 of 8 MB each peaked at 158 MB before)."""
+    """`import` commits and finalizes sessions after every IMPORT_GROUP_BYTES of transcripts
+    read, so many large sessions are never all in memory at once (64 of 8 MB each peaked at
+    158 MB before)."""
     from jobvault.ingest import engine as engine_mod
-    from jobvault.ingest.sessions import Sessions
 
     root = tmp_path / "projects" / "-p"
     root.mkdir(parents=True)
@@ -267,16 +267,16 @@ def test_import_holds_few_sessions_whatever_their_size(
         sizes.append(path.stat().st_size)
     monkeypatch.setattr(engine_mod, "IMPORT_GROUP_BYTES", 2 * max(sizes))
     held: list[int] = []
-    finalize_many = Sessions.finalize_many
+    commit = engine_mod.Engine._commit
 
-    def counting(self: Any, keys: Any) -> None:
+    def counting(self: Any, rnd: Any) -> None:
         held.append(sum(1 for job in self.jobs.values() if job.acc is not None))
-        finalize_many(self, keys)
+        commit(self, rnd)
 
-    monkeypatch.setattr(Sessions, "finalize_many", counting)
+    monkeypatch.setattr(engine_mod.Engine, "_commit", counting)
     db = tmp_path / "vault" / "jobvault.db"
     assert main(["import", str(tmp_path / "projects"), "--db", str(db), "--no-progress"]) == 0
-    assert held and max(held) <= 2, held
+    assert held and max(held) <= 3, held
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 12
     conn.close()

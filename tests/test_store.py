@@ -96,11 +96,13 @@ def test_every_table_is_described() -> None:
 def _file(store: Store, name: str) -> int:
     from jobvault.store.archive import FileRow
 
+    file_id = store.max_file_id() + 1
     row = FileRow(
-        0, "claude", f"/x/{name}", "/x", name, 0, 1, 2, 0, None, 0, 0, 0,
+        file_id, "claude", f"/x/{name}", "/x", name, 0, 1, 2, 0, None, 0, 0, 0,
         False, False, "active", None, "main", None, 0, 0, 0,
     )  # fmt: skip
-    return store.insert_file(row)
+    store.commit(Batch(new_files=[row]))  # joins an open transaction
+    return file_id
 
 
 def test_chunks_compressed_on_the_packer_thread_round_trip(tmp_path: Path) -> None:
@@ -122,7 +124,7 @@ def test_chunks_compressed_on_the_packer_thread_round_trip(tmp_path: Path) -> No
 def test_nested_writes_commit_or_roll_back_as_one(tmp_path: Path) -> None:
     store = Store(open_writer(tmp_path / "jv.db"))
     with pytest.raises(StoreError), store.transaction():
-        _file(store, "kept-only-if-all-commit.jsonl")  # its own transaction joins the outer one
+        _file(store, "kept-only-if-all-commit.jsonl")  # its own commit joins the outer one
         store.conn.execute("INSERT INTO files (id) VALUES (NULL)")  # NOT NULL columns: refused
     assert store.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
     with store.transaction():

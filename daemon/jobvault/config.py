@@ -35,6 +35,9 @@ class Config:
     compression_level: int = 3
     max_open_files: int = 512
     watch_events: bool = True
+    # Symlinks inside the watched roots are not followed unless asked (a root that is itself
+    # a symlink is fine): a link to /etc/shadow or /dev/zero is never read.
+    follow_symlinks: bool = False
     synchronous: Synchronous = "FULL"
     log_level: LogLevel = "info"
     socket: Path = field(default_factory=paths.default_socket_path)
@@ -131,6 +134,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "compression_level": lambda k, v: _as_int(k, v, 1),
     "max_open_files": lambda k, v: _as_int(k, v, 8),
     "watch_events": _as_bool,
+    "follow_symlinks": _as_bool,
     "synchronous": lambda k, v: _as_choice(k, v, ("NORMAL", "FULL"), upper=True),
     "log_level": lambda k, v: _as_choice(k, v, LOG_LEVELS),
     "socket": lambda k, v: _as_socket(k, v),

@@ -43,12 +43,16 @@ class FileRow:
     line_count: int
     bad_lines: int
     lost_bytes: int
+    # "zstd": a compressed rollout (`.jsonl.zst`); offsets count its decompressed bytes, and
+    # `disk_size` is the compressed file's size when it was last read to its end.
+    codec: str = "plain"
+    disk_size: int = 0
 
 
 FILE_COLUMNS = (
     "id, source, path, root, rel_path, generation, dev, ino, fp_len, fp_hash, offset, size, "
     "mtime_ns, in_long_line, partial_tail, state, job_key, role, agent_id, line_count, "
-    "bad_lines, lost_bytes"
+    "bad_lines, lost_bytes, codec, disk_size"
 )
 
 

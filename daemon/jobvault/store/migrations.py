@@ -320,11 +320,43 @@ def m004_message_usage(conn: sqlite3.Connection) -> None:
     )
 
 
+def m009_ingest_v2(conn: sqlite3.Connection) -> None:
+    """What the composed ingest pipeline records beyond offsets.
+
+    * `files.codec` / `files.disk_size`: a `.jsonl.zst` rollout (Codex compresses idle ones)
+      is read by streaming decompression; its offsets count decompressed bytes, so a plain
+      rollout and its compressed successor are one file, archived once.
+    * `faults`: a file or a session that raised an unexpected error is quarantined: counted
+      in `status`, logged once, skipped until it changes (a file) or until `jobvault rebuild`
+      (a session), so one bad input can never stop everything else, also across restarts.
+    """
+    run_script(
+        conn,
+        """
+        ALTER TABLE files ADD COLUMN codec TEXT NOT NULL DEFAULT 'plain'
+            CHECK (codec IN ('plain', 'zstd'));
+        ALTER TABLE files ADD COLUMN disk_size INTEGER NOT NULL DEFAULT 0;
+        UPDATE files SET disk_size = size;
+        CREATE TABLE faults (
+            kind     TEXT    NOT NULL CHECK (kind IN ('file', 'session')),
+            key      TEXT    NOT NULL,
+            reason   TEXT    NOT NULL,
+            detail   TEXT,
+            count    INTEGER NOT NULL DEFAULT 1,
+            first_at TEXT    NOT NULL,
+            last_at  TEXT    NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) STRICT;
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial,
     m002_analytics,
     m003_list_order_indexes,
     m004_message_usage,
+    m009_ingest_v2,
 ]
 
 

@@ -24,7 +24,12 @@ DESCRIPTIONS = {
     "_migrations": "Names of the applied migrations, each recorded in its own transaction.",
     "meta": "Key/value facts about this vault (`machine_id`, `created_at`).",
     "files": "One row per generation of a tracked transcript: identity (device, inode, "
-    "fingerprint of the first bytes), the committed offset, state, and the job it belongs to.",
+    "fingerprint of the first bytes), the committed offset, state, and the job it belongs to. "
+    "`codec` is `zstd` for a compressed Codex rollout (`.jsonl.zst`), whose offsets count "
+    "decompressed bytes.",
+    "faults": "Files and sessions quarantined after an unexpected error: skipped (a file until "
+    "it changes, a session until `jobvault rebuild`) so that nothing else stops; shown by "
+    "`status`.",
     "chunks": "The raw archive: every byte of every file, zstd-compressed, in order. "
     "Concatenating a file's chunks by offset restores it byte for byte.",
     "bad_lines": "Lines that could not be parsed (file, offset, length, reason); their bytes "

@@ -83,15 +83,35 @@ class BadLine:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class FaultRow:
+    """A file or session quarantined after an unexpected error (table `faults`)."""
+
+    kind: str  # "file" | "session"
+    key: str
+    reason: str
+    detail: str
+
+
 @dataclass(slots=True)
 class Batch:
+    """Everything one round writes, in one transaction: new file rows, file states and
+    offsets, the chunks those offsets cover, bad lines, faults, sessions gone stale."""
+
+    new_files: list[FileRow] = field(default_factory=list)
     chunks: list[Chunk] = field(default_factory=list)
     files: dict[int, FileRow] = field(default_factory=dict)
     bad_lines: list[BadLine] = field(default_factory=list)
-    jobs: list[tuple[JobDetail, bool]] = field(default_factory=list)  # (detail, finalized)
+    faults: list[FaultRow] = field(default_factory=list)
+    stale_jobs: set[str] = field(default_factory=set)  # gained bytes: not final any more
+    # Files whose archived unterminated tail was continued: its report is withdrawn.
+    continued_tails: list[int] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.chunks or self.files or self.bad_lines or self.jobs)
+        return not (
+            self.new_files or self.chunks or self.files or self.bad_lines or self.faults
+            or self.stale_jobs or self.continued_tails
+        )  # fmt: skip
 
     @property
     def raw_bytes(self) -> int:
@@ -162,25 +182,30 @@ class Store:
         ).fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
-    def insert_file(self, row: FileRow) -> int:
-        """Create a file row (its own small transaction; it covers no bytes yet)."""
-        now = now_iso()
-        with self._transaction():
-            cur = self.conn.execute(
-                "INSERT INTO files (source, path, root, rel_path, generation, dev, ino, fp_len, "
-                "fp_hash, offset, size, mtime_ns, in_long_line, partial_tail, state, job_key, "
-                "role, agent_id, line_count, bad_lines, lost_bytes, first_seen_at, updated_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    def max_file_id(self) -> int:
+        """The largest file id in use: the engine numbers new file rows itself, so a round's
+        new files, their chunks and offsets go in one transaction."""
+        row = self.conn.execute("SELECT MAX(id) FROM files").fetchone()
+        return int(row[0] or 0)
+
+    def _insert_files(self, rows: list[FileRow], now: str) -> None:
+        self.conn.executemany(
+            "INSERT INTO files (id, source, path, root, rel_path, generation, dev, ino, "
+            "fp_len, fp_hash, offset, size, mtime_ns, in_long_line, partial_tail, state, "
+            "job_key, role, agent_id, line_count, bad_lines, lost_bytes, codec, disk_size, "
+            "first_seen_at, updated_at) VALUES "
+            f"({','.join('?' * 26)})",
+            [
                 (
-                    row.source, row.path, row.root, row.rel_path, row.generation, row.dev,
-                    row.ino, row.fp_len, row.fp_hash, row.offset, row.size, row.mtime_ns,
-                    int(row.in_long_line), int(row.partial_tail), row.state, row.job_key,
-                    row.role, row.agent_id, row.line_count, row.bad_lines, row.lost_bytes,
-                    now, now,
-                ),
-            )  # fmt: skip
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+                    row.id, row.source, row.path, row.root, row.rel_path, row.generation,
+                    row.dev, row.ino, row.fp_len, row.fp_hash, row.offset, row.size,
+                    row.mtime_ns, int(row.in_long_line), int(row.partial_tail), row.state,
+                    row.job_key, row.role, row.agent_id, row.line_count, row.bad_lines,
+                    row.lost_bytes, row.codec, row.disk_size, now, now,
+                )
+                for row in rows
+            ],
+        )  # fmt: skip
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -232,19 +257,11 @@ class Store:
         """One write transaction around several writes (each then joins it)."""
         return Store._Tx(self.conn)
 
-    def write_file_path(self, file_id: int, path: str, state: str) -> None:
-        with self._transaction():
-            self.conn.execute(
-                "UPDATE files SET path = ?, state = ?, updated_at = ? WHERE id = ?",
-                (path, state, now_iso(), file_id),
-            )
-
-    def write_file_state(self, file_id: int, state: str) -> None:
-        with self._transaction():
-            self.conn.execute(
-                "UPDATE files SET state = ?, updated_at = ? WHERE id = ?",
-                (state, now_iso(), file_id),
-            )
+    def job_has_record_or_archive(self, job_key: str) -> bool:
+        if self.conn.execute("SELECT 1 FROM jobs WHERE session_id = ? LIMIT 1", (job_key,)
+                             ).fetchone():  # fmt: skip
+            return True
+        return self.job_has_archive(job_key)
 
     def job_has_archive(self, job_key: str) -> bool:
         row = self.conn.execute(
@@ -255,14 +272,32 @@ class Store:
         return row is not None
 
     def unfinalized_job_keys(self) -> list[str]:
-        """Sessions with archived bytes whose record is missing or not final."""
+        """Sessions whose record is missing or not final: with archived bytes and no final
+        record, or with a record left active (a crash, or every file of it superseded)."""
         rows = self.conn.execute(
-            "SELECT DISTINCT f.job_key FROM files f "
+            "SELECT f.job_key FROM files f "
             "LEFT JOIN jobs j ON j.session_id = f.job_key AND j.source = f.source "
             "WHERE f.job_key IS NOT NULL AND f.state IN ('active', 'deleted') AND f.offset > 0 "
-            "AND (j.id IS NULL OR j.finalized_at IS NULL) ORDER BY f.job_key"
+            "AND (j.id IS NULL OR j.finalized_at IS NULL) "
+            "UNION SELECT session_id FROM jobs WHERE finalized_at IS NULL ORDER BY 1"
         )
         return [r[0] for r in rows]
+
+    def quarantined_sessions(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT key FROM faults WHERE kind = 'session'")}
+
+    def clear_faults(self, kind: str) -> None:
+        with self._transaction():
+            self.conn.execute("DELETE FROM faults WHERE kind = ?", (kind,))
+
+    def delete_job(self, session: str) -> None:
+        """Remove a session's record (it has no current file left holding anything)."""
+        for (job_id,) in self.conn.execute(
+            "SELECT id FROM jobs WHERE session_id = ?", (session,)
+        ).fetchall():
+            self._retract_usage(job_id)
+            self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self.conn.execute("DELETE FROM usage_keys WHERE session_id = ?", (session,))
 
     def delete_orphan_jobs(self, keep: list[str]) -> None:
         """Delete job rows whose session no longer has any current file."""
@@ -273,12 +308,12 @@ class Store:
                     self._retract_usage(job_id)
                     self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def commit(self, batch: Batch, stale_jobs: set[str]) -> None:
-        """Write one batch atomically; on any error nothing of it is kept.
+    def write_batch(self, batch: Batch) -> None:
+        """Write a round's archive part atomically (joining an open transaction, if any).
 
-        `stale_jobs` (session ids) gained bytes in this batch: their records are marked not
-        final in the same transaction, so a crash before the record is rewritten is noticed
-        at the next start.
+        Sessions in `batch.stale_jobs` gained bytes: their records are marked not final in
+        the same transaction, so a crash before the record is rewritten is noticed at the
+        next start.
         """
         if batch.empty():
             return
@@ -292,42 +327,81 @@ class Store:
             else:
                 chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "raw", c.data))
         with self._transaction():
+            self._insert_files(batch.new_files, now)
             self.conn.executemany(
                 "INSERT INTO chunks (file_id, offset, length, line_count, codec, data) "
                 "VALUES (?,?,?,?,?,?)",
                 chunk_rows,
             )
             self.conn.executemany(
-                "UPDATE files SET path=?, offset=?, size=?, mtime_ns=?, in_long_line=?, "
-                "partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, line_count=?, "
-                "bad_lines=?, lost_bytes=?, updated_at=? WHERE id=?",
+                "UPDATE files SET path=?, dev=?, ino=?, offset=?, size=?, mtime_ns=?, "
+                "in_long_line=?, partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, "
+                "line_count=?, bad_lines=?, lost_bytes=?, codec=?, disk_size=?, updated_at=? "
+                "WHERE id=?",
                 [
                     (
-                        f.path, f.offset, f.size, f.mtime_ns, int(f.in_long_line),
+                        f.path, f.dev, f.ino, f.offset, f.size, f.mtime_ns, int(f.in_long_line),
                         int(f.partial_tail), f.state, f.job_key, f.fp_len, f.fp_hash,
-                        f.line_count, f.bad_lines, f.lost_bytes, now, f.id,
+                        f.line_count, f.bad_lines, f.lost_bytes, f.codec, f.disk_size, now,
+                        f.id,
                     )
                     for f in batch.files.values()
                 ],
             )  # fmt: skip
+            self.conn.executemany(
+                "DELETE FROM bad_lines WHERE file_id = ?1 AND reason LIKE 'unterminated%' "
+                "AND offset = (SELECT MAX(offset) FROM bad_lines WHERE file_id = ?1)",
+                [(file_id,) for file_id in batch.continued_tails],
+            )
             self.conn.executemany(
                 "INSERT OR IGNORE INTO bad_lines (file_id, offset, length, reason, detected_at)"
                 " VALUES (?,?,?,?,?)",
                 [(b.file_id, b.offset, b.length, b.reason, now) for b in batch.bad_lines],
             )
             self.conn.executemany(
+                "INSERT INTO faults (kind, key, reason, detail, first_at, last_at) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT (kind, key) DO UPDATE SET "
+                "reason = excluded.reason, detail = excluded.detail, "
+                "count = faults.count + 1, last_at = excluded.last_at",
+                [(f.kind, f.key, f.reason, f.detail, now, now) for f in batch.faults],
+            )
+            self.conn.executemany(
                 "UPDATE jobs SET finalized_at = NULL, status = 'active' "
                 "WHERE session_id = ? AND finalized_at IS NOT NULL",
-                [(key,) for key in sorted(stale_jobs)],
+                [(key,) for key in sorted(batch.stale_jobs)],
             )
-            for detail, finalized in batch.jobs:
-                self._write_job(detail, finalized, now)
 
-    def write_jobs(self, jobs: Iterable[tuple[JobDetail, bool]]) -> None:
+    def commit(self, batch: Batch, stale_jobs: set[str] | None = None) -> None:
+        """`write_batch` in a transaction of its own (tests and tools)."""
+        if stale_jobs:
+            batch.stale_jobs |= stale_jobs
+        with self._transaction():
+            self.write_batch(batch)
+
+    def write_jobs(
+        self, jobs: Iterable[tuple[JobDetail, bool]]
+    ) -> list[tuple[JobDetail, Exception]]:
+        """Write job records; return those the database refused, with the reason.
+
+        Each record is written under its own savepoint: a record the database cannot take
+        (a value out of its range, a constraint) is rolled back alone and reported, so one
+        session's data never stops the round; errors of the database itself (full, read-only,
+        locked) still abort the whole transaction.
+        """
         now = now_iso()
+        refused: list[tuple[JobDetail, Exception]] = []
         with self._transaction():
             for detail, finalized in jobs:
-                self._write_job(detail, finalized, now)
+                self.conn.execute("SAVEPOINT job")
+                try:
+                    self._write_job(detail, finalized, now)
+                except (sqlite3.OperationalError, sqlite3.InternalError):
+                    raise
+                except (sqlite3.Error, ValueError, OverflowError, TypeError) as exc:
+                    self.conn.execute("ROLLBACK TO job")
+                    refused.append((detail, exc))
+                self.conn.execute("RELEASE job")
+        return refused
 
     def _write_job(self, detail: JobDetail, finalized: bool, now: str) -> None:
         rec = detail.record
@@ -445,12 +519,13 @@ class Store:
 
     def settle_usage(
         self, session: str, candidates: Iterable[tuple[str, UsageCandidate]]
-    ) -> tuple[frozenset[str], set[str]]:
-        """Record a job's best message copies; return (keys it loses, other jobs affected).
+    ) -> set[str]:
+        """Record a job's best message copies; return the other jobs affected.
 
         `candidates` come in key order and are merged with the stored ones a slice at a
         time, so a session of any length is settled in bounded memory. Other jobs sharing a
-        key whose copy changed here must be recomputed: the winner of that key may have moved.
+        key whose copy changed here must be recomputed: the winner of that key may have
+        moved. Which keys a job loses is asked afterwards (`lost_keys`), for a whole round.
         """
         affected: set[str] = set()
         with self._transaction():
@@ -482,20 +557,32 @@ class Store:
                 if not gone:
                     break
                 self._settle_slice(session, gone, [], {}, affected)
-            lost = frozenset(
-                r[0]
-                for r in self.conn.execute(
-                    """
-                    SELECT u.key FROM usage_keys u WHERE u.session_id = ?1 AND EXISTS (
-                        SELECT 1 FROM usage_keys o
-                        WHERE o.key = u.key AND o.session_id != u.session_id
-                          AND (o.sidechain, -o.total, o.path, o.offset)
-                            < (u.sidechain, -u.total, u.path, u.offset))
-                    """,
-                    (session,),
-                )
-            )
-        return lost, affected
+        return affected
+
+    def lost_keys(self, sessions: Iterable[str]) -> dict[str, frozenset[str]]:
+        """For each session, the message keys another session holds a better copy of.
+
+        Asked once per round, after every session of the round has settled its copies, so
+        which copy counts never depends on the order sessions were read in.
+        """
+        keys = sorted(set(sessions))
+        lost: dict[str, set[str]] = {key: set() for key in keys}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for session, key in self.conn.execute(
+                f"""
+                SELECT u.session_id, u.key FROM usage_keys u
+                WHERE u.session_id IN ({marks}) AND EXISTS (
+                    SELECT 1 FROM usage_keys o
+                    WHERE o.key = u.key AND o.session_id != u.session_id
+                      AND (o.sidechain, -o.total, o.path, o.offset)
+                        < (u.sidechain, -u.total, u.path, u.offset))
+                """,
+                part,
+            ):
+                lost[session].add(key)
+        return {key: frozenset(value) for key, value in lost.items()}
 
     def _settle_slice(
         self,
