@@ -152,8 +152,8 @@ async def test_database_is_private(tmp_path: Path) -> None:
 
 def test_record_rewrites_are_paced_by_their_build_time(tmp_path: Path, db: Path) -> None:
     """A record is rewritten about every ten times its build time, between 0.1 and 60 s."""
-    from jobvault.ingest.engine import Engine
     from jobvault.ingest.book import Job
+    from jobvault.ingest.engine import Engine
     from jobvault.sources.claude import ClaudeAdapter
     from jobvault.store.db import open_writer
     from jobvault.store.writer import Store
