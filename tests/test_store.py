@@ -161,3 +161,27 @@ def test_usage_keys_hold_what_each_message_copy_counts(
     assert (row[1], row[2]) == (job["input_tokens"], job["output_tokens"])
     assert row[3] == pytest.approx(job["cost_usd"], abs=1e-6)
     assert row[4] == "claude-sonnet-4-20250514" and row[5].startswith("2025-10-01T")
+
+
+def test_search_index_keeps_its_documents_through_m010(tmp_path: Path) -> None:
+    """m010 rebuilds the full-text index without prefix indexes: documents survive, prefix
+    queries still match, and deleting a job still drops its document (the trigger)."""
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    steps = migrations.MIGRATIONS
+    upto = [m.__name__ for m in steps].index("m010_search_without_prefix_indexes")
+    migrations.migrate(conn, steps[:upto])
+    conn.execute(
+        "INSERT INTO jobs (id, source, session_id, status, record, updated_at) "
+        "VALUES ('claude:s', 'claude', 's', 'completed', '{}', 'now')"
+    )
+    conn.execute("INSERT INTO search_docs (id, job_id) VALUES (7, 'claude:s')")
+    conn.execute(
+        "INSERT INTO search_fts (rowid, title, prompt, summary, body) "
+        "VALUES (7, '', 'deploy the kubernetes cluster', '', '')"
+    )
+    migrations.migrate(conn)
+    hits = conn.execute("SELECT rowid FROM search_fts WHERE search_fts MATCH 'kubern*'")
+    assert [r[0] for r in hits] == [7]
+    conn.execute("DELETE FROM jobs WHERE id = 'claude:s'")
+    assert conn.execute("SELECT COUNT(*) FROM search_fts").fetchone()[0] == 0
+    conn.close()

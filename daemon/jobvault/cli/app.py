@@ -180,6 +180,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     with WriterLock(config.db):
         memory.limit_fragmentation()
         store = Store(open_writer(config.db, config.synchronous), config.compression_level)
+        store.bulk()
         engine = Engine(config, store, job_write_interval=math.inf)
         try:
             # Sessions archived by an interrupted earlier run get their records too.
@@ -200,7 +201,7 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
                 "bytes_archived": engine.stats.bytes_archived,
                 "lines": engine.stats.lines_archived,
                 "bad_lines": engine.stats.bad_lines,
-                "jobs": len(engine.jobs),
+                "jobs": len(engine.sessions_read),
                 "db": str(config.db),
             }
         finally:
@@ -388,6 +389,7 @@ def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
     with WriterLock(config.db):
         memory.limit_fragmentation()
         store = Store(open_writer(config.db, config.synchronous), config.compression_level)
+        store.bulk()
         engine = Engine(config, store)
         try:
             with render.Progress("rebuilding", 0, enabled=not args.no_progress) as progress:

@@ -41,7 +41,7 @@ class ArchiveView(Protocol):
 
     def iter_chunks(self, file_id: int) -> Iterator[tuple[int, bytes]]: ...
 
-    def job_has_archive(self, job_key: str) -> bool: ...
+    def archived_job_keys(self) -> set[str]: ...
 
 
 @dataclass(slots=True)
@@ -74,6 +74,9 @@ class SessionBook:
     write_interval: float = MAX_WRITE_INTERVAL
     jobs: dict[str, Job] = field(default_factory=dict)
     quarantined: set[str] = field(default_factory=set)
+    # Sessions with archived bytes: one met again starts from the archive, not empty. Read
+    # once from the database; the engine adds the sessions of every committed round.
+    archived: set[str] = field(default_factory=set)
     faults: list[Fault] = field(default_factory=list)  # new since the engine last took them
 
     # -- sessions --------------------------------------------------------------------------
@@ -83,7 +86,7 @@ class SessionBook:
         bytes (a restart, a resume) is rebuilt from the archive when next needed."""
         job = self.jobs.get(key)
         if job is None:
-            fresh = not self.archive.job_has_archive(key)
+            fresh = key not in self.archived
             job = Job(key, adapter, self._new(key, adapter) if fresh else None)
             self.jobs[key] = job
         return job

@@ -16,7 +16,6 @@ daemon from one worker thread, so there is exactly one writer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import threading
@@ -33,16 +32,9 @@ import structlog
 from jobvault.config import Config
 from jobvault.errors import StoreError
 from jobvault.ingest.book import MAX_WRITE_INTERVAL, Fault, Job, SessionBook
-from jobvault.ingest.reader import (
-    Segment,
-    Source,
-    fingerprint,
-    fingerprint_len,
-    read_lines,
-    read_tail,
-)
+from jobvault.ingest.reader import Source, fingerprint
+from jobvault.ingest.reading import read_file
 from jobvault.ingest.tracker import (
-    TAIL_CHECK,
     Action,
     Continue,
     Create,
@@ -60,9 +52,6 @@ from jobvault.store.writer import BadLine, Batch, Chunk, FaultRow, Store
 
 log = structlog.get_logger("jobvault.engine")
 
-CHUNK_MAX = 4 * 1024 * 1024
-TOO_LONG = "line longer than max_line_bytes"
-UNTERMINATED = "unterminated final line"
 IMPORT_GROUP_BYTES = 16 * 1024 * 1024  # transcripts read per transaction by `import`
 IMPORT_GROUP_FILES = 256
 
@@ -94,21 +83,6 @@ def _peek_job_key(path: str, adapter: Adapter, size: int = 64 * 1024) -> str | N
             if key is not None:
                 return key
     return None
-
-
-def _iter_segment_lines(segment: Segment) -> Iterator[tuple[int, memoryview]]:
-    """The lines of a segment, as views of its bytes (a long line is not copied)."""
-    data = segment.data
-    view = memoryview(data)
-    start = 0
-    while True:
-        newline = data.find(b"\n", start)
-        if newline < 0:
-            break
-        yield segment.start + start, view[start:newline]
-        start = newline + 1
-    if start < len(data):
-        yield segment.start + start, view[start:]
 
 
 @dataclass(slots=True)
@@ -162,6 +136,51 @@ class _Round:
     read: int = 0
 
 
+class _RoundSink:
+    """A file's reading in the engine: chunks and bad lines into the round, lines into the
+    session book (binding the file to the session its lines name, when its path did not)."""
+
+    def __init__(self, engine: Engine, rnd: _Round, w: _Work) -> None:
+        self.engine, self.rnd, self.w = engine, rnd, w
+        row, info = w.row, w.tracked.info
+        self.ctx = LineContext(row.id, info.role, info.agent_id, info.layout, info.project,
+                               row.path)  # fmt: skip
+        self.job: Job | None = None  # made at the first line (an empty file makes no job)
+        self.touched = False
+
+    def chunk(self, chunk: Chunk) -> None:
+        self.rnd.batch.chunks.append(chunk)
+
+    def bad(self, row: FileRow, offset: int, length: int, reason: str, tail: bool) -> None:
+        if tail and self.w.defer_tail:  # a deleted file's tail: judged when it is final
+            self.rnd.deferred.append(BadLine(row.id, offset, length, reason))
+        else:
+            self.engine._bad(self.rnd, row, offset, length, reason)
+
+    def line(self, row: FileRow, offset: int, obj: dict[str, Any]) -> str | None:
+        book = self.engine.book
+        job = self.job
+        if job is None:
+            adapter = self.w.tracked.adapter
+            if row.job_key is not None:
+                job = self.job = book.job(row.job_key, adapter)
+            else:
+                key = adapter.job_key_from_line(obj)
+                if key is None:
+                    return None
+                row.job_key = key
+                job = self.job = book.job(key, adapter)
+                # Lines of this file archived before its session was known: rebuild.
+                if self.w.tracked.row.offset > 0 or offset > self.w.tracked.row.offset:
+                    book.invalidate(key, adapter)
+                    self.rnd.invalidated.add(key)
+        if not self.touched:
+            book.touch(job)
+            self.rnd.touched.add(job.key)
+            self.touched = True
+        return book.feed(job, obj, self.ctx, offset) if job.acc is not None else None
+
+
 class Engine:
     """Tails files into the archive and keeps job records current."""
 
@@ -186,6 +205,8 @@ class Engine:
         self.tracker.load(store.load_files())
         self.book = SessionBook(store, config.max_line_bytes, job_write_interval)
         self.book.quarantined = store.quarantined_sessions()
+        self.book.archived = store.archived_job_keys()
+        self.sessions_read: set[str] = set()  # sessions that got lines (for `import`)
         self._next_id = store.max_file_id()
         self.stats = Stats(files_tracked=len(self.tracker.by_path))
         # Set (from any thread) to stop reading after the batch in progress: a shutdown
@@ -491,174 +512,36 @@ class Engine:
     def _read(self, rnd: _Round, w: _Work, budget: int) -> int:
         """Read one file from its offset (up to `budget` bytes); return the bytes read."""
         row = w.row
-        src = w.source
-        assert src is not None
-        max_line = self.config.max_line_bytes
-        result = read_lines(src, row.offset, row.in_long_line, budget, max_line)
-        segments = result.segments
-        w.more = not result.eof
-        if w.final and not w.more and not result.in_long_line:
-            tail = read_tail(src, result.offset, max_line)
-            if tail is not None:
-                segments.append(tail)
-        st = os.fstat(w.tracked.fd) if w.tracked.fd is not None else None
-        if w.fd is not None:
-            st = os.fstat(w.fd)
-        if row.codec == "zstd":
-            if result.eof and st is not None:
-                row.disk_size, row.mtime_ns = st.st_size, st.st_mtime_ns
-        elif st is not None:
-            row.mtime_ns = st.st_mtime_ns
-        if not segments:
-            w.pending = result.pending
-            row.size = max(row.size, result.offset + result.pending, st.st_size if st and
-                           row.codec == "plain" else 0)  # fmt: skip
-            rnd.batch.files[row.id] = row
-            return 0
-        w.read_any = True
-        continued = row.partial_tail
-        if continued:
-            # The previous read archived an unterminated tail; the new bytes continue that
-            # line, so the accumulator must re-read the joined line from the archive, the
-            # tail's report (if any) was premature, and the continuation's first fragment is
-            # no line of its own.
+        assert w.source is not None
+        if row.partial_tail:
+            # The previous read archived an unterminated tail; new bytes continue that line,
+            # so the accumulator must re-read the joined line from the archive and the
+            # tail's report (if any) was premature.
             rnd.batch.continued_tails.append(row.id)
             self._deferred.pop(row.id, None)
             if row.job_key is not None:
                 rnd.invalidated.add(row.job_key)
                 self.book.invalidate(row.job_key, w.tracked.adapter)
-        row.partial_tail = False
-        # Cut the segments into chunks and start compressing them before parsing, so the
-        # compression thread works while this one parses.
-        groups: list[tuple[Chunk, list[Segment]]] = []
-        run: list[Segment] = []
-        run_size = 0
-        for segment in segments:
-            run.append(segment)
-            run_size += len(segment.data)
-            if run_size >= CHUNK_MAX:
-                groups.append(self._chunk(row.id, run))
-                run, run_size = [], 0
-        if run:
-            groups.append(self._chunk(row.id, run))
-        read = 0
-        for chunk, members in groups:
-            for segment in members:
-                read += len(segment.data)
-                if segment.kind == "long":
-                    if segment.line_start:
-                        self._bad(rnd, row, segment.start, len(segment.data), TOO_LONG)
-                        chunk.line_count += 1
-                        row.line_count += 1
-                else:
-                    chunk.line_count += self._parse(rnd, w, segment, skip_first=continued)
-                continued = False
-                if segment.kind == "tail":
-                    row.partial_tail = True
-            rnd.batch.chunks.append(chunk)
-        first = segments[0]
-        row.offset = segments[-1].end
-        row.in_long_line = result.in_long_line
-        if row.codec == "plain":
-            row.size = max(row.size, row.offset, st.st_size if st else 0)
-        else:
-            row.size = max(row.size, row.offset)
-        want = fingerprint_len(row.offset)
-        if row.fp_len < want:
-            head = (
-                first.data[:want]
-                if first.start == 0 and len(first.data) >= want
-                else src.pread(want, 0)
-            )
-            row.fp_len = want
-            row.fp_hash = hashlib.blake2b(head, digest_size=16).digest()
+        fd = w.fd if w.fd is not None else w.tracked.fd
+        out = read_file(
+            row, w.source, fd, final=w.final, budget=budget,
+            max_line=self.config.max_line_bytes, sink=_RoundSink(self, rnd, w),
+            pack=self.store.pack, old_tail=w.tail if w.tail is not None else w.tracked.tail,
+        )  # fmt: skip
+        w.more, w.pending = out.more, out.pending
         rnd.batch.files[row.id] = row
-        last = segments[-1].data
-        old_tail = w.tail if w.tail is not None else w.tracked.tail
-        if len(last) >= TAIL_CHECK or old_tail is not None or first.start == 0:
-            w.tail = ((old_tail or b"") + last)[-TAIL_CHECK:]
-        w.pending = result.pending if not w.final else 0
+        self.stats.lines_archived += out.lines
+        if not out.read:
+            return 0
+        w.read_any = True
+        if out.tail is not None:
+            w.tail = out.tail
         if row.job_key:
             rnd.touched.add(row.job_key)
             job = self.book.jobs.get(row.job_key)
-            if job is not None and st is not None:
-                # Idleness follows the files' own clock (a backfill is old news).
-                job.modified = max(job.modified, min(st.st_mtime, time.time()))
-        return read
-
-    def _chunk(self, file_id: int, run: list[Segment]) -> tuple[Chunk, list[Segment]]:
-        data = run[0].data if len(run) == 1 else b"".join(seg.data for seg in run)
-        chunk = Chunk(file_id, run[0].start, data, 0)
-        self.store.pack(chunk)
-        return chunk, run
-
-    def _parse(self, rnd: _Round, w: _Work, segment: Segment, skip_first: bool = False) -> int:
-        """Parse the lines of a segment and feed their session; return the number of lines.
-
-        `skip_first`: the segment begins with the end of a line whose start was archived
-        before (an unterminated tail, since continued); it is read whole from the archive.
-        """
-        row = w.row
-        info = w.tracked.info
-        adapter = w.tracked.adapter
-        ctx = LineContext(row.id, info.role, info.agent_id, info.layout, info.project, row.path)
-        max_line = self.config.max_line_bytes
-        book = self.book
-        job = book.job(row.job_key, adapter) if row.job_key else None
-        touched = False
-        is_tail = segment.kind == "tail"
-        loads = orjson.loads
-        count = 0
-        for offset, line in _iter_segment_lines(segment):
-            if skip_first:
-                skip_first = False
-                continue
-            count += 1
-            problem = None
-            obj: Any = None
-            if len(line) > max_line:
-                problem = TOO_LONG
-            elif line:
-                try:
-                    obj = loads(line)
-                except orjson.JSONDecodeError as exc:
-                    if not line.tobytes().isspace():  # a blank line is no error
-                        problem = f"invalid JSON: {exc}"
-                else:
-                    if obj.__class__ is not dict:
-                        problem = "not a JSON object"
-            if is_tail and (problem is not None or obj.__class__ is not dict):
-                # The unterminated last line of a finalized file: archived, reported when it
-                # cannot be read (a complete JSON object without its newline is no error).
-                problem = UNTERMINATED + (f" ({problem})" if problem else "")
-            if problem is not None:
-                if is_tail and w.defer_tail:
-                    rnd.deferred.append(BadLine(row.id, offset, len(line), problem))
-                else:
-                    self._bad(rnd, row, offset, len(line), problem)
-            if obj.__class__ is not dict:
-                continue
-            if job is None:
-                key = adapter.job_key_from_line(obj)
-                if key is None:
-                    continue
-                row.job_key = key
-                job = book.job(key, adapter)
-                # Lines of this file archived before its session was known: rebuild.
-                if row.offset > 0 or offset > segment.start:
-                    book.invalidate(key, adapter)
-                    rnd.invalidated.add(key)
-            if not touched:
-                book.touch(job)
-                rnd.touched.add(job.key)
-                touched = True
-            if job.acc is not None:
-                bad_value = book.feed(job, obj, ctx, offset)
-                if bad_value is not None and problem is None:
-                    self._bad(rnd, row, offset, len(line), bad_value)
-        row.line_count += count
-        self.stats.lines_archived += count
-        return count
+            if job is not None:  # idleness follows the files' own clock (a backfill is old news)
+                job.modified = max(job.modified, min(row.mtime_ns / 1e9, time.time()))
+        return out.read
 
     def _bad(self, rnd: _Round, row: FileRow, offset: int, length: int, reason: str) -> None:
         row.bad_lines += 1
@@ -675,7 +558,9 @@ class Engine:
         for key in sorted(rnd.finalize):
             job = self.book.jobs.get(key)
             if job is None:
-                if key in self.book.quarantined or not self.store.job_has_record_or_archive(key):
+                if key in self.book.quarantined or not (
+                    key in self.book.archived or self.store.job_has_record_or_archive(key)
+                ):
                     continue  # nothing of it was ever read
                 job = self.book.invalidate(key)
             job.finalized = True
@@ -701,6 +586,8 @@ class Engine:
             log.error("batch_failed", error=str(exc), files=len(rnd.work))
             raise
         self._apply(rnd)
+        self.book.archived |= rnd.touched
+        self.sessions_read |= rnd.touched
         for bad in rnd.deferred:
             self._deferred[bad.file_id] = (self._job_of_file(bad.file_id), bad)
         self.stats.bytes_archived += rnd.batch.raw_bytes

@@ -351,12 +351,42 @@ def m009_ingest_v2(conn: sqlite3.Connection) -> None:
     )
 
 
+def m010_search_without_prefix_indexes(conn: sqlite3.Connection) -> None:
+    """Rebuild the full-text index without its 2- and 3-character prefix indexes.
+
+    They tripled the index entries written for every document (half of the cost of writing
+    a record at import), and prefix queries (`deploy*`) are answered from the main index as
+    well: its terms are sorted, so a prefix is a range scan. The documents are copied, so
+    nothing needs a rebuild.
+    """
+    run_script(
+        conn,
+        """
+        CREATE VIRTUAL TABLE search_fts_new USING fts5 (
+            title, prompt, summary, body,
+            tokenize = 'unicode61 remove_diacritics 2'
+        );
+        INSERT INTO search_fts_new (rowid, title, prompt, summary, body)
+            SELECT rowid, title, prompt, summary, body FROM search_fts;
+        DROP TRIGGER jobs_search_delete;
+        DROP TABLE search_fts;
+        ALTER TABLE search_fts_new RENAME TO search_fts;
+        CREATE TRIGGER jobs_search_delete AFTER DELETE ON jobs BEGIN
+            DELETE FROM search_fts
+                WHERE rowid IN (SELECT id FROM search_docs WHERE job_id = old.id);
+            DELETE FROM search_docs WHERE job_id = old.id;
+        END;
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial,
     m002_analytics,
     m003_list_order_indexes,
     m004_message_usage,
     m009_ingest_v2,
+    m010_search_without_prefix_indexes,
 ]
 
 
