@@ -18,12 +18,15 @@ run: $(STAMP)
 	$(BIN)/jobvault run
 
 ## test: set up and run the whole test suite, then the record-building tests again with every
-## session's state spilled to its scratch file from the first entry (the records must not change).
+## session's state spilled to its scratch file from the first entry, and once more with every
+## cold session read by the worker processes (spilled there too): the records must not change.
 SPILL_TESTS := tests/test_claude_fixtures.py tests/test_codex.py tests/test_rebuild.py \
 	tests/test_model.py tests/test_samples.py tests/test_stats.py tests/test_tracking.py
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	JOBVAULT_TEST_SPILL=1 $(BIN)/python -m pytest -q $(SPILL_TESTS)
+	JOBVAULT_TEST_SPILL=1 JOBVAULT_TEST_WORKERS=1 $(BIN)/python -m pytest -q $(SPILL_TESTS) \
+		tests/test_bad_input.py tests/test_crash.py
 
 ## lint: ruff (lint + format check) and mypy strict on the package.
 lint: $(STAMP)

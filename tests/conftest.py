@@ -35,6 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
         from jobvault.sources import previews, spill
 
         spill.SPILL_AFTER, spill.FLUSH_EVERY, previews.MEMORY_BUDGET = 0, 3, 0
+    if os.environ.get("JOBVAULT_TEST_WORKERS"):
+        # Read every cold session in the worker processes, however little there is
+        # (`make test` runs the record-building tests so too): the records must not change.
+        from jobvault.ingest import workers
+
+        workers.MIN_COLD_BYTES = 0
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,12 @@ LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 Synchronous = Literal["NORMAL", "FULL"]
 
 
+def default_workers() -> int:
+    """Two worker processes where there are two cores or more; none on one core."""
+    cores = os.cpu_count() or 1
+    return min(2, cores) if cores > 1 else 0
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the daemon and the CLI can be told; see config/jobvault.toml."""
@@ -38,6 +44,11 @@ class Config:
     # Symlinks inside the watched roots are not followed unless asked (a root that is itself
     # a symlink is fine): a link to /etc/shadow or /dev/zero is never read.
     follow_symlinks: bool = False
+    # Worker processes that read, parse and build cold sessions (an import, a backfill)
+    # while the one writer writes; 0 reads everything in the writer's process.
+    workers: int = field(
+        default_factory=lambda: min(2, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
+    )
     synchronous: Synchronous = "FULL"
     log_level: LogLevel = "info"
     socket: Path = field(default_factory=paths.default_socket_path)
@@ -135,6 +146,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "max_open_files": lambda k, v: _as_int(k, v, 8),
     "watch_events": _as_bool,
     "follow_symlinks": _as_bool,
+    "workers": lambda k, v: _as_int(k, v, 0),
     "synchronous": lambda k, v: _as_choice(k, v, ("NORMAL", "FULL"), upper=True),
     "log_level": lambda k, v: _as_choice(k, v, LOG_LEVELS),
     "socket": lambda k, v: _as_socket(k, v),

@@ -78,7 +78,15 @@ class Chunk:
     offset: int
     data: bytes
     line_count: int
-    packed: Future[bytes] | None = None  # its compression under way (`Store.pack`)
+    # Its compression under way (`Store.pack`), or done already by a worker process, which
+    # then sends only the stored bytes (`data` empty) with their `codec` and raw `length`.
+    packed: Future[bytes] | bytes | None = None
+    codec: str | None = None
+    length: int = 0
+
+    @property
+    def raw_length(self) -> int:
+        return self.length if self.codec is not None else len(self.data)
 
 
 @dataclass(slots=True)
@@ -121,7 +129,7 @@ class Batch:
 
     @property
     def raw_bytes(self) -> int:
-        return sum(len(c.data) for c in self.chunks)
+        return sum(c.raw_length for c in self.chunks)
 
 
 class Store:
@@ -349,7 +357,11 @@ class Store:
         compress = self._compressor.compress
         chunk_rows = []
         for c in batch.chunks:
-            packed = c.packed.result() if c.packed is not None else compress(c.data)
+            if c.codec is not None:  # stored form made by a worker
+                assert isinstance(c.packed, bytes)
+                chunk_rows.append((c.file_id, c.offset, c.length, c.line_count, c.codec, c.packed))
+                continue
+            packed = c.packed.result() if isinstance(c.packed, Future) else compress(c.data)
             if len(packed) < len(c.data):
                 chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "zstd", packed))
             else:

@@ -1,0 +1,260 @@
+"""The one commit of a round, and applying it once it is durable.
+
+`RoundWriter.commit` writes everything a round produced in **one transaction**: new file
+rows, offsets and states, chunks, bad lines and faults (`Store.write_batch`), then the
+duplicates of every session whose record is due, settled together before any record is built
+(so which copy of a message counts never depends on the order sessions were read in), then
+the records of those sessions and of the sessions whose share of a duplicated message moved.
+Only when the transaction has committed is the round applied to the tracker; if it fails
+nothing moved, and the sessions it touched are rebuilt from the archive when next used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import structlog
+
+from jobvault.errors import StoreError
+from jobvault.ingest.book import Job, SessionBook
+from jobvault.ingest.rounds import Round, Stats
+from jobvault.ingest.tracker import Continue, Create, FileTracker, Skip
+from jobvault.records import JobDetail, JobRecord
+from jobvault.sources import ADAPTERS
+from jobvault.store.writer import BadLine, Batch, FaultRow, Store
+
+log = structlog.get_logger("jobvault.engine")
+
+Deferred = dict[int, tuple[str | None, BadLine]]
+
+
+class RoundWriter:
+    def __init__(
+        self,
+        store: Store,
+        tracker: FileTracker,
+        book: SessionBook,
+        stats: Stats,
+        deferred: Deferred,
+    ) -> None:
+        self.store, self.tracker, self.book = store, tracker, book
+        self.stats, self.deferred = stats, deferred
+        # Called on the engine's thread after a record is written: (record, finalized).
+        self.on_record: Callable[[JobRecord, bool], None] | None = None
+        self.sessions_read: set[str] = set()  # sessions that got lines (for `import`)
+
+    def commit(self, rnd: Round) -> None:
+        """Write the round in one transaction, then apply it; raise StoreError if refused."""
+        book = self.book
+        for key in sorted(rnd.finalize):
+            job = book.jobs.get(key)
+            if job is None:
+                if key in book.quarantined or not (
+                    key in book.archived or self.store.job_has_record_or_archive(key)
+                ):
+                    continue  # nothing of it was ever read
+                job = book.invalidate(key)
+            job.finalized = True
+            job.dirty = True
+        now = time.monotonic()
+        keys = rnd.touched | rnd.finalize | rnd.invalidated | rnd.force_write
+        due = [j for j in book.due(keys, now, force=bool(rnd.force_write))
+               if j.key not in rnd.prebuilt]  # fmt: skip
+        rnd.batch.stale_jobs |= rnd.touched
+        self._take_faults(rnd.batch)
+        if rnd.batch.empty() and not due and not rnd.prebuilt:
+            self.apply(rnd)
+            return
+        written: list[tuple[JobDetail, bool]] = []
+        try:
+            with self.store.transaction():
+                self.store.write_batch(rnd.batch)
+                written = self._records(due, rnd)
+        except StoreError as exc:
+            self._rollback(rnd)
+            self.stats.fault = str(exc)
+            self.stats.note_error(str(exc))
+            log.error("batch_failed", error=str(exc), files=len(rnd.work))
+            raise
+        self.apply(rnd)
+        book.archived |= rnd.touched | set(rnd.prebuilt)
+        self.sessions_read |= rnd.touched | set(rnd.prebuilt)
+        for bad in rnd.deferred:
+            self.deferred[bad.file_id] = (self._job_of_file(bad.file_id), bad)
+        self.stats.bytes_archived += rnd.batch.raw_bytes
+        self.stats.fault = None
+        self.stats.jobs_written += len(written)
+        for detail, finalized in written:
+            job = book.jobs.get(detail.record.session_id)
+            if job is not None:
+                book.written(job, now)
+                if job.finalized:
+                    book.drop(job.key)  # final: rebuilt from the archive if resumed
+            if self.on_record is not None:
+                self.on_record(detail.record, finalized)
+        for job in due:  # quarantined or refused: not dirty any more either way
+            if job.key in book.quarantined:
+                job.dirty = False
+
+    def _records(self, due: list[Job], rnd: Round) -> list[tuple[JobDetail, bool]]:
+        """Settle the due sessions' duplicates, then build and write their records and those
+        of the other sessions whose share of a duplicated message moved."""
+        store, book = self.store, self.book
+        affected: set[str] = set()
+        ready: list[Job] = []
+        for job in due:
+            acc = book.load(job)
+            if acc is None:
+                continue
+            try:
+                affected |= store.settle_usage(job.key, acc.usage_candidates())
+            except StoreError:
+                raise
+            except Exception as exc:
+                book.quarantine(job.key, "the adapter failed listing its messages", exc)
+                continue
+            ready.append(job)
+        for key, (_detail, candidates) in rnd.prebuilt.items():
+            affected |= store.settle_usage(key, candidates)
+        settled = {j.key for j in ready} | set(rnd.prebuilt)
+        others = []
+        for key in sorted(affected - settled):
+            if key in book.quarantined:
+                continue
+            other = book.jobs.get(key)
+            if other is None:
+                # Not in memory: its record is final (recover() queued every other one).
+                other = book.invalidate(key)
+                other.finalized = True
+            others.append(other)
+        lost = store.lost_keys(settled | {j.key for j in others})
+        details: list[tuple[JobDetail, bool]] = []
+        machine = store.machine_id
+        for job in [*ready, *others]:
+            detail = book.build(job, machine, lost.get(job.key, frozenset()))
+            if detail is not None:
+                details.append((detail, job.finalized))
+        for key, (prebuilt, _candidates) in rnd.prebuilt.items():
+            if lost.get(key):  # it loses a message to another session: rebuilt here
+                job = book.invalidate(key, ADAPTERS[prebuilt.record.source])
+                job.finalized = True
+                rebuilt = book.build(job, machine, lost[key])
+                if rebuilt is not None:
+                    details.append((rebuilt, True))
+                book.drop(key)
+            else:
+                details.append((prebuilt, True))
+        for refused, error in store.write_jobs(details):
+            book.quarantine(refused.record.session_id, "the database refused the record", error)
+            details = [(d, f) for d, f in details if d is not refused]
+        batch = Batch()
+        self._take_faults(batch)  # raised while building: recorded in this same transaction
+        if not batch.empty():
+            store.write_batch(batch)
+        return details
+
+    def _take_faults(self, batch: Batch) -> None:
+        for fault in self.book.take_faults():
+            batch.faults.append(FaultRow(fault.kind, fault.key, fault.reason, fault.detail))
+            self.stats.faults += 1
+
+    def _rollback(self, rnd: Round) -> None:
+        """The transaction failed: the tracker keeps its committed state; the sessions the
+        round touched are rebuilt from the archive after the next commit."""
+        for w in rnd.work:
+            if isinstance(w.action, Create) and w.fd is not None:
+                if w.source is not None:
+                    w.source.close()
+                # Kept: if the file is deleted before the database recovers, this
+                # descriptor is all that holds its bytes.
+                self.tracker.limbo[w.row.path] = (w.fd, w.action.st)
+            elif w.kind == "continue" and w.fd is not None:
+                if w.source is not None and w.source is not w.tracked.source:
+                    w.source.close()
+                os.close(w.fd)
+        for key in rnd.touched | rnd.invalidated | rnd.finalize:
+            self.book.invalidate(key)
+
+    def apply(self, rnd: Round) -> None:
+        """The round committed: the tracker takes its new state."""
+        tracker = self.tracker
+        now = time.monotonic()
+        for w in rnd.work:
+            t = w.tracked
+            if w.kind == "create":
+                assert w.fd is not None and w.source is not None
+                t.row = w.row
+                tracker.attach(t, w.fd, w.source)
+                tracker.add(t)
+                tracker.skipped.pop(t.row.path, None)
+                log.debug("file_tracked", file=t.row.path, file_id=t.row.id, job=t.row.job_key)
+            elif w.kind == "continue":
+                assert isinstance(w.action, Continue) and w.source is not None
+                a = w.action
+                was_deleted = t.row.state != "active"
+                if t.source is w.source:
+                    t.source = None  # (the same reader moves to the new descriptor)
+                tracker.move(t, a.path, a.st, a.fd, w.source)
+                t.row = w.row
+                if was_deleted:
+                    log.info("file_reappeared", file=a.path, file_id=t.row.id)
+            elif w.kind == "retire":
+                t.row = w.row
+                tracker.remove(t)
+                tracker.close(t)
+                continue
+            elif w.kind == "vanish":
+                t.row = w.row
+                if w.fd is not None:  # a new file that vanished at once
+                    if w.source is not None:
+                        w.source.close()
+                    os.close(w.fd)
+                tracker.mark_deleted(t)
+                tracker.close(t)  # drained to its last byte
+            else:
+                t.row = w.row
+            if w.tail is not None:
+                t.tail = w.tail
+            t.pending = w.pending
+            if w.read_any:
+                t.last_activity = now
+        for t, row, tail in rnd.cold_files:  # read by a worker
+            t.row = row
+            if tail is not None:
+                t.tail = tail
+            t.last_activity = now
+            if tracker.by_id.get(row.id) is not t:
+                tracker.add(t)
+                tracker.skipped.pop(row.path, None)
+                log.debug("file_tracked", file=row.path, file_id=row.id, job=row.job_key)
+        self.stats.files_tracked = len(tracker.by_path)
+        if tracker.open_count > tracker.max_open:
+            tracker.limit_open_files()
+        self._note_skips(rnd.skips)
+
+    def _note_skips(self, skips: list[Skip]) -> None:
+        for skip in skips:
+            if self.tracker.skipped.get(skip.path) != skip.reason:
+                self.tracker.skipped[skip.path] = skip.reason
+                log.warning("file_skipped", file=skip.path, reason=skip.reason)
+                if skip.reason.startswith(("unreadable", "cannot stat")):
+                    self.stats.note_error(f"{skip.path}: {skip.reason}")
+
+    def _job_of_file(self, file_id: int) -> str | None:
+        for t in self.tracker.deleted_by_inode.values():
+            if t.row.id == file_id:
+                return t.row.job_key
+        active = self.tracker.by_id.get(file_id)
+        return active.row.job_key if active is not None else None
+
+    def report_deferred(self, rnd: Round, keys: set[str] | None) -> None:
+        """Report the held-back tails of these sessions' deleted files (all when None)."""
+        for file_id, (key, bad) in list(self.deferred.items()):
+            if keys is None or key in keys:
+                del self.deferred[file_id]
+                rnd.batch.bad_lines.append(bad)
+                self.stats.bad_lines += 1
+                log.warning("bad_line", file_id=bad.file_id, session=key, offset=bad.offset,
+                            length=bad.length, reason=bad.reason)  # fmt: skip
