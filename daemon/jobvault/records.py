@@ -128,6 +128,21 @@ class UsageCandidate:
     cost_usd: float = 0.0
 
 
+RateWindow = Literal["primary", "secondary"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSample:
+    """One reading of a plan's rate-limit window, as the agent reported it (Codex
+    `token_count.rate_limits`): stored in `job_rate_limits` for limit history."""
+
+    at: str  # the line's timestamp (ISO 8601)
+    window: RateWindow  # Codex: primary (the short window, 5 h) / secondary (weekly)
+    used_percent: float | None
+    window_minutes: int | None
+    resets_at: str | None  # ISO 8601, UTC
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """One agent session, derived from the raw archive alone (a pure function of it)."""
@@ -190,6 +205,11 @@ class JobDetail:
     usage: list[UsageRow]
     # Prompts and assistant text, in order, cut at SEARCH_TEXT_CHARS: the full-text index.
     search_text: str = ""
+    # Rate-limit readings in time order (a list, or a lazy sequence for a spilled session).
+    rate_limits: Sequence[RateLimitSample] = ()
+    # No user or assistant message at all (a summary-only, attachment-only or
+    # snapshot-only file): archived and listed by `status`, but never written as a job.
+    empty: bool = False
 
 
 def duration_ms(start: str | None, end: str | None) -> int | None:
