@@ -17,15 +17,16 @@ fork's own deltas start from, so the parent's usage is counted in the parent alo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import marshal
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from jobvault.records import preview
-from jobvault.sources import spill
+from jobvault.sources import codex_limits, spill
 from jobvault.sources.codex_parse import (
     Usage,
     absolute,
@@ -33,14 +34,16 @@ from jobvault.sources.codex_parse import (
     changed_paths,
     cwd_from_environment,
     dumps_preview_source,
+    failure_of,
     is_boilerplate,
     patch_paths,
     shell_patch,
-    text_of,
+    texts_of,
     tool_output,
     usage_of,
 )
 from jobvault.sources.previews import PreviewRef, Previews
+from jobvault.sources.prompts import codex_typed
 
 Order = tuple[str, int, int]  # (timestamp, file_id, offset)
 
@@ -50,7 +53,9 @@ RESPONSE_KINDS = frozenset(
 )  # fmt: skip
 EVENT_KINDS = frozenset(
     {"user_message", "agent_message", "task_started", "task_complete", "turn_aborted",
-     "exec_command_end", "patch_apply_end", "error", "token_count", "thread_name_updated"}
+     "exec_command_end", "patch_apply_end", "error", "token_count", "thread_name_updated",
+     "item_completed", "thread_settings_applied", "account/rateLimits/updated",
+     "mcp_tool_call_end", "dynamic_tool_call_response"}
 )  # fmt: skip
 # Known kinds that carry nothing the record needs (deltas, begin events, UI state).
 IGNORED_RESPONSE_KINDS = frozenset({"ghost_snapshot"})
@@ -58,12 +63,19 @@ IGNORED_EVENT_KINDS = frozenset(
     {"agent_reasoning", "agent_reasoning_raw_content", "agent_reasoning_section_break",
      "agent_message_delta", "agent_reasoning_delta", "exec_command_begin",
      "exec_command_output_delta", "patch_apply_begin", "mcp_tool_call_begin",
-     "mcp_tool_call_end", "web_search_begin", "web_search_end", "turn_diff", "plan_update",
+     "web_search_begin", "web_search_end", "turn_diff", "plan_update",
      "context_compacted", "background_event", "stream_error", "view_image_tool_call",
      "entered_review_mode", "exited_review_mode", "undo_started", "undo_completed",
-     "item_started", "item_completed", "session_configured", "shutdown_complete"}
+     "item_started", "session_configured", "shutdown_complete"}
 )  # fmt: skip
-TOP_KINDS = frozenset({"session_meta", "turn_context", "response_item", "event_msg", "compacted"})
+TOP_KINDS = frozenset(
+    {"session_meta", "turn_context", "response_item", "event_msg", "compacted", "world_state",
+     "token_usage_record"}
+)  # fmt: skip
+# The item kinds of `item_completed` events that are the outcome of a tool call.
+TOOL_ITEMS = frozenset({"CommandExecution", "McpToolCall", "FileChange", "DynamicToolCall",
+                        "WebSearch", "ImageGeneration"})  # fmt: skip
+PENDING_CALLS = 64  # calls without an output yet that a failure can be attributed to
 
 
 @dataclass(slots=True)
@@ -83,11 +95,15 @@ class Result:
     exec_exit: int | None = None
     patch_success: bool | None = None
     patch_files: list[str] = field(default_factory=list)
+    # An event or item said the call failed (item_completed status / exit code, an MCP
+    # error, `success: false`, a failed status on the call itself).
+    event_failed: bool = False
 
     @property
     def failed(self) -> bool:
         return (
             self.patch_success is False
+            or self.event_failed
             or self.exec_exit not in (None, 0)
             or self.output_exit not in (None, 0)
         )
@@ -98,6 +114,7 @@ class Delta:
     order: Order
     model: str
     usage: Usage
+    fast: bool = False  # the priority service tier ("fast"): priced with its multiplier
 
 
 def _order(entry: Call | Delta) -> Order:
@@ -107,9 +124,20 @@ def _order(entry: Call | Delta) -> Order:
 _CALL = spill.Codec.of_dataclass(Call)
 _RESULT = spill.Codec.of_dataclass(Result)
 _DELTA: spill.Codec[Delta] = spill.Codec(
-    lambda d: marshal.dumps((d.order, d.model, dataclasses.astuple(d.usage))),
-    lambda b: (lambda t: Delta(t[0], t[1], Usage(*t[2])))(marshal.loads(b)),
+    lambda d: marshal.dumps((d.order, d.model, dataclasses.astuple(d.usage), d.fast)),
+    lambda b: (lambda t: Delta(t[0], t[1], Usage(*t[2]), t[3]))(marshal.loads(b)),
 )
+_READING = spill.Codec.of_dataclass(codex_limits.Reading)
+_COUNT: spill.Codec[int] = spill.Codec(marshal.dumps, marshal.loads)
+
+
+def _later(new: codex_limits.Reading, old: codex_limits.Reading) -> bool:
+    return new.order > old.order
+
+
+def prompt_key(text: str) -> str:
+    """A prompt's identity for counting it once (the same text as an event and an item)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 @dataclass(slots=True)
@@ -120,6 +148,7 @@ class Turn:
     effort: str | None = None
     sandbox: str | None = None
     approval: str | None = None
+    fast: bool = False  # service_tier "fast" / "priority"
 
 
 class FileState:
@@ -144,11 +173,25 @@ class FileState:
         # Per token count and per tool call: spilled to the job's scratch file when long.
         self.deltas: spill.SpillMap[Delta] = spill.SpillMap(_DELTA, _order)
         self.context: tuple[Order, int | None, int] | None = None
+        # Prompts: the first `user_message` event's (else the first user item's) text, and
+        # each distinct prompt's count as events and as items: a prompt written both ways
+        # counts once (the larger of its two counts), one written one way counts too.
         self.prompt: tuple[Order, str] | None = None
-        self.user_messages = 0
         self.fallback_prompt: tuple[Order, str] | None = None
-        self.fallback_user_messages = 0
+        self.event_prompts: spill.SpillMap[int] = _counts()
+        self.item_prompts: spill.SpillMap[int] = _counts()
         self.messages = 0
+        self.conversation = 0  # prompts, answers, counted tokens and tool calls
+        # Rate-limit readings that changed (per window), and the last one of each window.
+        self.rates: spill.SpillMap[codex_limits.Reading] = spill.SpillMap(
+            _READING, lambda r: r.order, _later
+        )
+        self.last_reading: dict[str, codex_limits.Reading] = {}
+        # Per-response usage (`token_usage_record`), kept only while the file has no
+        # token_count: it is the same usage, counted from it only when nothing else says it.
+        self.usage_records: spill.SpillMap[Delta] = spill.SpillMap(_DELTA, _order)
+        self.pending: deque[str] = deque(maxlen=PENDING_CALLS)  # calls awaiting their output
+        self.last_call: str | None = None
         self.summary: tuple[Order, str] | None = None
         self.last_text: tuple[Order, str] | None = None
         self.status: tuple[Order, str] | None = None
@@ -172,6 +215,8 @@ class FileState:
             sub = payload.get("type") if kind in ("response_item", "event_msg") else None
             if not self._known(kind, sub):
                 self.skipped[f"{kind}/{sub}" if sub is not None else kind] += 1
+                if kind == "event_msg" and not self._in_replay(ts):
+                    self._call_outcome(payload)  # an unknown event may still report a failure
                 return None
             if kind == "session_meta":
                 self._session_meta(payload, ts)
@@ -186,6 +231,10 @@ class FileState:
                 self._response(payload, order)
             elif kind == "event_msg":
                 self._event(payload, order, bad)
+            elif kind == "world_state":
+                self._world_state(payload)
+            elif kind == "token_usage_record":
+                self._usage_record(payload, order, bad)
             return "; ".join(bad) if bad else None
         elif "record_type" in obj:
             self._seen(ts)  # legacy `{"record_type": "state"}` lines: nothing to read
@@ -235,6 +284,9 @@ class FileState:
             self.replay_until = created[:19]  # to the second: replayed lines share it
         self._seen(ts)
 
+    def _in_replay(self, ts: str) -> bool:
+        return self.replay_until is not None and ts[:19] <= self.replay_until
+
     def _replayed(
         self, ts: str, kind: str, sub: Any, payload: dict[str, Any], bad: list[str]
     ) -> bool:
@@ -255,34 +307,61 @@ class FileState:
         return True
 
     def _turn_context(self, payload: dict[str, Any], order: Order) -> None:
-        sandbox = payload.get("sandbox_policy")
+        self._settings(payload, payload.get("effort"), order)
+
+    def _settings(self, settings: dict[str, Any], effort: Any, order: Order) -> None:
+        """A turn_context or thread_settings_applied: what it omits stays as it was."""
+        sandbox = settings.get("sandbox_policy", settings.get("sandbox_mode"))
         if isinstance(sandbox, dict):
             sandbox = sandbox.get("type") or sandbox.get("mode")
+        tier = settings.get("service_tier")
         self.turn = Turn(
-            model=as_str(payload.get("model")) or self.turn.model,
-            effort=as_str(payload.get("effort")),
-            sandbox=as_str(sandbox),
-            approval=as_str(payload.get("approval_policy")),
+            model=as_str(settings.get("model")) or self.turn.model,
+            effort=as_str(effort) or self.turn.effort,
+            sandbox=as_str(sandbox) or self.turn.sandbox,
+            approval=as_str(settings.get("approval_policy")) or self.turn.approval,
+            fast=tier in FAST_TIERS if isinstance(tier, str) else self.turn.fast,
         )
         self.turn_order = order
-        self.cwd = as_str(payload.get("cwd")) or self.cwd
+        self.cwd = as_str(settings.get("cwd")) or self.cwd
+
+    def _world_state(self, payload: dict[str, Any]) -> None:
+        """The standing-instructions snapshot: only its model is of use (before any turn)."""
+        state = payload.get("state")
+        if isinstance(state, dict) and self.turn.model is None:
+            self.turn.model = as_str(state.get("model"))
+
+    def _usage_record(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
+        """One response's usage (`token_usage_record`): the same tokens as token_count's,
+        kept to count only when this file has no token_count at all."""
+        if self.prev is not None:
+            return
+        usage = usage_of(payload.get("usage"), bad)
+        if usage is None or usage.total <= 0:
+            return
+        key = as_str(payload.get("response_id")) or f"line:{order[2]:012d}"
+        model = as_str(payload.get("model")) or self.turn.model or ""
+        self.usage_records.offer(key, Delta(order, model, usage, self.turn.fast))
 
     def _response(self, item: dict[str, Any], order: Order) -> None:
         kind = item.get("type")
         if kind == "message":
             role = item.get("role")
-            text = text_of(item.get("content"))
+            parts = texts_of(item.get("content"))
             if role == "user":
-                if is_boilerplate(text):
-                    self.cwd = self.cwd or cwd_from_environment(text)
+                typed = codex_typed(parts)
+                if not typed or is_boilerplate(typed):  # injected context only
+                    self.cwd = self.cwd or cwd_from_environment("\n".join(parts))
                     return
                 self.messages += 1
-                if text.strip():
-                    self.fallback_user_messages += 1
-                    if self.fallback_prompt is None:
-                        self.fallback_prompt = (order, text)
+                self.conversation += 1
+                _tally(self.item_prompts, typed)
+                if self.fallback_prompt is None:
+                    self.fallback_prompt = (order, typed)
             elif role == "assistant":
                 self.messages += 1
+                self.conversation += 1
+                text = "\n".join(parts)
                 if text:
                     self.last_text = (order, text)
         elif kind in ("function_call", "custom_tool_call"):
@@ -306,10 +385,22 @@ class FileState:
                 result = self._result(call_id)
                 result.output_preview = self.previews.put(preview(text))
                 result.output_exit = exit_code
+                if call_id in self.pending:
+                    self.pending.remove(call_id)
+            return
+        if kind in ("function_call", "custom_tool_call", "local_shell_call", "web_search_call"):
+            status = item.get("status")  # a failed status on the call itself (web search…)
+            call_id = as_str(item.get("call_id")) or as_str(item.get("id"))
+            if call_id and isinstance(status, str) and failure_of({"status": status}):
+                self._result(call_id).event_failed = True
 
     def _call(self, order: Order, call_id: Any, name: str, raw: Any, patch: str | None) -> None:
         files = [absolute(p, self.cwd) for p in patch_paths(patch)] if patch else []
         call_id = call_id if isinstance(call_id, str) and call_id else None
+        self.conversation += 1
+        if call_id is not None:
+            self.pending.append(call_id)
+            self.last_call = call_id
         self.entries += 1
         self.calls.offer(
             f"{self.entries:012d}",
@@ -326,7 +417,27 @@ class FileState:
             self.called.offer(call_id, True)
 
     def maps(self) -> list[spill.SpillMap[Any]]:
-        return [self.deltas, self.calls, self.called, self.results]
+        return [self.deltas, self.calls, self.called, self.results, self.event_prompts,
+                self.item_prompts, self.rates, self.usage_records]  # fmt: skip
+
+    @property
+    def user_messages(self) -> int:
+        """Prompts typed: each distinct text counts the larger of its event and item counts."""
+        total = 0
+        events, items = self.event_prompts.sorted_items(), self.item_prompts.sorted_items()
+        a, b = next(events, None), next(items, None)
+        while a is not None or b is not None:  # a merge of the two key-ordered maps
+            if b is None or (a is not None and a[0] < b[0]):
+                assert a is not None
+                total += a[1]
+                a = next(events, None)
+            elif a is None or b[0] < a[0]:
+                total += b[1]
+                b = next(items, None)
+            else:
+                total += max(a[1], b[1])
+                a, b = next(events, None), next(items, None)
+        return total
 
     def _result(self, call_id: str) -> Result:
         """The call's result, held so the caller can change it (and the change is kept)."""
@@ -341,12 +452,18 @@ class FileState:
         if kind == "user_message":
             text = payload.get("message")
             self.status = (order, "ok")
-            if isinstance(text, str) and text.strip():
-                self.user_messages += 1
+            written_as = payload.get("kind")  # some versions: "plain", or injected context
+            if isinstance(written_as, str) and written_as not in ("plain", "user"):
+                return
+            typed = codex_typed([text]) if isinstance(text, str) else ""
+            if typed and not is_boilerplate(typed):
+                self.conversation += 1
+                _tally(self.event_prompts, typed)
                 if self.prompt is None:
-                    self.prompt = (order, text)
+                    self.prompt = (order, typed)
         elif kind == "agent_message":
             text = as_str(payload.get("message"))
+            self.conversation += 1
             if text:
                 self.last_text = (order, text)
         elif kind == "task_complete":
@@ -367,6 +484,7 @@ class FileState:
             code = payload.get("exit_code")
             if call_id and isinstance(code, int) and not isinstance(code, bool):
                 self._result(call_id).exec_exit = code
+            self._call_outcome(payload)
         elif kind == "patch_apply_end":
             call_id = as_str(payload.get("call_id"))
             if call_id:
@@ -376,7 +494,61 @@ class FileState:
                     absolute(p, self.cwd) for p in changed_paths(payload.get("changes"))
                 ]
         elif kind == "token_count":
+            self._rate_limits(payload.get("rate_limits"), order, bad)
             self._token_count(payload, order, bad)
+        elif kind == "account/rateLimits/updated":
+            self._rate_limits(payload.get("rate_limits"), order, bad)
+        elif kind == "item_completed":
+            self._item_completed(payload.get("item"), order)
+        elif kind == "thread_settings_applied":
+            settings = payload.get("thread_settings")
+            if isinstance(settings, dict):
+                self._settings(settings, settings.get("reasoning_effort"), order)
+        else:  # mcp_tool_call_end, dynamic_tool_call_response: only their outcome
+            self._call_outcome(payload)
+
+    def _call_outcome(self, payload: dict[str, Any]) -> None:
+        """An event naming a call (`call_id`) that says the call failed marks it failed."""
+        call_id = as_str(payload.get("call_id")) or as_str(payload.get("callId"))
+        if call_id and failure_of(payload):
+            self._result(call_id).event_failed = True
+
+    def _item_completed(self, item: Any, order: Order) -> None:
+        """A finished item (Codex 0.15x): a command's, MCP call's or file change's outcome.
+
+        The item names its call by id when it is the call's own; a command run inside
+        another tool (the `exec` tool's script) has an id of its own, and its failure is the
+        failure of the call still waiting for its output (else of the file's last call).
+        """
+        if not isinstance(item, dict) or item.get("type") not in TOOL_ITEMS:
+            return
+        item_id = as_str(item.get("id")) or as_str(item.get("call_id"))
+        failed = failure_of(item)
+        if item.get("type") == "FileChange" and not failed:
+            # Applied, whichever tool applied it: its files are modified.
+            key = item_id or f"item:{order[1]}:{order[2]}"
+            result = self._result(key)
+            result.patch_success = result.patch_success is not False
+            paths = [absolute(p, self.cwd) for p in changed_paths(item.get("changes"))]
+            result.patch_files = sorted(set(result.patch_files) | set(paths))
+        if not failed:
+            return
+        source = item.get("source")
+        if isinstance(source, str) and "user" in source.lower():
+            return  # the user's own shell command, not a tool call
+        if item_id is not None and self.called.get(item_id):
+            target: str | None = item_id
+        else:
+            target = self.pending[-1] if self.pending else self.last_call
+        if target is not None:
+            self._result(target).event_failed = True
+
+    def _rate_limits(self, limits: Any, order: Order, bad: list[str]) -> None:
+        for reading in codex_limits.readings(limits, order, bad):
+            if reading.same_values(self.last_reading.get(reading.window)):
+                continue  # unchanged since the last reading: no new point of history
+            self.last_reading[reading.window] = reading
+            self.rates.offer(f"{reading.order[0]}|{reading.window}", reading)
 
     def _token_count(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
         info = payload.get("info")
@@ -397,12 +569,26 @@ class FileState:
         if delta is not None:
             self.prev = total
             self.entries += 1
-            self.deltas.offer(f"{self.entries:012d}", Delta(order, self.turn.model or "", delta))
+            self.conversation += 1
+            entry = Delta(order, self.turn.model or "", delta, self.turn.fast)
+            self.deltas.offer(f"{self.entries:012d}", entry)
         last = usage_of(info.get("last_token_usage"), bad)
         window = info.get("model_context_window")
         if last is not None:
             self.context = (order, window if isinstance(window, int) and window > 0 else None,
                             last.input)  # fmt: skip
+
+
+FAST_TIERS = frozenset({"fast", "priority"})
+
+
+def _counts() -> spill.SpillMap[int]:
+    return spill.SpillMap(_COUNT, spill.no_order, spill.always)
+
+
+def _tally(counts: spill.SpillMap[int], text: str) -> None:
+    key = prompt_key(text)
+    counts.put(key, (counts.get(key) or 0) + 1)
 
 
 def _spawn_parent(payload: dict[str, Any]) -> str | None:
