@@ -29,7 +29,6 @@ from jobvault.records import (
     FileModified,
     JobDetail,
     JobRecord,
-    RateLimitSample,
     Status,
     TextSample,
     UsageCandidate,
@@ -37,10 +36,10 @@ from jobvault.records import (
     duration_ms,
     join_sample,
 )
-from jobvault.sources import spill
+from jobvault.sources import codex_limits, spill
 from jobvault.sources.base import FileInfo, LineContext
-from jobvault.sources.codex_file import Call, Delta, FileState, Order, Result
-from jobvault.sources.codex_limits import Reading
+from jobvault.sources.codex_calls import Call, Result
+from jobvault.sources.codex_file import Delta, FileState, Order
 from jobvault.sources.previews import Previews, RawCall, ToolCallCollector, ToolCallList
 from jobvault.sources.prompts import codex_typed
 
@@ -175,8 +174,12 @@ class CodexJob:
         cwd = turn_file.cwd if turn_file and turn_file.cwd else primary.cwd if primary else None
         started = min((f.first_ts for f in files if f.first_ts), default=None)
         ended = max((f.last_ts for f in files if f.last_ts), default=None)
-        prompt = _first(f.prompt for f in files) or _first(f.fallback_prompt for f in files)
-        user_messages = sum(f.user_messages for f in files)
+        # The first prompt the user typed: as an event (always the user's words), else as an
+        # item (older versions wrote no event).
+        prompt = _first(f.prompts.first_event for f in files) or _first(
+            f.prompts.first_item for f in files
+        )
+        user_messages = sum(f.prompts.count() for f in files)
         summary = _last(f.summary for f in files) or _last(f.last_text for f in files)
         window, used_pct = _context(files, models[0] if models else None)
         skipped: Counter[str] = Counter()
@@ -228,7 +231,7 @@ class CodexJob:
         pieces = [p for f in files for p in self.texts[f.file_id].pieces()]
         return JobDetail(
             record, tool_calls, [], modified, usage, join_sample(pieces),
-            rate_limits=_rate_limits(files),
+            rate_limits=codex_limits.merged([f.limits for f in files]),
             empty=not any(f.conversation for f in files),
         )  # fmt: skip
 
@@ -283,8 +286,8 @@ def _usage(
 
 def _tool_rows(files: list[FileState]) -> Iterator[tuple[RawCall, Call, Result | None]]:
     """Every tool call of the chosen files with its result, in the order of their lines."""
-    for i, _, call in spill.ordered([f.calls for f in files]):
-        result = files[i].results.get(call.call_id) if call.call_id else None
+    for i, _, call in spill.ordered([f.tools.calls for f in files]):
+        result = files[i].tools.results.get(call.call_id) if call.call_id else None
         raw = RawCall(
             call.call_id,
             call.name,
@@ -321,23 +324,12 @@ def _tools(
             touched.update(result.patch_files)
         modified.update(touched)
     for f in files:  # applied patches without a call (an intercepted shell, `exec`'s items)
-        for call_id, result in f.results.items():
-            if result.patch_success and f.called.get(call_id) is None:
+        for call_id, result in f.tools.results.items():
+            if result.patch_success and f.tools.called.get(call_id) is None:
                 modified.update(set(result.patch_files))
     files_modified = [FileModified(p, PATCH_TOOL, n) for p, n in sorted(modified.items())]
     listing = collector.listing()
     return listing, failed, names, files_modified
-
-
-def _rate_limits(files: list[FileState]) -> list[RateLimitSample]:
-    """Every file's changed rate-limit readings, in time order; one per (time, window)."""
-    kept: dict[tuple[str, str], Reading] = {}
-    for _, _, reading in spill.ordered([f.rates for f in files]):
-        key = (reading.order[0], reading.window)
-        old = kept.get(key)
-        if old is None or reading.order > old.order:
-            kept[key] = reading
-    return [r.sample() for _, r in sorted(kept.items())]
 
 
 def _context(files: list[FileState], model: str | None) -> tuple[int | None, float | None]:

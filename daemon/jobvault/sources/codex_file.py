@@ -17,16 +17,16 @@ fork's own deltas start from, so the parent's usage is counted in the parent alo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import marshal
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from jobvault.records import preview
 from jobvault.sources import codex_limits, spill
+from jobvault.sources.codex_calls import CallLog
 from jobvault.sources.codex_parse import (
     Usage,
     absolute,
@@ -42,7 +42,8 @@ from jobvault.sources.codex_parse import (
     tool_output,
     usage_of,
 )
-from jobvault.sources.previews import PreviewRef, Previews
+from jobvault.sources.codex_prompts import PromptTally
+from jobvault.sources.previews import Previews
 from jobvault.sources.prompts import codex_typed
 
 Order = tuple[str, int, int]  # (timestamp, file_id, offset)
@@ -72,41 +73,6 @@ TOP_KINDS = frozenset(
     {"session_meta", "turn_context", "response_item", "event_msg", "compacted", "world_state",
      "token_usage_record"}
 )  # fmt: skip
-# The item kinds of `item_completed` events that are the outcome of a tool call.
-TOOL_ITEMS = frozenset({"CommandExecution", "McpToolCall", "FileChange", "DynamicToolCall",
-                        "WebSearch", "ImageGeneration"})  # fmt: skip
-PENDING_CALLS = 64  # calls without an output yet that a failure can be attributed to
-
-
-@dataclass(slots=True)
-class Call:
-    order: Order
-    call_id: str | None
-    name: str
-    input_preview: PreviewRef
-    patch_files: list[str]  # absolute paths named by an apply_patch body
-    is_patch: bool
-
-
-@dataclass(slots=True)
-class Result:
-    output_preview: PreviewRef = None
-    output_exit: int | None = None
-    exec_exit: int | None = None
-    patch_success: bool | None = None
-    patch_files: list[str] = field(default_factory=list)
-    # An event or item said the call failed (item_completed status / exit code, an MCP
-    # error, `success: false`, a failed status on the call itself).
-    event_failed: bool = False
-
-    @property
-    def failed(self) -> bool:
-        return (
-            self.patch_success is False
-            or self.event_failed
-            or self.exec_exit not in (None, 0)
-            or self.output_exit not in (None, 0)
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,27 +83,14 @@ class Delta:
     fast: bool = False  # the priority service tier ("fast"): priced with its multiplier
 
 
-def _order(entry: Call | Delta) -> Order:
+def _order(entry: Delta) -> Order:
     return entry.order
 
 
-_CALL = spill.Codec.of_dataclass(Call)
-_RESULT = spill.Codec.of_dataclass(Result)
 _DELTA: spill.Codec[Delta] = spill.Codec(
     lambda d: marshal.dumps((d.order, d.model, dataclasses.astuple(d.usage), d.fast)),
     lambda b: (lambda t: Delta(t[0], t[1], Usage(*t[2]), t[3]))(marshal.loads(b)),
 )
-_READING = spill.Codec.of_dataclass(codex_limits.Reading)
-_COUNT: spill.Codec[int] = spill.Codec(marshal.dumps, marshal.loads)
-
-
-def _later(new: codex_limits.Reading, old: codex_limits.Reading) -> bool:
-    return new.order > old.order
-
-
-def prompt_key(text: str) -> str:
-    """A prompt's identity for counting it once (the same text as an event and an item)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 @dataclass(slots=True)
@@ -173,33 +126,19 @@ class FileState:
         # Per token count and per tool call: spilled to the job's scratch file when long.
         self.deltas: spill.SpillMap[Delta] = spill.SpillMap(_DELTA, _order)
         self.context: tuple[Order, int | None, int] | None = None
-        # Prompts: the first `user_message` event's (else the first user item's) text, and
-        # each distinct prompt's count as events and as items: a prompt written both ways
-        # counts once (the larger of its two counts), one written one way counts too.
-        self.prompt: tuple[Order, str] | None = None
-        self.fallback_prompt: tuple[Order, str] | None = None
-        self.event_prompts: spill.SpillMap[int] = _counts()
-        self.item_prompts: spill.SpillMap[int] = _counts()
+        self.prompts = PromptTally()
         self.messages = 0
         self.conversation = 0  # prompts, answers, counted tokens and tool calls
-        # Rate-limit readings that changed (per window), and the last one of each window.
-        self.rates: spill.SpillMap[codex_limits.Reading] = spill.SpillMap(
-            _READING, lambda r: r.order, _later
-        )
-        self.last_reading: dict[str, codex_limits.Reading] = {}
+        self.limits = codex_limits.RateLog()
         # Per-response usage (`token_usage_record`), kept only while the file has no
         # token_count: it is the same usage, counted from it only when nothing else says it.
         self.usage_records: spill.SpillMap[Delta] = spill.SpillMap(_DELTA, _order)
-        self.pending: deque[str] = deque(maxlen=PENDING_CALLS)  # calls awaiting their output
-        self.last_call: str | None = None
         self.summary: tuple[Order, str] | None = None
         self.last_text: tuple[Order, str] | None = None
         self.status: tuple[Order, str] | None = None
         self.title: tuple[Order, str] | None = None
-        self.calls: spill.SpillMap[Call] = spill.SpillMap(_CALL, _order)
-        self.called: spill.SpillMap[bool] = spill.SpillMap(spill.MARK, spill.no_order)
-        self.results: spill.SpillMap[Result] = spill.SpillMap(_RESULT, spill.no_order, spill.always)
-        self.entries = 0  # deltas and calls so far (their keys)
+        self.tools = CallLog(previews)
+        self.entries = 0  # deltas so far (their keys)
         self.skipped: Counter[str] = Counter()
 
     # -- reading -----------------------------------------------------------------------------
@@ -216,7 +155,7 @@ class FileState:
             if not self._known(kind, sub):
                 self.skipped[f"{kind}/{sub}" if sub is not None else kind] += 1
                 if kind == "event_msg" and not self._in_replay(ts):
-                    self._call_outcome(payload)  # an unknown event may still report a failure
+                    self.tools.outcome(payload)  # an unknown event may still report a failure
                 return None
             if kind == "session_meta":
                 self._session_meta(payload, ts)
@@ -355,9 +294,7 @@ class FileState:
                     return
                 self.messages += 1
                 self.conversation += 1
-                _tally(self.item_prompts, typed)
-                if self.fallback_prompt is None:
-                    self.fallback_prompt = (order, typed)
+                self.prompts.item(order, typed)
             elif role == "assistant":
                 self.messages += 1
                 self.conversation += 1
@@ -382,70 +319,24 @@ class FileState:
             call_id = as_str(item.get("call_id"))
             if call_id is not None:
                 text, exit_code = tool_output(item.get("output"))
-                result = self._result(call_id)
-                result.output_preview = self.previews.put(preview(text))
-                result.output_exit = exit_code
-                if call_id in self.pending:
-                    self.pending.remove(call_id)
+                self.tools.output(call_id, preview(text), exit_code)
             return
         if kind in ("function_call", "custom_tool_call", "local_shell_call", "web_search_call"):
             status = item.get("status")  # a failed status on the call itself (web search…)
             call_id = as_str(item.get("call_id")) or as_str(item.get("id"))
             if call_id and isinstance(status, str) and failure_of({"status": status}):
-                self._result(call_id).event_failed = True
+                self.tools.result(call_id).event_failed = True
 
     def _call(self, order: Order, call_id: Any, name: str, raw: Any, patch: str | None) -> None:
         files = [absolute(p, self.cwd) for p in patch_paths(patch)] if patch else []
         call_id = call_id if isinstance(call_id, str) and call_id else None
         self.conversation += 1
-        if call_id is not None:
-            self.pending.append(call_id)
-            self.last_call = call_id
-        self.entries += 1
-        self.calls.offer(
-            f"{self.entries:012d}",
-            Call(
-                order=order,
-                call_id=call_id,
-                name=name,
-                input_preview=self.previews.put(preview(dumps_preview_source(raw))),
-                patch_files=files,
-                is_patch=patch is not None,
-            ),
-        )
-        if call_id is not None:
-            self.called.offer(call_id, True)
+        self.tools.call(order, call_id, name, preview(dumps_preview_source(raw)), files,
+                        patch is not None)  # fmt: skip
 
     def maps(self) -> list[spill.SpillMap[Any]]:
-        return [self.deltas, self.calls, self.called, self.results, self.event_prompts,
-                self.item_prompts, self.rates, self.usage_records]  # fmt: skip
-
-    @property
-    def user_messages(self) -> int:
-        """Prompts typed: each distinct text counts the larger of its event and item counts."""
-        total = 0
-        events, items = self.event_prompts.sorted_items(), self.item_prompts.sorted_items()
-        a, b = next(events, None), next(items, None)
-        while a is not None or b is not None:  # a merge of the two key-ordered maps
-            if b is None or (a is not None and a[0] < b[0]):
-                assert a is not None
-                total += a[1]
-                a = next(events, None)
-            elif a is None or b[0] < a[0]:
-                total += b[1]
-                b = next(items, None)
-            else:
-                total += max(a[1], b[1])
-                a, b = next(events, None), next(items, None)
-        return total
-
-    def _result(self, call_id: str) -> Result:
-        """The call's result, held so the caller can change it (and the change is kept)."""
-        result = self.results.get(call_id)
-        if result is None:
-            result = Result()
-        self.results.put(call_id, result)
-        return result
+        return [self.deltas, *self.tools.maps(), *self.prompts.maps(), self.limits.readings,
+                self.usage_records]  # fmt: skip
 
     def _event(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
         kind = payload.get("type")
@@ -458,9 +349,7 @@ class FileState:
             typed = codex_typed([text]) if isinstance(text, str) else ""
             if typed and not is_boilerplate(typed):
                 self.conversation += 1
-                _tally(self.event_prompts, typed)
-                if self.prompt is None:
-                    self.prompt = (order, typed)
+                self.prompts.event(order, typed)
         elif kind == "agent_message":
             text = as_str(payload.get("message"))
             self.conversation += 1
@@ -483,72 +372,29 @@ class FileState:
             call_id = as_str(payload.get("call_id"))
             code = payload.get("exit_code")
             if call_id and isinstance(code, int) and not isinstance(code, bool):
-                self._result(call_id).exec_exit = code
-            self._call_outcome(payload)
+                self.tools.result(call_id).exec_exit = code
+            self.tools.outcome(payload)
         elif kind == "patch_apply_end":
             call_id = as_str(payload.get("call_id"))
             if call_id:
-                result = self._result(call_id)
+                result = self.tools.result(call_id)
                 result.patch_success = payload.get("success") is True
                 result.patch_files = [
                     absolute(p, self.cwd) for p in changed_paths(payload.get("changes"))
                 ]
         elif kind == "token_count":
-            self._rate_limits(payload.get("rate_limits"), order, bad)
+            self.limits.read(payload.get("rate_limits"), order, bad)
             self._token_count(payload, order, bad)
         elif kind == "account/rateLimits/updated":
-            self._rate_limits(payload.get("rate_limits"), order, bad)
+            self.limits.read(payload.get("rate_limits"), order, bad)
         elif kind == "item_completed":
-            self._item_completed(payload.get("item"), order)
+            self.tools.completed(payload.get("item"), order, self.cwd)
         elif kind == "thread_settings_applied":
             settings = payload.get("thread_settings")
             if isinstance(settings, dict):
                 self._settings(settings, settings.get("reasoning_effort"), order)
         else:  # mcp_tool_call_end, dynamic_tool_call_response: only their outcome
-            self._call_outcome(payload)
-
-    def _call_outcome(self, payload: dict[str, Any]) -> None:
-        """An event naming a call (`call_id`) that says the call failed marks it failed."""
-        call_id = as_str(payload.get("call_id")) or as_str(payload.get("callId"))
-        if call_id and failure_of(payload):
-            self._result(call_id).event_failed = True
-
-    def _item_completed(self, item: Any, order: Order) -> None:
-        """A finished item (Codex 0.15x): a command's, MCP call's or file change's outcome.
-
-        The item names its call by id when it is the call's own; a command run inside
-        another tool (the `exec` tool's script) has an id of its own, and its failure is the
-        failure of the call still waiting for its output (else of the file's last call).
-        """
-        if not isinstance(item, dict) or item.get("type") not in TOOL_ITEMS:
-            return
-        item_id = as_str(item.get("id")) or as_str(item.get("call_id"))
-        failed = failure_of(item)
-        if item.get("type") == "FileChange" and not failed:
-            # Applied, whichever tool applied it: its files are modified.
-            key = item_id or f"item:{order[1]}:{order[2]}"
-            result = self._result(key)
-            result.patch_success = result.patch_success is not False
-            paths = [absolute(p, self.cwd) for p in changed_paths(item.get("changes"))]
-            result.patch_files = sorted(set(result.patch_files) | set(paths))
-        if not failed:
-            return
-        source = item.get("source")
-        if isinstance(source, str) and "user" in source.lower():
-            return  # the user's own shell command, not a tool call
-        if item_id is not None and self.called.get(item_id):
-            target: str | None = item_id
-        else:
-            target = self.pending[-1] if self.pending else self.last_call
-        if target is not None:
-            self._result(target).event_failed = True
-
-    def _rate_limits(self, limits: Any, order: Order, bad: list[str]) -> None:
-        for reading in codex_limits.readings(limits, order, bad):
-            if reading.same_values(self.last_reading.get(reading.window)):
-                continue  # unchanged since the last reading: no new point of history
-            self.last_reading[reading.window] = reading
-            self.rates.offer(f"{reading.order[0]}|{reading.window}", reading)
+            self.tools.outcome(payload)
 
     def _token_count(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
         info = payload.get("info")
@@ -580,15 +426,6 @@ class FileState:
 
 
 FAST_TIERS = frozenset({"fast", "priority"})
-
-
-def _counts() -> spill.SpillMap[int]:
-    return spill.SpillMap(_COUNT, spill.no_order, spill.always)
-
-
-def _tally(counts: spill.SpillMap[int], text: str) -> None:
-    key = prompt_key(text)
-    counts.put(key, (counts.get(key) or 0) + 1)
 
 
 def _spawn_parent(payload: dict[str, Any]) -> str | None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobvault.records import RateLimitSample, RateWindow, count
+from jobvault.sources import spill
 
 MAX_PERCENT = 10_000.0  # Codex reports percents above 100 when a plan is over its limit
 MAX_UNIX = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -114,3 +115,36 @@ def _reset(entry: dict[str, Any], at: str, window: str, bad: list[str]) -> str |
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+_READING = spill.Codec.of_dataclass(Reading)
+
+
+def _later(new: Reading, old: Reading) -> bool:
+    return new.order > old.order
+
+
+class RateLog:
+    """One file's rate-limit history: a reading is kept when its window's values change."""
+
+    def __init__(self) -> None:
+        self.readings: spill.SpillMap[Reading] = spill.SpillMap(_READING, lambda r: r.order, _later)
+        self._last: dict[str, Reading] = {}
+
+    def read(self, limits: Any, order: Order, bad: list[str]) -> None:
+        for reading in readings(limits, order, bad):
+            if reading.same_values(self._last.get(reading.window)):
+                continue  # unchanged since the last reading: no new point of history
+            self._last[reading.window] = reading
+            self.readings.offer(f"{reading.order[0]}|{reading.window}", reading)
+
+
+def merged(logs: list[RateLog]) -> list[RateLimitSample]:
+    """Several files' readings in time order, one per (time, window): the latest line wins."""
+    kept: dict[tuple[str, str], Reading] = {}
+    for _, _, reading in spill.ordered([log.readings for log in logs]):
+        key = (reading.order[0], reading.window)
+        old = kept.get(key)
+        if old is None or reading.order > old.order:
+            kept[key] = reading
+    return [r.sample() for _, r in sorted(kept.items())]
