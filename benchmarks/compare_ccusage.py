@@ -228,6 +228,9 @@ def main() -> int:
     parser.add_argument("--stage", choices=("claude", "codex"), help="lay out loose files first")
     parser.add_argument("--compact", action="store_true", help="with --stage: compact JSON")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--differences", action="store_true", help="list only the rows that differ (and counts)"
+    )
     args = parser.parse_args()
     differences = 0
     for root in args.dirs:
@@ -237,15 +240,24 @@ def main() -> int:
         differences += sum(r.mark != "=" for r in rows)
         label = f"{root}" + (f" (staged as {args.stage})" if args.stage else "")
         label += " (compacted)" if args.compact else ""
+        sessions = sum(r.kind == "session" for r in rows)
+        equal_sessions = sum(r.kind == "session" and r.mark == "=" for r in rows)
+        counts = (
+            f"{equal_sessions} of {sessions} sessions and "
+            f"{sum(r.kind == 'day' and r.mark == '=' for r in rows)} of "
+            f"{sum(r.kind == 'day' for r in rows)} UTC days equal"
+        )
+        if args.differences:
+            rows = [r for r in rows if r.mark != "="]
         if args.markdown:
-            print(f"\n`{label}`\n")
+            print(f"\n`{label}`: {counts}\n")
             print("| source | session / UTC day | jobvault in / out / cache write / cache read / "
                   "cost | ccusage | |")  # fmt: skip
             print("|---|---|---|---|---|")
             for r in rows:
                 print(f"| {r.source} | {r.key} | {fmt(r.ours)} | {fmt(r.theirs)} | {r.mark} |")
         else:
-            print(f"{label}:")
+            print(f"{label}: {counts}")
             for r in rows:
                 print(f"  {r.mark} {r.source:6} {r.kind:7} {r.key[:36]:36}  "
                       f"jobvault {fmt(r.ours)}  ccusage {fmt(r.theirs)}")  # fmt: skip

@@ -299,3 +299,58 @@ def test_unknown_models_are_marked_unpriced(tmp_path: Path) -> None:
         job.feed(obj, ctx, n)
     record = job.build(finalized=True, machine_id=None).record
     assert record.cost_usd == 0 and record.unpriced_models == ["gpt-9-preview", "unknown"]
+
+
+async def test_sighup_applies_new_prices_to_the_records_written_after(tmp_path: Path) -> None:
+    import asyncio
+    import dataclasses
+    import sqlite3
+
+    from jobvault.config import Config
+    from jobvault.service.daemon import run_daemon
+    from tests.helpers import SESSION, session_lines
+
+    project = tmp_path / "projects" / "-p"
+    project.mkdir(parents=True)
+    db = tmp_path / "v" / "j.db"
+    config = Config(watch=(tmp_path / "projects",), db=db, idle_timeout=0.5,
+                    rescan_interval=0.2, batch_interval=0.02)  # fmt: skip
+    cheap = dataclasses.replace(
+        config, pricing=pricing.parse_overrides({"claude-sonnet-4": {"output": 1.5}})
+    )
+
+    def record(session: str) -> tuple[float, str] | None:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT cost_usd, pricing_version FROM jobs WHERE session_id = ? "
+                "AND finalized_at IS NOT NULL",
+                (session,),
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            conn.close()
+        return (float(row[0]), str(row[1])) if row else None
+
+    async def wait_for(session: str) -> tuple[float, str]:
+        for _ in range(300):
+            found = record(session)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no final record for {session}")
+
+    later = "33333333-2222-4333-8444-555555555555"
+    async with run_daemon(config, reloader=lambda: cheap) as daemon:
+        (project / f"{SESSION}.jsonl").write_bytes(b"".join(session_lines(2)))
+        before = await wait_for(SESSION)
+        daemon.request_reload()
+        await asyncio.sleep(0.5)
+        (project / f"{later}.jsonl").write_bytes(b"".join(session_lines(2, session=later)))
+        after = await wait_for(later)
+    # session_lines(2): 20 input and 50 + 51 output tokens of claude-sonnet-4 ($3 / $15).
+    assert before == (pytest.approx((20 * 3 + 101 * 15) / 1e6, abs=1e-6), pricing.PRICING_VERSION)
+    assert after[0] == pytest.approx((20 * 3 + 101 * 1.5) / 1e6, abs=1e-6)
+    assert after[0] < before[0] / 5
+    assert after[1].startswith(pricing.PRICING_VERSION + "+user.")
