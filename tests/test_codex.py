@@ -30,7 +30,7 @@ from jobvault.sources.codex_file import (
     RESPONSE_KINDS,
     TOP_KINDS,
 )
-from tests.helpers import archived, run, run_json
+from tests.helpers import archived, assert_matches_oracle, run, run_json
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "codex"
 EXPECTED: dict[str, dict[str, Any]] = {
@@ -89,18 +89,7 @@ def test_job_matches_oracle(
     job_id: str, imported: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = run_json(capsys, "show", job_id, "--db", str(imported))
-    mismatches = []
-    for key, want in sorted(EXPECTED[job_id].items()):
-        if key.startswith("_") or key in CHILDREN:
-            continue
-        got = job.get(key, "<missing>")
-        if key == "cost_usd":
-            ok = isinstance(got, int | float) and got == pytest.approx(want, abs=1e-6)
-        else:
-            ok = got == want
-        if not ok:
-            mismatches.append(f"  {key}: expected {want!r}, jobvault gave {got!r}")
-    assert not mismatches, f"{job_id} disagrees with the oracle:\n" + "\n".join(mismatches)
+    assert_matches_oracle(job_id, job, EXPECTED[job_id], CHILDREN)
     exp = EXPECTED[job_id]
     calls = [[t["name"], t["tool_use_id"], t["is_error"]] for t in job["tool_calls"]]
     assert calls == exp["tool_calls"]

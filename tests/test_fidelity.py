@@ -22,7 +22,7 @@ from jobvault.sources.base import LineContext
 from jobvault.sources.claude import ClaudeJob
 from jobvault.sources.codex import CodexJob
 from jobvault.sources.prompts import claude_typed, codex_typed, strip_blocks
-from tests.helpers import archived, run, run_json
+from tests.helpers import archived, assert_matches_oracle, run, run_json
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fidelity"
 ORACLE: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
@@ -65,15 +65,7 @@ def test_job_matches_oracle(
     job_id: str, imported: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = run_json(capsys, "show", job_id, "--db", str(imported))
-    mismatches = []
-    for key, want in sorted(EXPECTED[job_id].items()):
-        if key.startswith("_") or key in CHILDREN:
-            continue
-        got = job.get(key, "<missing>")
-        ok = got == pytest.approx(want, abs=1e-6) if key == "cost_usd" else got == want
-        if not ok:
-            mismatches.append(f"  {key}: expected {want!r}, jobvault gave {got!r}")
-    assert not mismatches, f"{job_id} disagrees with the oracle:\n" + "\n".join(mismatches)
+    assert_matches_oracle(job_id, job, EXPECTED[job_id], CHILDREN)
     want_calls = EXPECTED[job_id].get("tool_calls")
     if want_calls is not None:
         assert [

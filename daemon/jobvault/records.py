@@ -43,11 +43,17 @@ MAX_COST = 1e6  # dollars for one message: anything above is no real cost
 
 def money(value: Any, name: str, bad: list[str]) -> float | None:
     """A cost in dollars taken from a line (None when absent); out of range is a bad value."""
+    return number(value, name, bad, MAX_COST)
+
+
+def number(value: Any, name: str, bad: list[str], maximum: float) -> float | None:
+    """A non-negative number up to `maximum` taken from a line (None when absent or not a
+    number); out of range (NaN included) is noted in `bad` and read as None."""
     if value is None or value.__class__ not in (int, float):
         return None
-    if 0 <= value <= MAX_COST:  # (NaN fails both comparisons)
+    if 0 <= value <= maximum:  # (NaN fails both comparisons)
         return float(value)
-    bad.append(f"bad value: {name} = {str(value)[:24]} is outside 0..{MAX_COST:g}")
+    bad.append(f"bad value: {name} = {str(value)[:24]} is outside 0..{maximum:g}")
     return None
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobvault.records import RateLimitSample, RateWindow, count
+from jobvault.records import RateLimitSample, RateWindow, count, number
 from jobvault.sources import spill
 
 MAX_PERCENT = 10_000.0  # Codex reports percents above 100 when a plan is over its limit
@@ -75,12 +75,7 @@ def readings(limits: Any, order: Order, bad: list[str]) -> list[Reading]:
 
 
 def _percent(value: Any, name: str, bad: list[str]) -> float | None:
-    if value is None or value.__class__ not in (int, float):
-        return None
-    if 0 <= value <= MAX_PERCENT:  # (NaN fails both comparisons)
-        return float(value)
-    bad.append(f"bad value: rate_limits.{name} = {str(value)[:24]} is outside 0..10000")
-    return None
+    return number(value, f"rate_limits.{name}", bad, MAX_PERCENT)
 
 
 def _minutes(value: Any, name: str, bad: list[str]) -> int | None:
