@@ -576,3 +576,19 @@ def test_a_rollout_without_conversation_is_empty() -> None:
     assert detail.empty
     detail, _ = _codex([*START, _user(1, "hello")])
     assert not detail.empty
+
+
+def test_a_claude_file_of_meta_lines_only_is_empty() -> None:
+    job = ClaudeJob(S)
+    ctx = LineContext(1, "main", None, None, "-p", "/p/-p/s.jsonl")
+    caveat = {
+        "type": "user",
+        "isMeta": True,
+        "sessionId": S,
+        "timestamp": "2026-08-03T09:00:00Z",
+        "message": {"role": "user", "content": "Caveat: The messages below were …"},
+    }
+    job.feed(caveat, ctx, 0)
+    assert job.build(finalized=True, machine_id=None).empty
+    job.feed({**caveat, "isMeta": False, "message": {"role": "user", "content": "hi"}}, ctx, 200)
+    assert not job.build(finalized=True, machine_id=None).empty

@@ -213,8 +213,8 @@ class JobDetail:
     search_text: str = ""
     # Rate-limit readings in time order (a list, or a lazy sequence for a spilled session).
     rate_limits: Sequence[RateLimitSample] = ()
-    # No user or assistant message at all (a summary-only, attachment-only or
-    # snapshot-only file): archived and listed by `status`, but never written as a job.
+    # No user or assistant message at all, meta lines aside (a summary-only,
+    # attachment-only or snapshot-only file): archived and listed by `status`, never a job.
     empty: bool = False
 
 

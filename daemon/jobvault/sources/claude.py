@@ -187,7 +187,7 @@ class ClaudeJob:
         # of commands that ran locally (a `<local-command-stdout>` line answers them).
         self.commands: dict[str, tuple[Order, str]] = {}
         self.local_outputs: set[str] = set()
-        self.conversation = 0  # user and assistant lines: none means no job
+        self.conversation = 0  # user (not meta) and assistant lines: none means no job
         self.first_ts: str | None = None
         self.last_ts: str | None = None
         self.main_first_ts: str | None = None
@@ -272,7 +272,8 @@ class ClaudeJob:
 
         problem = None
         if kind in ("assistant", "user") and isinstance(obj.get("message"), dict):
-            self.conversation += 1
+            # (a file of isMeta lines only, such as a lone caveat, is no conversation either)
+            self.conversation += not (obj.get("isMeta") or obj.get("isCompactSummary"))
         if kind == "assistant":
             problem = self._assistant(obj, order, sidechain, agent_id, ctx.path)
         elif kind == "user":
