@@ -21,7 +21,8 @@ run: $(STAMP)
 ## session's state spilled to its scratch file from the first entry, and once more with every
 ## cold session read by the worker processes (spilled there too): the records must not change.
 SPILL_TESTS := tests/test_claude_fixtures.py tests/test_codex.py tests/test_rebuild.py \
-	tests/test_model.py tests/test_samples.py tests/test_stats.py tests/test_tracking.py
+	tests/test_model.py tests/test_samples.py tests/test_stats.py tests/test_tracking.py \
+	tests/test_fidelity.py tests/test_pricing.py
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	JOBVAULT_TEST_SPILL=1 $(BIN)/python -m pytest -q $(SPILL_TESTS)

@@ -67,6 +67,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
             monkeypatch.delenv(var)
     yield home
     shutil.rmtree(runtime, ignore_errors=True)
+    from jobvault import pricing
+
+    pricing.configure({})  # a test's price overrides never leak into the next test
     _quiet_logs()  # the CLI configures logging onto this test's captured stream
 
 

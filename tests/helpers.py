@@ -189,3 +189,22 @@ def archived_total(db: Path) -> int:
             conn.close()
     except sqlite3.OperationalError:
         return 0
+
+
+def assert_matches_oracle(
+    job_id: str, job: dict[str, Any], expected: dict[str, Any], skip: set[str] | frozenset[str]
+) -> None:
+    """Every key of a hand-derived oracle (but notes, `_…`, and `skip`) equals the job's;
+    costs within a millionth of a dollar. All mismatches are reported at once."""
+    mismatches = []
+    for key, want in sorted(expected.items()):
+        if key.startswith("_") or key in skip:
+            continue
+        got = job.get(key, "<missing>")
+        if key == "cost_usd":
+            ok = isinstance(got, int | float) and got == pytest.approx(want, abs=1e-6)
+        else:
+            ok = got == want
+        if not ok:
+            mismatches.append(f"  {key}: expected {want!r}, jobvault gave {got!r}")
+    assert not mismatches, f"{job_id} disagrees with the oracle:\n" + "\n".join(mismatches)

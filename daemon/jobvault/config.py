@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from jobvault import paths
+from jobvault import paths, pricing
 from jobvault.errors import ConfigError
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -58,6 +58,8 @@ class Config:
     connection_idle_timeout: float = 300.0
     sql_time_limit: float = 5.0
     sql_max_rows: int = 10_000
+    # The user's prices ([pricing."model"] tables), looked up before the built-in table.
+    pricing: dict[str, pricing.Price] = field(default_factory=dict)
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -156,6 +158,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "connection_idle_timeout": lambda k, v: _as_float(k, v, 0.01),
     "sql_time_limit": lambda k, v: _as_float(k, v, 0.01),
     "sql_max_rows": lambda k, v: _as_int(k, v, 1),
+    "pricing": lambda k, v: pricing.parse_overrides(v, k),
 }
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
 assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"

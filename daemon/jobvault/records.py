@@ -43,11 +43,17 @@ MAX_COST = 1e6  # dollars for one message: anything above is no real cost
 
 def money(value: Any, name: str, bad: list[str]) -> float | None:
     """A cost in dollars taken from a line (None when absent); out of range is a bad value."""
+    return number(value, name, bad, MAX_COST)
+
+
+def number(value: Any, name: str, bad: list[str], maximum: float) -> float | None:
+    """A non-negative number up to `maximum` taken from a line (None when absent or not a
+    number); out of range (NaN included) is noted in `bad` and read as None."""
     if value is None or value.__class__ not in (int, float):
         return None
-    if 0 <= value <= MAX_COST:  # (NaN fails both comparisons)
+    if 0 <= value <= maximum:  # (NaN fails both comparisons)
         return float(value)
-    bad.append(f"bad value: {name} = {str(value)[:24]} is outside 0..{MAX_COST:g}")
+    bad.append(f"bad value: {name} = {str(value)[:24]} is outside 0..{maximum:g}")
     return None
 
 
@@ -128,6 +134,21 @@ class UsageCandidate:
     cost_usd: float = 0.0
 
 
+RateWindow = Literal["primary", "secondary"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSample:
+    """One reading of a plan's rate-limit window, as the agent reported it (Codex
+    `token_count.rate_limits`): stored in `job_rate_limits` for limit history."""
+
+    at: str  # the line's timestamp (ISO 8601)
+    window: RateWindow  # Codex: primary (the short window, 5 h) / secondary (weekly)
+    used_percent: float | None
+    window_minutes: int | None
+    resets_at: str | None  # ISO 8601, UTC
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """One agent session, derived from the raw archive alone (a pure function of it)."""
@@ -190,6 +211,11 @@ class JobDetail:
     usage: list[UsageRow]
     # Prompts and assistant text, in order, cut at SEARCH_TEXT_CHARS: the full-text index.
     search_text: str = ""
+    # Rate-limit readings in time order (a list, or a lazy sequence for a spilled session).
+    rate_limits: Sequence[RateLimitSample] = ()
+    # No user or assistant message at all, meta lines aside (a summary-only,
+    # attachment-only or snapshot-only file): archived and listed by `status`, never a job.
+    empty: bool = False
 
 
 def duration_ms(start: str | None, end: str | None) -> int | None:

@@ -14,6 +14,7 @@ import orjson
 
 import jobvault
 from jobvault import config as config_mod
+from jobvault import pricing
 from jobvault.cli import render
 from jobvault.cli import reports as cli_reports
 from jobvault.config import Config
@@ -201,7 +202,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
                 "bytes_archived": engine.stats.bytes_archived,
                 "lines": engine.stats.lines_archived,
                 "bad_lines": engine.stats.bad_lines,
-                "jobs": len(engine.sessions_read),
+                # Sessions with no conversation are archived but are not jobs.
+                "jobs": len(engine.sessions_read - store.empty_sessions()),
                 "db": str(config.db),
             }
         finally:
@@ -394,6 +396,7 @@ def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
         try:
             with render.Progress("rebuilding", 0, enabled=not args.no_progress) as progress:
                 count = engine.rebuild(progress.set)
+            count -= len(store.empty_sessions())  # archived sessions that are not jobs
         finally:
             engine.close()
             store.close()
@@ -442,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = _load_config(args)
+        pricing.configure(config.pricing)  # the user's prices, for import and rebuild
         configure_logging(config.log_level if args.command == "run" else
                           (args.log_level or "warning"))  # fmt: skip
         if args.command == "run":

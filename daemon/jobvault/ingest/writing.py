@@ -92,7 +92,7 @@ class RoundWriter:
                 book.written(job, now)
                 if job.finalized:
                     book.drop(job.key)  # final: rebuilt from the archive if resumed
-            if self.on_record is not None:
+            if self.on_record is not None and not detail.empty:  # (no job: nothing to tell)
                 self.on_record(detail.record, finalized)
         for job in due:  # quarantined or refused: not dirty any more either way
             if job.key in book.quarantined:

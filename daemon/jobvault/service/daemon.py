@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from jobvault import pricing
 from jobvault.config import Config
 from jobvault.errors import JobvaultError, StoreError
 from jobvault.ingest.engine import Engine
@@ -116,6 +117,7 @@ async def serve(daemon: Daemon) -> None:
             await _on_worker(executor, open_writer, config.db, config.synchronous),
             config.compression_level,
         )
+        pricing.configure(config.pricing)
         engine = Engine(config, store)
         daemon.engine = engine
         sock = listen_socket()  # systemd socket activation: serve it, never unlink it
@@ -256,6 +258,11 @@ def _apply_reload(daemon: Daemon, engine: Engine, watcher: Watcher | None) -> bo
             new = replace(new, **{key: getattr(old, key)})
     daemon.config = new
     engine.config = new  # idle time, limits, batch sizes; the engine reads them per use
+    if new.pricing != old.pricing and daemon._executor is not None:
+        # On the engine's thread, between two rounds: no record is priced half and half.
+        # Records already written keep their prices until `jobvault rebuild`.
+        daemon._executor.submit(pricing.configure, new.pricing)
+        log.warning("pricing_changed", hint="run `jobvault rebuild` to re-price the history")
     if watcher is not None:
         watcher.retain(list(new.watch))
     log.info(

@@ -40,7 +40,7 @@ from jobvault.records import (
     money,
     preview,
 )
-from jobvault.sources import spill
+from jobvault.sources import prompts, spill
 from jobvault.sources.base import FileInfo, LineContext
 from jobvault.sources.previews import PreviewRef, Previews, RawCall, ToolCallCollector, ToolCallList
 
@@ -70,6 +70,7 @@ class _Usage:
     cache_read: int
     fast: bool
     cost_override: float | None
+    web_search: int = 0  # server_tool_use.web_search_requests of this copy
 
 
 @dataclass(slots=True)
@@ -181,7 +182,12 @@ class ClaudeJob:
         self.unkeyed_usage: spill.SpillMap[_Usage] = spill.SpillMap(_USAGE, _order)
         self.assistant_ids = _id_set()
         self.user_lines = 0
-        self.user_prompts = 0
+        self.prompt_ids = _id_set()  # prompts typed in the main session (by line uuid)
+        # Slash commands typed in the main session (uuid -> earliest copy), and the uuids
+        # of commands that ran locally (a `<local-command-stdout>` line answers them).
+        self.commands: dict[str, tuple[Order, str]] = {}
+        self.local_outputs: set[str] = set()
+        self.conversation = 0  # user (not meta) and assistant lines: none means no job
         self.first_ts: str | None = None
         self.last_ts: str | None = None
         self.main_first_ts: str | None = None
@@ -265,6 +271,9 @@ class ClaudeJob:
             self.sidechain_roots += 1
 
         problem = None
+        if kind in ("assistant", "user") and isinstance(obj.get("message"), dict):
+            # (a file of isMeta lines only, such as a lone caveat, is no conversation either)
+            self.conversation += not (obj.get("isMeta") or obj.get("isCompactSummary"))
         if kind == "assistant":
             problem = self._assistant(obj, order, sidechain, agent_id, ctx.path)
         elif kind == "user":
@@ -335,6 +344,12 @@ class ClaudeJob:
         out = count(usage.get("output_tokens"), "output_tokens", bad)
         read = count(usage.get("cache_read_input_tokens"), "cache_read", bad)
         cost_usd = money(obj.get("costUSD"), "costUSD", bad)
+        server_tools = usage.get("server_tool_use")
+        searches = (
+            count(server_tools.get("web_search_requests"), "web_search_requests", bad)
+            if isinstance(server_tools, dict)
+            else 0
+        )
         entry = _Usage(
             order=order,
             path=path,
@@ -349,6 +364,7 @@ class ClaudeJob:
             cache_read=read,
             fast=usage.get("speed") == "fast",
             cost_override=cost_usd,
+            web_search=searches,
         )
         if not sidechain:
             self.context.offer(order, (model, inp + c5m + c1h + read))
@@ -399,22 +415,36 @@ class ClaudeJob:
         meta = bool(obj.get("isMeta")) or bool(obj.get("isCompactSummary"))
         if not meta:
             self.user_lines += 1
-        if not (has_result or meta):
-            typed = _text_of(content)
-            if not typed.startswith(INTERRUPT_MARK) and not _is_command_wrapper(typed):
-                self.text.add(order, typed)  # subagents' prompts too
-        if sidechain or has_result or meta:
+        if has_result or meta:
             return
         text = _text_of(content)
         if text.startswith(INTERRUPT_MARK):
-            self.last_event.offer(order, "interrupted")
+            if not sidechain:
+                self.last_event.offer(order, "interrupted")
+            return
+        typed = prompts.claude_typed(text)
+        if typed.text:
+            self.text.add(order, typed.text)  # subagents' prompts too
+        if sidechain:
             return
         self.last_event.offer(order, "ok")
-        if not text.strip():
+        if typed.kind in ("wrapper", "local"):
+            parent = obj.get("parentUuid")
+            if text.lstrip().startswith(prompts.LOCAL_OUTPUT_PREFIX) and isinstance(parent, str):
+                self.local_outputs.add(parent)  # its command ran locally: not a prompt
             return
-        self.user_prompts += 1
-        if not _is_command_wrapper(text):
-            self.prompt.offer(order, text)
+        uuid = obj.get("uuid")
+        key = uuid if isinstance(uuid, str) and uuid else f"line:{order[1]}:{order[2]}"
+        if typed.kind == "command":
+            old = self.commands.get(key)
+            if old is None or order < old[0]:
+                self.commands[key] = (order, typed.text)
+            return
+        # One count per line uuid: history an older Claude Code copied into a resumed
+        # session's file repeats its prompts with their uuids.
+        self.prompt_ids.offer(key, True)
+        self._spill.offers += 1
+        self.prompt.offer(order, typed.text)
 
     def _tool_result(self, block: dict[str, Any], structured: Any, order: Order) -> None:
         tool_id = block.get("tool_use_id")
@@ -451,6 +481,7 @@ class ClaudeJob:
             self.usage,
             self.unkeyed_usage,
             self.assistant_ids,
+            self.prompt_ids,
             self.tool_uses,
             self.unkeyed_tools,
             self.tool_results,
@@ -560,6 +591,11 @@ class ClaudeJob:
         started = min(starts) if starts else (self.main_first_ts or self.first_ts)
         ended = self.last_ts
         summary = self.summary_line.value or self.last_text.value
+        # The prompts: typed text and slash commands that went to the model (not local ones).
+        commands = [c for k, c in self.commands.items() if k not in self.local_outputs]
+        typed = [(self.prompt.order, self.prompt.value)] if self.prompt.order is not None else []
+        first_prompt = min(commands + typed, default=None)
+        prompt_count = len(self.prompt_ids) + len(commands)
         record = JobRecord(
             id=f"{SOURCE}:{self.job_key}",
             source=SOURCE,
@@ -574,7 +610,7 @@ class ClaudeJob:
             started_at=started,
             ended_at=ended,
             duration_ms=duration_ms(started, ended),
-            prompt=self.prompt.value,
+            prompt=first_prompt[1] if first_prompt else None,
             summary=preview(summary, SUMMARY_CHARS) if summary else None,
             title=self.custom_title.value or self.title.value,
             input_tokens=totals[0],
@@ -583,13 +619,13 @@ class ClaudeJob:
             cache_read_tokens=totals[3],
             reasoning_tokens=0,
             cost_usd=round(cost, 6),
-            pricing_version=pricing.PRICING_VERSION,
+            pricing_version=pricing.version(),
             tool_call_count=len(tool_calls),
             failed_tool_calls=failed,
             primary_tool=_most_common(tool_counter),
             files_modified=sorted({f.path for f in files}),
             message_count=len(self.assistant_ids) + self.user_lines,
-            user_message_count=self.user_prompts,
+            user_message_count=prompt_count,
             subagent_count=len(subagents),
             context_window=context_window,
             context_used_pct=context_used,
@@ -612,7 +648,10 @@ class ClaudeJob:
             )
             for (hour, model), r in sorted(usage_rows.items())
         ]
-        return JobDetail(record, tool_calls, subagents, files, usage, self.text.text())
+        return JobDetail(
+            record, tool_calls, subagents, files, usage, self.text.text(),
+            empty=self.conversation == 0,
+        )  # fmt: skip
 
     def _tool_rows(self) -> Iterator[tuple[RawCall, _ToolUse, _ToolResult | None]]:
         """Every tool call with its result, in the order of their lines."""
@@ -720,7 +759,7 @@ def _message_cost(u: _Usage) -> tuple[float, bool]:
     if price is None:
         return 0.0, False
     return pricing.message_cost(
-        price, u.input, u.output, u.cache_5m, u.cache_1h, u.cache_read, u.fast
+        price, u.input, u.output, u.cache_5m, u.cache_1h, u.cache_read, u.fast, u.web_search
     ), True
 
 

@@ -36,10 +36,12 @@ from jobvault.records import (
     duration_ms,
     join_sample,
 )
-from jobvault.sources import spill
+from jobvault.sources import codex_limits, spill
 from jobvault.sources.base import FileInfo, LineContext
-from jobvault.sources.codex_file import Call, Delta, FileState, Order, Result
+from jobvault.sources.codex_calls import Call, Result
+from jobvault.sources.codex_file import Delta, FileState, Order
 from jobvault.sources.previews import Previews, RawCall, ToolCallCollector, ToolCallList
+from jobvault.sources.prompts import codex_typed
 
 SOURCE = "codex"
 PATCH_TOOL = "apply_patch"
@@ -118,7 +120,9 @@ class CodexJob:
             return
         text = payload.get("message")
         if isinstance(text, str):
-            self.texts[state.file_id].add((ts, state.file_id, offset), text)
+            typed = codex_typed([text])  # not the instruction blocks Codex injects
+            if typed:
+                self.texts[state.file_id].add((ts, state.file_id, offset), typed)
 
     @property
     def spilled(self) -> bool:
@@ -151,7 +155,10 @@ class CodexJob:
     ) -> JobDetail:
         """Derive the job record from the chosen files (`excluded_keys` never applies)."""
         files = self.chosen_files()
-        deltas = (d for _, _, d in spill.ordered([f.deltas for f in files]))
+        # A file's usage is its token_count deltas; only a file without any falls back to its
+        # per-response token_usage_record lines (the same usage, never both).
+        sources = [f.deltas if len(f.deltas) else f.usage_records for f in files]
+        deltas = (d for _, _, d in spill.ordered(sources))
         usage, totals, cost, unpriced, per_model = _usage(deltas)
         models = sorted(per_model, key=lambda m: (-per_model[m], m))
         tool_calls, failed, names, modified = _tools(files, self.previews, not self.spilled)
@@ -167,10 +174,12 @@ class CodexJob:
         cwd = turn_file.cwd if turn_file and turn_file.cwd else primary.cwd if primary else None
         started = min((f.first_ts for f in files if f.first_ts), default=None)
         ended = max((f.last_ts for f in files if f.last_ts), default=None)
-        prompt = _first(f.prompt for f in files) or _first(f.fallback_prompt for f in files)
-        user_messages = sum(f.user_messages for f in files) or sum(
-            f.fallback_user_messages for f in files
+        # The first prompt the user typed: as an event (always the user's words), else as an
+        # item (older versions wrote no event).
+        prompt = _first(f.prompts.first_event for f in files) or _first(
+            f.prompts.first_item for f in files
         )
+        user_messages = sum(f.prompts.count() for f in files)
         summary = _last(f.summary for f in files) or _last(f.last_text for f in files)
         window, used_pct = _context(files, models[0] if models else None)
         skipped: Counter[str] = Counter()
@@ -195,11 +204,11 @@ class CodexJob:
             title=_last(f.title for f in files),
             input_tokens=totals[0],
             output_tokens=totals[1],
-            cache_creation_tokens=0,
+            cache_creation_tokens=totals[4],
             cache_read_tokens=totals[2],
             reasoning_tokens=totals[3],
             cost_usd=round(cost, 6),
-            pricing_version=pricing.PRICING_VERSION,
+            pricing_version=pricing.version(),
             tool_call_count=len(tool_calls),
             failed_tool_calls=failed,
             primary_tool=min(names, key=lambda n: (-names[n], n)) if names else None,
@@ -220,7 +229,11 @@ class CodexJob:
             skipped_kinds=sorted(skipped),
         )
         pieces = [p for f in files for p in self.texts[f.file_id].pieces()]
-        return JobDetail(record, tool_calls, [], modified, usage, join_sample(pieces))
+        return JobDetail(
+            record, tool_calls, [], modified, usage, join_sample(pieces),
+            rate_limits=codex_limits.merged([f.limits for f in files]),
+            empty=not any(f.conversation for f in files),
+        )  # fmt: skip
 
 
 def _preference(state: FileState) -> tuple[int, str, int]:
@@ -235,35 +248,36 @@ def _usage(
     """Price each delta and total it per UTC hour and model, as Claude's messages are."""
     rows: dict[tuple[str, str], list[float]] = {}
     spans: dict[tuple[str, str], tuple[str, str]] = {}  # first, last delta time
-    totals = [0, 0, 0, 0]  # input not cached, output, cached input, reasoning
+    totals = [0, 0, 0, 0, 0]  # input not cached, output, cached input, reasoning, cache writes
     cost = 0.0
     unpriced: set[str] = set()
     per_model: Counter[str] = Counter()
     for d in deltas:
         u = d.usage
-        fresh = u.input - u.cached
+        fresh, written = u.fresh, u.cache_write
         price = pricing.lookup(d.model)
         if price is None:
             delta_cost = 0.0
-            if d.model:
-                unpriced.add(d.model)
+            unpriced.add(d.model or "unknown")  # no turn said which model: not priced either
         else:
-            delta_cost = pricing.message_cost(price, fresh, u.output, 0, 0, u.cached)
-        for i, value in enumerate((fresh, u.output, u.cached, u.reasoning)):
+            delta_cost = pricing.message_cost(price, fresh, u.output, written, 0, u.cached, d.fast)
+        for i, value in enumerate((fresh, u.output, u.cached, u.reasoning, written)):
             totals[i] += value
         cost += delta_cost
         if d.model:
             per_model[d.model] += 1
         ts = d.order[0]
         hour = ts[:13] if len(ts) >= 13 and ts[:4].isdigit() else "unknown"
-        row = rows.setdefault((hour, d.model or "unknown"), [0, 0, 0, 0, 0, 0.0])
-        for i, amount in enumerate((1, fresh, u.output, u.cached, u.reasoning, delta_cost)):
+        row = rows.setdefault((hour, d.model or "unknown"), [0, 0, 0, 0, 0, 0.0, 0])
+        for i, amount in enumerate(
+            (1, fresh, u.output, u.cached, u.reasoning, delta_cost, written)
+        ):
             row[i] += amount
         if hour != "unknown":
             first, last = spans.get((hour, d.model or "unknown"), (ts, ts))
             spans[(hour, d.model or "unknown")] = (min(first, ts), max(last, ts))
     usage = [
-        UsageRow(hour, model, int(r[0]), int(r[1]), int(r[2]), 0, int(r[3]), int(r[4]),
+        UsageRow(hour, model, int(r[0]), int(r[1]), int(r[2]), int(r[6]), int(r[3]), int(r[4]),
                  round(r[5], 6), *spans.get((hour, model), (None, None)))
         for (hour, model), r in sorted(rows.items())
     ]  # fmt: skip
@@ -272,8 +286,8 @@ def _usage(
 
 def _tool_rows(files: list[FileState]) -> Iterator[tuple[RawCall, Call, Result | None]]:
     """Every tool call of the chosen files with its result, in the order of their lines."""
-    for i, _, call in spill.ordered([f.calls for f in files]):
-        result = files[i].results.get(call.call_id) if call.call_id else None
+    for i, _, call in spill.ordered([f.tools.calls for f in files]):
+        result = files[i].tools.results.get(call.call_id) if call.call_id else None
         raw = RawCall(
             call.call_id,
             call.name,
@@ -301,13 +315,17 @@ def _tools(
         is_error = raw.is_error
         failed += is_error
         names[call.name] += 1
-        patched = call.is_patch or bool(result and result.patch_success is not None)
-        if patched and not is_error:
-            touched = set(call.patch_files) | set(result.patch_files if result else [])
-            modified.update(touched)
-    for f in files:  # patch_apply_end without a call (e.g. an intercepted shell)
-        for call_id, result in f.results.items():
-            if result.patch_success and f.called.get(call_id) is None:
+        touched: set[str] = set()
+        if call.is_patch and not is_error:  # the apply_patch body's files
+            touched.update(call.patch_files)
+        if result is not None and result.patch_success:
+            # An applied patch (patch_apply_end, FileChange) modified its files, whatever
+            # the call that applied it did afterwards (an `exec` script that then failed).
+            touched.update(result.patch_files)
+        modified.update(touched)
+    for f in files:  # applied patches without a call (an intercepted shell, `exec`'s items)
+        for call_id, result in f.tools.results.items():
+            if result.patch_success and f.tools.called.get(call_id) is None:
                 modified.update(set(result.patch_files))
     files_modified = [FileModified(p, PATCH_TOOL, n) for p, n in sorted(modified.items())]
     listing = collector.listing()

@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import marshal
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from jobvault.records import preview
-from jobvault.sources import spill
+from jobvault.sources import codex_limits, spill
+from jobvault.sources.codex_calls import CallLog
 from jobvault.sources.codex_parse import (
     Usage,
     absolute,
@@ -33,14 +34,17 @@ from jobvault.sources.codex_parse import (
     changed_paths,
     cwd_from_environment,
     dumps_preview_source,
+    failure_of,
     is_boilerplate,
     patch_paths,
     shell_patch,
-    text_of,
+    texts_of,
     tool_output,
     usage_of,
 )
-from jobvault.sources.previews import PreviewRef, Previews
+from jobvault.sources.codex_prompts import PromptTally
+from jobvault.sources.previews import Previews
+from jobvault.sources.prompts import codex_typed
 
 Order = tuple[str, int, int]  # (timestamp, file_id, offset)
 
@@ -50,7 +54,9 @@ RESPONSE_KINDS = frozenset(
 )  # fmt: skip
 EVENT_KINDS = frozenset(
     {"user_message", "agent_message", "task_started", "task_complete", "turn_aborted",
-     "exec_command_end", "patch_apply_end", "error", "token_count", "thread_name_updated"}
+     "exec_command_end", "patch_apply_end", "error", "token_count", "thread_name_updated",
+     "item_completed", "thread_settings_applied", "account/rateLimits/updated",
+     "mcp_tool_call_end", "dynamic_tool_call_response"}
 )  # fmt: skip
 # Known kinds that carry nothing the record needs (deltas, begin events, UI state).
 IGNORED_RESPONSE_KINDS = frozenset({"ghost_snapshot"})
@@ -58,39 +64,15 @@ IGNORED_EVENT_KINDS = frozenset(
     {"agent_reasoning", "agent_reasoning_raw_content", "agent_reasoning_section_break",
      "agent_message_delta", "agent_reasoning_delta", "exec_command_begin",
      "exec_command_output_delta", "patch_apply_begin", "mcp_tool_call_begin",
-     "mcp_tool_call_end", "web_search_begin", "web_search_end", "turn_diff", "plan_update",
+     "web_search_begin", "web_search_end", "turn_diff", "plan_update",
      "context_compacted", "background_event", "stream_error", "view_image_tool_call",
      "entered_review_mode", "exited_review_mode", "undo_started", "undo_completed",
-     "item_started", "item_completed", "session_configured", "shutdown_complete"}
+     "item_started", "session_configured", "shutdown_complete"}
 )  # fmt: skip
-TOP_KINDS = frozenset({"session_meta", "turn_context", "response_item", "event_msg", "compacted"})
-
-
-@dataclass(slots=True)
-class Call:
-    order: Order
-    call_id: str | None
-    name: str
-    input_preview: PreviewRef
-    patch_files: list[str]  # absolute paths named by an apply_patch body
-    is_patch: bool
-
-
-@dataclass(slots=True)
-class Result:
-    output_preview: PreviewRef = None
-    output_exit: int | None = None
-    exec_exit: int | None = None
-    patch_success: bool | None = None
-    patch_files: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return (
-            self.patch_success is False
-            or self.exec_exit not in (None, 0)
-            or self.output_exit not in (None, 0)
-        )
+TOP_KINDS = frozenset(
+    {"session_meta", "turn_context", "response_item", "event_msg", "compacted", "world_state",
+     "token_usage_record"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +80,16 @@ class Delta:
     order: Order
     model: str
     usage: Usage
+    fast: bool = False  # the priority service tier ("fast"): priced with its multiplier
 
 
-def _order(entry: Call | Delta) -> Order:
+def _order(entry: Delta) -> Order:
     return entry.order
 
 
-_CALL = spill.Codec.of_dataclass(Call)
-_RESULT = spill.Codec.of_dataclass(Result)
 _DELTA: spill.Codec[Delta] = spill.Codec(
-    lambda d: marshal.dumps((d.order, d.model, dataclasses.astuple(d.usage))),
-    lambda b: (lambda t: Delta(t[0], t[1], Usage(*t[2])))(marshal.loads(b)),
+    lambda d: marshal.dumps((d.order, d.model, dataclasses.astuple(d.usage), d.fast)),
+    lambda b: (lambda t: Delta(t[0], t[1], Usage(*t[2]), t[3]))(marshal.loads(b)),
 )
 
 
@@ -120,6 +101,7 @@ class Turn:
     effort: str | None = None
     sandbox: str | None = None
     approval: str | None = None
+    fast: bool = False  # service_tier "fast" / "priority"
 
 
 class FileState:
@@ -144,19 +126,19 @@ class FileState:
         # Per token count and per tool call: spilled to the job's scratch file when long.
         self.deltas: spill.SpillMap[Delta] = spill.SpillMap(_DELTA, _order)
         self.context: tuple[Order, int | None, int] | None = None
-        self.prompt: tuple[Order, str] | None = None
-        self.user_messages = 0
-        self.fallback_prompt: tuple[Order, str] | None = None
-        self.fallback_user_messages = 0
+        self.prompts = PromptTally()
         self.messages = 0
+        self.conversation = 0  # prompts, answers, counted tokens and tool calls
+        self.limits = codex_limits.RateLog()
+        # Per-response usage (`token_usage_record`), kept only while the file has no
+        # token_count: it is the same usage, counted from it only when nothing else says it.
+        self.usage_records: spill.SpillMap[Delta] = spill.SpillMap(_DELTA, _order)
         self.summary: tuple[Order, str] | None = None
         self.last_text: tuple[Order, str] | None = None
         self.status: tuple[Order, str] | None = None
         self.title: tuple[Order, str] | None = None
-        self.calls: spill.SpillMap[Call] = spill.SpillMap(_CALL, _order)
-        self.called: spill.SpillMap[bool] = spill.SpillMap(spill.MARK, spill.no_order)
-        self.results: spill.SpillMap[Result] = spill.SpillMap(_RESULT, spill.no_order, spill.always)
-        self.entries = 0  # deltas and calls so far (their keys)
+        self.tools = CallLog(previews)
+        self.entries = 0  # deltas so far (their keys)
         self.skipped: Counter[str] = Counter()
 
     # -- reading -----------------------------------------------------------------------------
@@ -172,6 +154,8 @@ class FileState:
             sub = payload.get("type") if kind in ("response_item", "event_msg") else None
             if not self._known(kind, sub):
                 self.skipped[f"{kind}/{sub}" if sub is not None else kind] += 1
+                if kind == "event_msg" and not self._in_replay(ts):
+                    self.tools.outcome(payload)  # an unknown event may still report a failure
                 return None
             if kind == "session_meta":
                 self._session_meta(payload, ts)
@@ -186,6 +170,10 @@ class FileState:
                 self._response(payload, order)
             elif kind == "event_msg":
                 self._event(payload, order, bad)
+            elif kind == "world_state":
+                self._world_state(payload)
+            elif kind == "token_usage_record":
+                self._usage_record(payload, order, bad)
             return "; ".join(bad) if bad else None
         elif "record_type" in obj:
             self._seen(ts)  # legacy `{"record_type": "state"}` lines: nothing to read
@@ -235,6 +223,9 @@ class FileState:
             self.replay_until = created[:19]  # to the second: replayed lines share it
         self._seen(ts)
 
+    def _in_replay(self, ts: str) -> bool:
+        return self.replay_until is not None and ts[:19] <= self.replay_until
+
     def _replayed(
         self, ts: str, kind: str, sub: Any, payload: dict[str, Any], bad: list[str]
     ) -> bool:
@@ -255,34 +246,59 @@ class FileState:
         return True
 
     def _turn_context(self, payload: dict[str, Any], order: Order) -> None:
-        sandbox = payload.get("sandbox_policy")
+        self._settings(payload, payload.get("effort"), order)
+
+    def _settings(self, settings: dict[str, Any], effort: Any, order: Order) -> None:
+        """A turn_context or thread_settings_applied: what it omits stays as it was."""
+        sandbox = settings.get("sandbox_policy", settings.get("sandbox_mode"))
         if isinstance(sandbox, dict):
             sandbox = sandbox.get("type") or sandbox.get("mode")
+        tier = settings.get("service_tier")
         self.turn = Turn(
-            model=as_str(payload.get("model")) or self.turn.model,
-            effort=as_str(payload.get("effort")),
-            sandbox=as_str(sandbox),
-            approval=as_str(payload.get("approval_policy")),
+            model=as_str(settings.get("model")) or self.turn.model,
+            effort=as_str(effort) or self.turn.effort,
+            sandbox=as_str(sandbox) or self.turn.sandbox,
+            approval=as_str(settings.get("approval_policy")) or self.turn.approval,
+            fast=tier in FAST_TIERS if isinstance(tier, str) else self.turn.fast,
         )
         self.turn_order = order
-        self.cwd = as_str(payload.get("cwd")) or self.cwd
+        self.cwd = as_str(settings.get("cwd")) or self.cwd
+
+    def _world_state(self, payload: dict[str, Any]) -> None:
+        """The standing-instructions snapshot: only its model is of use (before any turn)."""
+        state = payload.get("state")
+        if isinstance(state, dict) and self.turn.model is None:
+            self.turn.model = as_str(state.get("model"))
+
+    def _usage_record(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
+        """One response's usage (`token_usage_record`): the same tokens as token_count's,
+        kept to count only when this file has no token_count at all."""
+        if self.prev is not None:
+            return
+        usage = usage_of(payload.get("usage"), bad)
+        if usage is None or usage.total <= 0:
+            return
+        key = as_str(payload.get("response_id")) or f"line:{order[2]:012d}"
+        model = as_str(payload.get("model")) or self.turn.model or ""
+        self.usage_records.offer(key, Delta(order, model, usage, self.turn.fast))
 
     def _response(self, item: dict[str, Any], order: Order) -> None:
         kind = item.get("type")
         if kind == "message":
             role = item.get("role")
-            text = text_of(item.get("content"))
+            parts = texts_of(item.get("content"))
             if role == "user":
-                if is_boilerplate(text):
-                    self.cwd = self.cwd or cwd_from_environment(text)
+                typed = codex_typed(parts)
+                if not typed or is_boilerplate(typed):  # injected context only
+                    self.cwd = self.cwd or cwd_from_environment("\n".join(parts))
                     return
                 self.messages += 1
-                if text.strip():
-                    self.fallback_user_messages += 1
-                    if self.fallback_prompt is None:
-                        self.fallback_prompt = (order, text)
+                self.conversation += 1
+                self.prompts.item(order, typed)
             elif role == "assistant":
                 self.messages += 1
+                self.conversation += 1
+                text = "\n".join(parts)
                 if text:
                     self.last_text = (order, text)
         elif kind in ("function_call", "custom_tool_call"):
@@ -303,50 +319,40 @@ class FileState:
             call_id = as_str(item.get("call_id"))
             if call_id is not None:
                 text, exit_code = tool_output(item.get("output"))
-                result = self._result(call_id)
-                result.output_preview = self.previews.put(preview(text))
-                result.output_exit = exit_code
+                self.tools.output(call_id, preview(text), exit_code)
+            return
+        if kind in ("function_call", "custom_tool_call", "local_shell_call", "web_search_call"):
+            status = item.get("status")  # a failed status on the call itself (web search…)
+            call_id = as_str(item.get("call_id")) or as_str(item.get("id"))
+            if call_id and isinstance(status, str) and failure_of({"status": status}):
+                self.tools.result(call_id).event_failed = True
 
     def _call(self, order: Order, call_id: Any, name: str, raw: Any, patch: str | None) -> None:
         files = [absolute(p, self.cwd) for p in patch_paths(patch)] if patch else []
         call_id = call_id if isinstance(call_id, str) and call_id else None
-        self.entries += 1
-        self.calls.offer(
-            f"{self.entries:012d}",
-            Call(
-                order=order,
-                call_id=call_id,
-                name=name,
-                input_preview=self.previews.put(preview(dumps_preview_source(raw))),
-                patch_files=files,
-                is_patch=patch is not None,
-            ),
-        )
-        if call_id is not None:
-            self.called.offer(call_id, True)
+        self.conversation += 1
+        self.tools.call(order, call_id, name, preview(dumps_preview_source(raw)), files,
+                        patch is not None)  # fmt: skip
 
     def maps(self) -> list[spill.SpillMap[Any]]:
-        return [self.deltas, self.calls, self.called, self.results]
-
-    def _result(self, call_id: str) -> Result:
-        """The call's result, held so the caller can change it (and the change is kept)."""
-        result = self.results.get(call_id)
-        if result is None:
-            result = Result()
-        self.results.put(call_id, result)
-        return result
+        return [self.deltas, *self.tools.maps(), *self.prompts.maps(), self.limits.readings,
+                self.usage_records]  # fmt: skip
 
     def _event(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
         kind = payload.get("type")
         if kind == "user_message":
             text = payload.get("message")
             self.status = (order, "ok")
-            if isinstance(text, str) and text.strip():
-                self.user_messages += 1
-                if self.prompt is None:
-                    self.prompt = (order, text)
+            written_as = payload.get("kind")  # some versions: "plain", or injected context
+            if isinstance(written_as, str) and written_as not in ("plain", "user"):
+                return
+            typed = codex_typed([text]) if isinstance(text, str) else ""
+            if typed and not is_boilerplate(typed):
+                self.conversation += 1
+                self.prompts.event(order, typed)
         elif kind == "agent_message":
             text = as_str(payload.get("message"))
+            self.conversation += 1
             if text:
                 self.last_text = (order, text)
         elif kind == "task_complete":
@@ -366,17 +372,29 @@ class FileState:
             call_id = as_str(payload.get("call_id"))
             code = payload.get("exit_code")
             if call_id and isinstance(code, int) and not isinstance(code, bool):
-                self._result(call_id).exec_exit = code
+                self.tools.result(call_id).exec_exit = code
+            self.tools.outcome(payload)
         elif kind == "patch_apply_end":
             call_id = as_str(payload.get("call_id"))
             if call_id:
-                result = self._result(call_id)
+                result = self.tools.result(call_id)
                 result.patch_success = payload.get("success") is True
                 result.patch_files = [
                     absolute(p, self.cwd) for p in changed_paths(payload.get("changes"))
                 ]
         elif kind == "token_count":
+            self.limits.read(payload.get("rate_limits"), order, bad)
             self._token_count(payload, order, bad)
+        elif kind == "account/rateLimits/updated":
+            self.limits.read(payload.get("rate_limits"), order, bad)
+        elif kind == "item_completed":
+            self.tools.completed(payload.get("item"), order, self.cwd)
+        elif kind == "thread_settings_applied":
+            settings = payload.get("thread_settings")
+            if isinstance(settings, dict):
+                self._settings(settings, settings.get("reasoning_effort"), order)
+        else:  # mcp_tool_call_end, dynamic_tool_call_response: only their outcome
+            self.tools.outcome(payload)
 
     def _token_count(self, payload: dict[str, Any], order: Order, bad: list[str]) -> None:
         info = payload.get("info")
@@ -397,12 +415,17 @@ class FileState:
         if delta is not None:
             self.prev = total
             self.entries += 1
-            self.deltas.offer(f"{self.entries:012d}", Delta(order, self.turn.model or "", delta))
+            self.conversation += 1
+            entry = Delta(order, self.turn.model or "", delta, self.turn.fast)
+            self.deltas.offer(f"{self.entries:012d}", entry)
         last = usage_of(info.get("last_token_usage"), bad)
         window = info.get("model_context_window")
         if last is not None:
             self.context = (order, window if isinstance(window, int) and window > 0 else None,
                             last.input)  # fmt: skip
+
+
+FAST_TIERS = frozenset({"fast", "priority"})
 
 
 def _spawn_parent(payload: dict[str, Any]) -> str | None:

@@ -39,11 +39,12 @@ _CWD_TAG = re.compile(r"<cwd>(.*?)</cwd>", re.DOTALL)
 class Usage:
     """A cumulative `total_token_usage` (or a delta of two): Codex's own field meanings."""
 
-    input: int  # includes cached
+    input: int  # includes cached and written
     cached: int
     output: int  # includes reasoning
     reasoning: int
     total: int
+    cache_write: int = 0  # input written to the cache (Codex 0.15x), part of `input`
 
     def minus(self, other: Usage) -> Usage:
         return Usage(
@@ -52,7 +53,13 @@ class Usage:
             max(self.output - other.output, 0),
             max(self.reasoning - other.reasoning, 0),
             max(self.total - other.total, 0),
+            max(self.cache_write - other.cache_write, 0),
         )
+
+    @property
+    def fresh(self) -> int:
+        """Input neither read from nor written to the cache."""
+        return max(self.input - self.cached - self.cache_write, 0)
 
 
 def as_int(value: Any) -> int:
@@ -74,13 +81,16 @@ def usage_of(value: Any, bad: list[str]) -> Usage | None:
     inp = count(value.get("input_tokens"), "input_tokens", bad)
     out = count(value.get("output_tokens"), "output_tokens", bad)
     total = value.get("total_tokens")
+    cached = min(count(value.get("cached_input_tokens"), "cached_input_tokens", bad), inp)
+    written = count(value.get("cache_write_input_tokens"), "cache_write_input_tokens", bad)
     return Usage(
         inp,
-        min(count(value.get("cached_input_tokens"), "cached_input_tokens", bad), inp),
+        cached,
         out,
         count(value.get("reasoning_output_tokens"), "reasoning_output_tokens", bad),
         # Reasoning is part of output already, so it is not added again.
         count(total, "total_tokens", bad) if total.__class__ is int else inp + out,
+        min(written, inp - cached),
     )
 
 
@@ -98,6 +108,14 @@ def text_of(content: Any) -> str:
 
 def is_boilerplate(text: str) -> bool:
     return text.lstrip().startswith(BOILERPLATE_PREFIXES)
+
+
+def texts_of(content: Any) -> list[str]:
+    """The text of each item of a message content, one string per item."""
+    if isinstance(content, list):
+        return [t for t in (text_of(item) for item in content) if t]
+    text = text_of(content)
+    return [text] if text else []
 
 
 def cwd_from_environment(text: str) -> str | None:
@@ -167,11 +185,16 @@ def absolute(path: str, cwd: str | None) -> str:
 
 
 def changed_paths(changes: Any) -> list[str]:
-    """The paths of a `patch_apply_end.changes` map, with a move's destination."""
-    if not isinstance(changes, dict):
+    """The paths of a `patch_apply_end.changes` map (or of a FileChange item's list of
+    `{path, kind{move_path}}`), with a move's destination."""
+    if isinstance(changes, list):  # FileChange items: [{path, kind: {type, move_path}, diff}]
+        pairs = [(c.get("path"), c.get("kind")) for c in changes if isinstance(c, dict)]
+    elif isinstance(changes, dict):
+        pairs = list(changes.items())
+    else:
         return []
     paths: list[str] = []
-    for path, change in changes.items():
+    for path, change in pairs:
         if isinstance(path, str) and path:
             paths.append(path)
         if isinstance(change, dict):
@@ -181,6 +204,41 @@ def changed_paths(changes: Any) -> list[str]:
             if isinstance(moved, str) and moved:
                 paths.append(moved)
     return paths
+
+
+# Statuses that say a tool call did not succeed (item_completed items, *_end events, web
+# search and image generation items). "completed", "success" and the like are success.
+FAILED_STATUSES = frozenset(
+    {"failed", "error", "errored", "declined", "rejected", "denied", "incomplete", "cancelled",
+     "canceled", "timed_out", "timeout"}
+)  # fmt: skip
+
+
+def failure_of(obj: dict[str, Any]) -> bool | None:
+    """Does an event or item say its call failed? True / False, None when it does not say.
+
+    Read: a non-zero `exit_code`, a failed `status`, `success: false`, an MCP result that
+    is an `Err` or has `isError: true`.
+    """
+    said: bool | None = None
+    code = obj.get("exit_code")
+    if code.__class__ is int:
+        said = code != 0
+    status = obj.get("status")
+    if isinstance(status, str) and status:
+        failed = status.lower() in FAILED_STATUSES
+        said = failed or bool(said)
+    success = obj.get("success")
+    if isinstance(success, bool):
+        said = (not success) or bool(said)
+    result = obj.get("result")
+    if isinstance(result, dict):
+        if "Err" in result:
+            return True
+        inner = result.get("Ok", result)
+        if isinstance(inner, dict) and isinstance(inner.get("isError"), bool):
+            said = inner["isError"] or bool(said)
+    return said
 
 
 def dumps_preview_source(value: Any) -> str | None:

@@ -380,11 +380,46 @@ def m010_search_without_prefix_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
+def m008_fidelity(conn: sqlite3.Connection) -> None:
+    """Keep each job's rate-limit readings, and remember sessions that are not jobs.
+
+    * `job_rate_limits`: the plan's rate-limit windows as the agent reported them while the
+      job ran (Codex `token_count.rate_limits`), one row per reading that changed, so a
+      report can show limit history. Written with the job's other children.
+    * `empty_sessions`: finalized sessions whose files hold no user or assistant message
+      (summary-only, attachment-only or snapshot-only files). They are archived and
+      counted by `status` but are not jobs; this row tells the start-up recovery that
+      their missing job row is not an unfinished record.
+    """
+    run_script(
+        conn,
+        """
+        CREATE TABLE job_rate_limits (
+            job_id         TEXT    NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            at             TEXT    NOT NULL,
+            window         TEXT    NOT NULL CHECK (window IN ('primary', 'secondary')),
+            used_percent   REAL,
+            window_minutes INTEGER,
+            resets_at      TEXT,
+            PRIMARY KEY (job_id, at, window)
+        ) STRICT, WITHOUT ROWID;
+
+        CREATE TABLE empty_sessions (
+            source       TEXT NOT NULL,
+            session_id   TEXT NOT NULL,
+            finalized_at TEXT NOT NULL,
+            PRIMARY KEY (source, session_id)
+        ) STRICT, WITHOUT ROWID;
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial,
     m002_analytics,
     m003_list_order_indexes,
     m004_message_usage,
+    m008_fidelity,
     m009_ingest_v2,
     m010_search_without_prefix_indexes,
 ]

@@ -48,6 +48,11 @@ DESCRIPTIONS = {
     "copy counts (time, model, tokens by kind, cost): the per-message usage of every job.",
     "daily_metrics": "Usage per UTC day, source and model, kept up to date incrementally as "
     "job records are written.",
+    "job_rate_limits": "A job's readings of the plan's rate-limit windows (Codex "
+    "`token_count.rate_limits`: `primary`, the short window, and `secondary`, the weekly one), "
+    "one row per reading whose values changed, for limit history. `resets_at` is ISO 8601 UTC.",
+    "empty_sessions": "Finalized sessions with no user or assistant message (summary-only, "
+    "attachment-only or snapshot-only files): archived and counted by `status`, never a job.",
     "search_docs": "A stable integer id per job: the rowid of its full-text document. The "
     "trigger `jobs_search_delete` drops the document whenever the job row is deleted.",
     "search_fts": "The full-text index (FTS5, unicode61 without diacritics, 2- and "

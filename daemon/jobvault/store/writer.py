@@ -314,10 +314,15 @@ class Store:
             "SELECT f.job_key FROM files f "
             "LEFT JOIN jobs j ON j.session_id = f.job_key AND j.source = f.source "
             "WHERE f.job_key IS NOT NULL AND f.state IN ('active', 'deleted') AND f.offset > 0 "
-            "AND (j.id IS NULL OR j.finalized_at IS NULL) "
+            "AND (j.id IS NULL OR j.finalized_at IS NULL) AND NOT EXISTS (SELECT 1 FROM "
+            "empty_sessions e WHERE e.session_id = f.job_key AND e.source = f.source) "
             "UNION SELECT session_id FROM jobs WHERE finalized_at IS NULL ORDER BY 1"
         )
         return [r[0] for r in rows]
+
+    def empty_sessions(self) -> set[str]:
+        """Finalized sessions with no conversation: archived, not jobs."""
+        return {r[0] for r in self.conn.execute("SELECT session_id FROM empty_sessions")}
 
     def quarantined_sessions(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT key FROM faults WHERE kind = 'session'")}
@@ -334,6 +339,7 @@ class Store:
             self._retract_usage(job_id)
             self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         self.conn.execute("DELETE FROM usage_keys WHERE session_id = ?", (session,))
+        self.conn.execute("DELETE FROM empty_sessions WHERE session_id = ?", (session,))
 
     def delete_orphan_jobs(self, keep: list[str]) -> None:
         """Delete job rows whose session no longer has any current file."""
@@ -343,6 +349,9 @@ class Store:
                 if session not in wanted:
                     self._retract_usage(job_id)
                     self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            for (session,) in self.conn.execute("SELECT session_id FROM empty_sessions").fetchall():
+                if session not in wanted:
+                    self.conn.execute("DELETE FROM empty_sessions WHERE session_id = ?", (session,))
 
     def write_batch(self, batch: Batch) -> None:
         """Write a round's archive part atomically (joining an open transaction, if any).
@@ -410,6 +419,10 @@ class Store:
                 "WHERE session_id = ? AND finalized_at IS NOT NULL",
                 [(key,) for key in sorted(batch.stale_jobs)],
             )
+            self.conn.executemany(  # an empty session that grows may become a job
+                "DELETE FROM empty_sessions WHERE session_id = ?",
+                [(key,) for key in sorted(batch.stale_jobs)],
+            )
 
     def commit(self, batch: Batch, stale_jobs: set[str] | None = None) -> None:
         """`write_batch` in a transaction of its own (tests and tools)."""
@@ -456,9 +469,21 @@ class Store:
 
     def _write_job(self, detail: JobDetail, finalized: bool, now: str) -> None:
         rec = detail.record
-        record_json = orjson.dumps(rec).decode()  # (orjson serializes the dataclass itself)
         self._retract_usage(rec.id)
         self.conn.execute("DELETE FROM jobs WHERE id = ?", (rec.id,))  # cascades to children
+        if detail.empty:  # no conversation: archived, not a job (and no longer one if it was)
+            if finalized:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO empty_sessions (source, session_id, finalized_at) "
+                    "VALUES (?,?,?)",
+                    (rec.source, rec.session_id, now),
+                )
+            return
+        self.conn.execute(
+            "DELETE FROM empty_sessions WHERE source = ? AND session_id = ?",
+            (rec.source, rec.session_id),
+        )
+        record_json = orjson.dumps(rec).decode()  # (orjson serializes the dataclass itself)
         self.conn.execute(
             "INSERT INTO jobs (id, source, session_id, project, cwd, git_branch, version, model, "
             "models, status, started_at, ended_at, duration_ms, prompt, summary, title, "
@@ -515,6 +540,14 @@ class Store:
                 for u in detail.usage
             ],
         )  # fmt: skip
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO job_rate_limits (job_id, at, window, used_percent, "
+            "window_minutes, resets_at) VALUES (?,?,?,?,?,?)",
+            (  # a generator: a spilled session's readings are streamed
+                _ints((rec.id, r.at, r.window, r.used_percent, r.window_minutes, r.resets_at))
+                for r in detail.rate_limits
+            ),
+        )
         self._add_daily(rec.source, detail)
         self._index_job(detail)
 
