@@ -47,6 +47,8 @@ class Config:
     connection_idle_timeout: float = 300.0
     sql_time_limit: float = 5.0
     sql_max_rows: int = 10_000
+    dashboard: bool = True
+    dashboard_port: int = 7370
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -116,6 +118,13 @@ def _as_socket(key: str, value: object) -> Path:
     return path
 
 
+def _as_port(key: str, value: object) -> int:
+    port = _as_int(key, value, 0)  # 0: any free port (tests); `jobvault dashboard` asks which
+    if port > 65535:
+        raise ConfigError(key, f"must be a TCP port (0 to 65535), got {port}")
+    return port
+
+
 def _as_choice(key: str, value: object, choices: tuple[str, ...], upper: bool = False) -> str:
     text = str(value).upper() if upper else str(value).lower()
     if text not in choices:
@@ -144,6 +153,8 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "connection_idle_timeout": lambda k, v: _as_float(k, v, 0.01),
     "sql_time_limit": lambda k, v: _as_float(k, v, 0.01),
     "sql_max_rows": lambda k, v: _as_int(k, v, 1),
+    "dashboard": _as_bool,
+    "dashboard_port": lambda k, v: _as_port(k, v),
 }
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
 assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"

@@ -5,10 +5,11 @@ only decides *when*: watchdog hints and the periodic rescan mark files dirty, an
 finalizes sessions. Signal handlers only set events.
 
 Start-up: instance lock → database and migrations → socket (bound, or passed by systemd) →
-READY=1 → backfill (STATUS= reports progress). Shutdown, in a fixed order with a bound:
-STOPPING=1 → stop intake (watcher; the read in progress ends after its batch) → close the
-socket server → finalize every session with what was read → close the database → remove the
-socket file (unless systemd owns it) → release the lock.
+dashboard (127.0.0.1, if enabled) → READY=1 → backfill (STATUS= reports progress). Shutdown,
+in a fixed order with a bound: STOPPING=1 → stop intake (watcher; the read in progress ends
+after its batch) → close the dashboard, then the socket server → finalize every session with
+what was read → close the database → remove the socket file (unless systemd owns it) →
+release the lock.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jobvault.ingest.engine import Engine
 from jobvault.ingest.watch import Watcher
 from jobvault.records import JobRecord
 from jobvault.serve.server import Hub, Server, ServerLimits, bind_socket, prepare_socket_dir
+from jobvault.service import dashboard
 from jobvault.service.systemd import Notifier, listen_socket, watchdog_interval
 from jobvault.store.db import open_writer
 from jobvault.store.lock import InstanceLock
@@ -105,6 +107,7 @@ async def serve(daemon: Daemon) -> None:
     store: Store | None = None
     engine: Engine | None = None
     server: Server | None = None
+    web: dashboard.WebServer | None = None
     instance = InstanceLock(config.socket)
     owned_socket: Path | None = None
     hub = Hub()
@@ -122,9 +125,11 @@ async def serve(daemon: Daemon) -> None:
         if sock is None:
             sock = bind_socket(config.socket)
             owned_socket = config.socket
-        server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub)
+        own = dashboard.socket_methods(daemon, lambda: store, lambda: web)
+        server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub, own)
         await server.start(sock)
         daemon.server = server
+        web = await dashboard.start(config, server, hub)  # on 127.0.0.1; never fatal
 
         def on_record(record: JobRecord, finalized: bool) -> None:
             event = "job.finalized" if finalized else "job.updated"
@@ -158,6 +163,8 @@ async def serve(daemon: Daemon) -> None:
             task.cancel()
         if watcher is not None:
             watcher.stop()
+        if web is not None:  # before the socket server: its pages read on the server's readers
+            await web.close()
         if server is not None:
             await server.close()
         if engine is not None:

@@ -380,6 +380,30 @@ def m010_search_without_prefix_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
+def m006_dashboard(conn: sqlite3.Connection) -> None:
+    """Keep the rate-limit usage that Claude Code's statusLine reports, for the dashboard.
+
+    `jobvault statusline` sends each reading through the daemon (the one writer); a reading is
+    stored when it differs from the window's last one, or that one is 15 minutes old, so a
+    statusline refreshed several times a second adds a few rows an hour, not thousands.
+    """
+    run_script(
+        conn,
+        """
+        CREATE TABLE rate_limit_samples (
+            id           INTEGER PRIMARY KEY,
+            at           TEXT    NOT NULL,
+            source       TEXT    NOT NULL DEFAULT 'claude',
+            session_id   TEXT,
+            window       TEXT    NOT NULL CHECK (window IN ('five_hour', 'seven_day')),
+            used_percent REAL    NOT NULL,
+            resets_at    TEXT
+        ) STRICT;
+        CREATE INDEX rate_limit_samples_window ON rate_limit_samples (source, window, at);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial,
     m002_analytics,
@@ -387,6 +411,7 @@ MIGRATIONS: list[Migration] = [
     m004_message_usage,
     m009_ingest_v2,
     m010_search_without_prefix_indexes,
+    m006_dashboard,
 ]
 
 
