@@ -59,6 +59,7 @@ class Daemon:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     engine: Engine | None = None
     server: Server | None = None
+    web: dashboard.WebServer | None = None  # the dashboard, when it runs
     started_at: float = field(default_factory=time.time)
     _dirty: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,7 +130,7 @@ async def serve(daemon: Daemon) -> None:
         server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub, own)
         await server.start(sock)
         daemon.server = server
-        web = await dashboard.start(config, server, hub)  # on 127.0.0.1; never fatal
+        web = daemon.web = await dashboard.start(config, server, hub)  # 127.0.0.1; never fatal
 
         def on_record(record: JobRecord, finalized: bool) -> None:
             event = "job.finalized" if finalized else "job.updated"

@@ -101,7 +101,7 @@ def guard(token: str, port: Callable[[], int]) -> web.middleware:  # type: ignor
                 return _refusal(401, "Wrong token", _HOW)
             rest = [(k, v) for k, v in request.query.items() if k != "token"]
             target = request.path + ("?" + urlencode(rest) if rest else "")
-            response = web.HTTPSeeOther(target)
+            response = web.Response(status=303, headers={"Location": target})
             response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
             return response
         cookie = request.cookies.get(COOKIE, "")

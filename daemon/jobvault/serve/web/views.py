@@ -503,7 +503,7 @@ def job_page(
     conn: sqlite3.Connection,
     ident: str,
     *,
-    limit: int = REPLAY_PAGE,
+    limit: int | None = None,
     cache: ReplayCache | None = None,
 ) -> JobPage:
     """The record (`jobvault show --json`) and the first page of its replay."""
@@ -516,7 +516,7 @@ def job_page(
         "job": job,
         "models": models,
         "cost_by_kind": cost_by_kind(models),
-        "replay": replay_page(conn, job["id"], 0, limit, cache),
+        "replay": replay_page(conn, job["id"], 0, REPLAY_PAGE if limit is None else limit, cache),
         "has_main_file": any(f.role == "main" for f in files),
         "files_deleted": any(f.state == "deleted" for f in files),
         "archived_files": [
