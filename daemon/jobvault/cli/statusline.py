@@ -156,6 +156,19 @@ def _number(value: Any) -> float | None:
     return float(value) if value == value and abs(value) < 1e15 else None  # NaN, absurd
 
 
+def _minutes_until(end: Any) -> float | None:
+    """Minutes from now to an ISO time (a block with one message has no projection)."""
+    if not isinstance(end, str):
+        return None
+    from datetime import UTC, datetime  # a C module: cheap, and only for this case
+
+    try:
+        moment = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment - datetime.now(UTC)).total_seconds() / 60
+
+
 def _money(value: float) -> str:
     return f"${value:,.2f}"
 
@@ -200,6 +213,8 @@ def compose(status: dict[str, Any], answers: dict[int, Any] | None) -> str:
             )
             burn = active.get("burn_rate") if isinstance(active.get("burn_rate"), dict) else {}
             left = _number((projection or {}).get("remaining_minutes"))
+            if left is None:
+                left = _minutes_until(active.get("end"))
             rate = _number((burn or {}).get("cost_per_hour"))
             text = "block"
             if left is not None:
