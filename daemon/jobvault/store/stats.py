@@ -338,9 +338,12 @@ def tools(
 ) -> dict[str, Any]:
     """Calls, failures and failure rate per tool; `since` / `until` select calls by time."""
     source, where, params = _tool_scope(filters, since, until)
+    # `+t.name`: grouping must not walk the name index over every call ever made when a time
+    # range can seek `tool_calls_time` (370 ms -> 40 ms for 30 days of 100k jobs; all time,
+    # a plain scan is faster too).
     sql = (
         f"SELECT t.name, COUNT(*), SUM(t.is_error), COUNT(DISTINCT t.job_id){source}"
-        f"{_where(where)} GROUP BY t.name ORDER BY 2 DESC, 1 LIMIT ?"
+        f"{_where(where)} GROUP BY +t.name ORDER BY 2 DESC, 1 LIMIT ?"
     )
     rows = []
     calls_total = failures_total = 0
