@@ -128,9 +128,10 @@ async def serve(daemon: Daemon) -> None:
             owned_socket = config.socket
         own = dashboard.socket_methods(daemon, lambda: store, lambda: web)
         server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub, own)
+        # The dashboard first (127.0.0.1; never fatal), so `dashboard.url` finds it running.
+        web = daemon.web = await dashboard.start(config, server, hub)
         await server.start(sock)
         daemon.server = server
-        web = daemon.web = await dashboard.start(config, server, hub)  # 127.0.0.1; never fatal
 
         def on_record(record: JobRecord, finalized: bool) -> None:
             event = "job.finalized" if finalized else "job.updated"

@@ -311,6 +311,7 @@ class WebServer:
         return f"http://{HOST}:{self.port}/?token={self.token}"
 
     async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, pages.warm)
         runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
