@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak bench bench-quick schema-doc install-service clean browser
+.PHONY: run test lint soak bench bench-quick schema-doc install-service clean browser screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,10 @@ soak: $(STAMP)
 	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 \
 	$(BIN)/python -m pytest -p no:cacheprovider -s -q --durations=5 \
 		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded
+
+## screenshots: the dashboard's pictures in docs/screenshots/ (the test fixtures, light and dark).
+screenshots: $(STAMP) browser
+	$(BIN)/python -m tests.make_screenshots --out docs/screenshots
 
 ## schema-doc: regenerate docs/schema.md from the migrated schema.
 schema-doc: $(STAMP)

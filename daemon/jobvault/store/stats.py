@@ -370,13 +370,15 @@ def _tool_scope(
     """FROM tool_calls t (joined with jobs when there is a condition), the conditions and
     their parameters: shared by `tools` and `tool_periods`, so both count the same calls."""
     where, params = job_filters({k: v for k, v in (filters or {}).items() if v is not None})
+    # Only a job filter needs `jobs` (every call has its job: the foreign key cascades); a
+    # join for a time range alone made SQLite walk every job first.
+    join = " JOIN jobs ON jobs.id = t.job_id" if where else ""
     if since:
         where.append("t.timestamp >= ?")
         params.append(since)
     if until:
         where.append("t.timestamp < ?")
         params.append(until)
-    join = " JOIN jobs ON jobs.id = t.job_id" if where else ""
     return " FROM tool_calls t" + join, where, params
 
 

@@ -139,7 +139,9 @@ async def overview(request: web.Request) -> web.Response:
     zone = request.query.get("tz", "").strip() or state.timezone
     today = datetime.now(UTC).astimezone(stats.zone(zone)).date()
     query = views.OverviewQuery.parse(request.query, state.timezone, today)
-    data = await state.read(lambda conn: views.overview(conn, query))
+    reads = views.overview_reads(query)
+    answers = await asyncio.gather(*(state.read(read) for read in reads.values()))
+    data = views.assemble(query, dict(zip(reads, answers, strict=True)))
     context = {**state.context("overview", query.timezone), "o": data, "uses_charts": True}
     if request.headers.get("X-Jobvault-Part") == "main":
         return _html(pages.render_block("overview.html", "main", **context))

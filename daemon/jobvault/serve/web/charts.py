@@ -164,7 +164,9 @@ def sessions_per_day(overview: Overview) -> dict[str, Any]:
             "hovertemplate": "%{x}<br>%{y} sessions<extra></extra>",
         }
     ]
-    return _chart("sessions-per-day", "Sessions per day", data, showlegend=False)
+    top = max((r["sessions"] for r in rows), default=0)
+    axis = {"rangemode": "tozero", "dtick": 1} if top <= 8 else {"rangemode": "tozero"}
+    return _chart("sessions-per-day", "Sessions per day", data, showlegend=False, yaxis=axis)
 
 
 def _horizontal(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal, TypedDict
@@ -206,29 +206,48 @@ class Overview(TypedDict):
     charts: list[dict[str, Any]]
 
 
+Read = Callable[[sqlite3.Connection], Any]
+
+
+def overview_reads(query: OverviewQuery) -> dict[str, Read]:
+    """The overview's independent reads: the live server runs them side by side on its reader
+    threads (SQLite lets go of the GIL while it works); `overview` runs them in turn."""
+    params = query.stats_params()
+    tz = stats.zone(query.timezone)
+    # The UTC bounds, resolved as `stats.usage` resolves them from the same text.
+    since = stats.parse_local_time(query.since, tz) if query.since else None
+    until = stats.parse_local_time(query.until, tz) if query.until else None
+    filters = filter_params(query.filters)
+    blocks = {k: v for k, v in params.items() if k in ("timezone", "since", "until")}
+    blocks["source"] = query.filters.get("source", "claude")
+    zone_name = query.timezone
+    return {
+        "daily": lambda c: methods.stats_usage(c, {**params, "group_by": "day", "top": 10}),
+        "by_model": lambda c: methods.stats_usage(c, {**params, "group_by": "model"}),
+        "by_project": lambda c: methods.stats_usage(c, {**params, "group_by": "project"}),
+        "tools": lambda c: methods.stats_tools(c, {**params, "limit": 40}),
+        "blocks": lambda c: methods.stats_blocks(c, blocks),
+        "sessions": lambda c: stats.sessions(
+            c, "day", timezone=zone_name, since=since, until=until, filters=filters
+        ),
+        "failures": lambda c: stats.tool_periods(
+            c, "day", timezone=zone_name, since=since, until=until, filters=filters
+        ),
+        "rate_limits": lambda c: samples.history(c, since, until),
+    }
+
+
 def overview(conn: sqlite3.Connection, query: OverviewQuery) -> Overview:
     """Everything the overview shows (see the module docstring for where each comes from)."""
-    params = query.stats_params()
+    return assemble(query, {key: read(conn) for key, read in overview_reads(query).items()})
 
-    def call(handler: methods.Handler, extra: dict[str, Any]) -> Any:
-        return handler(conn, {**params, **extra})
 
-    daily = call(methods.stats_usage, {"group_by": "day", "top": 10})
-    by_model = call(methods.stats_usage, {"group_by": "model"})
-    by_project = call(methods.stats_usage, {"group_by": "project"})
-    tools = call(methods.stats_tools, {"limit": 40})
-    block_params = {k: v for k, v in params.items() if k in ("timezone", "since", "until")}
-    block_params["source"] = query.filters.get("source", "claude")
-    blocks = methods.stats_blocks(conn, block_params)
-    since, until = daily["since"], daily["until"]  # the UTC bounds stats.usage resolved
-    filters = filter_params(query.filters)
-    sessions = stats.sessions(
-        conn, "day", timezone=query.timezone, since=since, until=until, filters=filters
-    )
-    failures = stats.tool_periods(
-        conn, "day", timezone=query.timezone, since=since, until=until, filters=filters
-    )
-    history = samples.history(conn, since, until)
+def assemble(query: OverviewQuery, parts: dict[str, Any]) -> Overview:
+    """The overview from the answers of `overview_reads`."""
+    daily, by_model, by_project = parts["daily"], parts["by_model"], parts["by_project"]
+    tools, blocks, sessions, failures = (parts["tools"], parts["blocks"], parts["sessions"],
+                                         parts["failures"])  # fmt: skip
+    history = parts["rate_limits"]
     totals = daily["totals"]
     unpriced = sorted(
         r["model"] for r in by_model["rows"] if r["total_tokens"] and _unpriced(r["model"])
