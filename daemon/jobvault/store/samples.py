@@ -170,42 +170,22 @@ def history(conn: sqlite3.Connection, since: str | None, until: str | None) -> H
         where.append("at < ?")
         params.append(until)
     cond = (" WHERE " + " AND ".join(where)) if where else ""
+    # The same columns from both tables: ours has no window length or job, Codex's no source.
+    tables = {
+        "rate_limit_samples": "at, source, window, used_percent, resets_at, NULL, NULL",
+        "job_rate_limits": "at, 'codex', window, used_percent, resets_at, window_minutes, job_id",
+    }
+    keys = ("at", "source", "window", "used_percent", "resets_at", "window_minutes", "job_id")
     samples: list[Sample] = []
-    if _has_table(conn, "rate_limit_samples"):
+    present = {name: _has_table(conn, name) for name in tables}
+    for table, columns in tables.items():
+        if not present[table]:
+            continue
         rows = conn.execute(
-            "SELECT at, source, window, used_percent, resets_at FROM (SELECT * FROM "
-            f"rate_limit_samples{cond} ORDER BY at DESC LIMIT ?) ORDER BY at, window",
+            f"SELECT {columns} FROM (SELECT * FROM {table}{cond} ORDER BY at DESC LIMIT ?) "
+            "ORDER BY at, window",
             (*params, HISTORY_LIMIT),
         )
-        samples += [
-            {
-                "at": r[0],
-                "source": r[1],
-                "window": r[2],
-                "used_percent": r[3],
-                "resets_at": r[4],
-                "window_minutes": None,
-                "job_id": None,
-            }
-            for r in rows
-        ]
-    codex = _has_table(conn, "job_rate_limits")
-    if codex:
-        rows = conn.execute(
-            "SELECT at, window, used_percent, window_minutes, resets_at, job_id FROM (SELECT * "
-            f"FROM job_rate_limits{cond} ORDER BY at DESC LIMIT ?) ORDER BY at, window",
-            (*params, HISTORY_LIMIT),
-        )
-        samples += [
-            {
-                "at": r[0],
-                "source": "codex",
-                "window": r[1],
-                "used_percent": r[2],
-                "resets_at": r[4],
-                "window_minutes": r[3],
-                "job_id": r[5],
-            }
-            for r in rows
-        ]
+        samples += [dict(zip(keys, row, strict=True)) for row in rows]  # type: ignore[misc]
+    codex = present["job_rate_limits"]
     return {"since": since, "until": until, "samples": samples, "codex_known": codex}
