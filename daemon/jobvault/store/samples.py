@@ -119,7 +119,10 @@ def record(
     moment = now or datetime.now(UTC)
     at = iso(moment)
     stored = 0
-    conn.execute("BEGIN IMMEDIATE")
+    # Between the engine's write rounds no transaction is open; should one be (a round still
+    # in progress on this thread), a savepoint nests inside it instead of failing.
+    nested = conn.in_transaction
+    conn.execute("SAVEPOINT rate_limits" if nested else "BEGIN IMMEDIATE")
     try:
         for reading in readings:
             last = conn.execute(
@@ -145,9 +148,11 @@ def record(
                 ),
             )
             stored += 1
-        conn.execute("COMMIT")
+        conn.execute("RELEASE rate_limits" if nested else "COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK TO rate_limits" if nested else "ROLLBACK")
+        if nested:
+            conn.execute("RELEASE rate_limits")
         raise
     return stored
 
