@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak bench bench-quick schema-doc install-service clean
+.PHONY: run test lint soak bench bench-quick schema-doc install-service clean browser screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,27 @@ run: $(STAMP)
 SPILL_TESTS := tests/test_claude_fixtures.py tests/test_codex.py tests/test_rebuild.py \
 	tests/test_model.py tests/test_samples.py tests/test_stats.py tests/test_tracking.py \
 	tests/test_fidelity.py tests/test_pricing.py
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 	JOBVAULT_TEST_SPILL=1 $(BIN)/python -m pytest -q $(SPILL_TESTS)
 	JOBVAULT_TEST_SPILL=1 JOBVAULT_TEST_WORKERS=1 $(BIN)/python -m pytest -q $(SPILL_TESTS) \
 		tests/test_bad_input.py tests/test_crash.py
+
+## browser: Debian's chromium for the browser tests (tests/test_browser.py, driven by Playwright
+## with executable_path; Playwright's own browser download is never used). Installed with apt
+## when run as root; elsewhere the tests skip and say why.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "test: installing Debian's chromium for the browser tests"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends chromium fonts-dejavu-core) >/dev/null \
+				|| echo "test: could not install chromium; the browser tests will skip"; \
+		else \
+			echo "test: $(CHROMIUM) not found (sudo apt-get install chromium); the browser tests will skip"; \
+		fi; \
+	fi
 
 ## lint: ruff (lint + format check) and mypy strict on the package.
 lint: $(STAMP)
@@ -69,6 +85,10 @@ soak: $(STAMP)
 	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 \
 	$(BIN)/python -m pytest -p no:cacheprovider -s -q --durations=5 \
 		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded
+
+## screenshots: the dashboard's pictures in docs/screenshots/ (the test fixtures, light and dark).
+screenshots: $(STAMP) browser
+	$(BIN)/python -m tests.make_screenshots --out docs/screenshots
 
 ## schema-doc: regenerate docs/schema.md from the migrated schema.
 schema-doc: $(STAMP)

@@ -124,6 +124,10 @@ def targets(res: dict[str, Any]) -> list[str]:
             else "absent in this version | n/a |"
         ),
     ]
+    if res.get("dashboard"):
+        from benchmarks import web_bench
+
+        rows += web_bench.targets(res["dashboard"])
     return rows
 
 
@@ -202,9 +206,20 @@ def section(res: dict[str, Any]) -> str:
         "",
         *socket_rows(res["sockets"]),
         "",
+        *(
+            ["### The dashboard and the statusline", "", *dashboard_rows(res["dashboard"]), ""]
+            if res.get("dashboard")
+            else []
+        ),
         END,
     ]
     return "\n".join(lines)
+
+
+def dashboard_rows(figures: dict[str, Any]) -> list[str]:
+    from benchmarks import web_bench
+
+    return web_bench.rows(figures)
 
 
 def write_doc(path: Any, res: dict[str, Any]) -> None:

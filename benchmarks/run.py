@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import corpus, import_bench, latency, report, socket_bench, synth
+from benchmarks import corpus, import_bench, latency, report, socket_bench, synth, web_bench
 from benchmarks.daemon import Daemon
 from benchmarks.measure import machine
 from benchmarks.rpc import Client
@@ -104,6 +104,8 @@ def run_all(plan: Plan, work: Path, seed: int) -> dict[str, Any]:
                 res["sockets"][count] = socket_bench.measure(
                     daemon.socket, count, plan.clients, plan.requests, plan.cell_seconds
                 )
+        log(f"dashboard at {done:,} jobs, a 10,000-message job page, the statusline")
+        res["dashboard"] = web_bench.measure(tmp, db)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res

@@ -60,6 +60,8 @@ class Config:
     sql_max_rows: int = 10_000
     # The user's prices ([pricing."model"] tables), looked up before the built-in table.
     pricing: dict[str, pricing.Price] = field(default_factory=dict)
+    dashboard: bool = True
+    dashboard_port: int = 7370
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -129,6 +131,13 @@ def _as_socket(key: str, value: object) -> Path:
     return path
 
 
+def _as_port(key: str, value: object) -> int:
+    port = _as_int(key, value, 0)  # 0: any free port (tests); `jobvault dashboard` asks which
+    if port > 65535:
+        raise ConfigError(key, f"must be a TCP port (0 to 65535), got {port}")
+    return port
+
+
 def _as_choice(key: str, value: object, choices: tuple[str, ...], upper: bool = False) -> str:
     text = str(value).upper() if upper else str(value).lower()
     if text not in choices:
@@ -159,6 +168,8 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "sql_time_limit": lambda k, v: _as_float(k, v, 0.01),
     "sql_max_rows": lambda k, v: _as_int(k, v, 1),
     "pricing": lambda k, v: pricing.parse_overrides(v, k),
+    "dashboard": _as_bool,
+    "dashboard_port": lambda k, v: _as_port(k, v),
 }
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
 assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"

@@ -15,6 +15,7 @@ import orjson
 import jobvault
 from jobvault import config as config_mod
 from jobvault import pricing
+from jobvault.cli import dashboard as cli_dashboard
 from jobvault.cli import render
 from jobvault.cli import reports as cli_reports
 from jobvault.config import Config
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help=argparse.SUPPRESS)
 
     cli_reports.add_parsers(sub, _common, _socket)
+    cli_dashboard.add_parsers(sub, _common, _socket)
 
     p = sub.add_parser("rebuild", help="recompute every job record from the archive alone")
     _common(p)
@@ -463,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rebuild": cmd_rebuild,
             "backup": cmd_backup,
             "service": cmd_service,
+            "dashboard": cli_dashboard.cmd_dashboard,
+            "report": cli_dashboard.cmd_report,
+            "statusline": cli_dashboard.cmd_statusline,
         }[args.command]
         return handler(config, args)
     except RpcError as exc:

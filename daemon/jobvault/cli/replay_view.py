@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.markup import escape
+
+from jobvault.store.replay import input_summary
 
 
 def _clip(text: str, lines: int, width: int = 2000) -> tuple[str, int]:
@@ -14,19 +15,6 @@ def _clip(text: str, lines: int, width: int = 2000) -> tuple[str, int]:
     all_lines = text.rstrip().splitlines()
     shown = "\n".join(all_lines[:lines])[:width]
     return shown, max(0, len(all_lines) - lines)
-
-
-def _input_summary(value: Any) -> str:
-    if isinstance(value, dict):
-        for key in ("command", "file_path", "pattern", "path", "description", "query", "url"):
-            found = value.get(key)
-            if isinstance(found, list) and all(isinstance(v, str) for v in found):
-                found = found[-1] if found[:2] == ["bash", "-lc"] else " ".join(found)
-            if isinstance(found, str):
-                return _input_summary(found)
-        value = orjson.dumps(value).decode()
-    text = " ".join(str(value or "").split())
-    return text if len(text) <= 160 else text[:159] + "…"
 
 
 def render(result: dict[str, Any], console: Console, *, job: dict[str, Any] | None = None) -> None:
@@ -49,7 +37,7 @@ def render(result: dict[str, Any], console: Console, *, job: dict[str, Any] | No
             mark = "[dim]…[/dim]" if result_ is None else (
                 "[red]✗[/red]" if result_["is_error"] else "[green]✓[/green]")  # fmt: skip
             console.print(f"{pad}[dim]{when}[/dim] {mark} [yellow]{escape(str(event['name']))}"
-                          f"[/yellow] {escape(_input_summary(event['input']))}")  # fmt: skip
+                          f"[/yellow] {escape(input_summary(event['input']))}")  # fmt: skip
             if result_ is not None and result_.get("output"):
                 shown, cut = _clip(str(result_["output"]), 8 if result_["is_error"] else 3)
                 style = "red" if result_["is_error"] else "dim"

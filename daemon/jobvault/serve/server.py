@@ -179,6 +179,8 @@ class Hub:
 
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+# A method the daemon answers itself (a write on its writer thread, the dashboard's URL).
+LoopMethod = Callable[[dict[str, Any] | list[Any]], Awaitable[Any]]
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -200,9 +202,15 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 class Server:
     def __init__(
-        self, db_path: Path, limits: ServerLimits, status: StatusProvider, hub: Hub
+        self,
+        db_path: Path,
+        limits: ServerLimits,
+        status: StatusProvider,
+        hub: Hub,
+        loop_methods: dict[str, LoopMethod] | None = None,
     ) -> None:
         self.db_path = db_path
+        self.loop_methods = dict(loop_methods or {})
         self.limits = limits
         self.status_provider = status
         self.hub = hub
@@ -337,9 +345,12 @@ class Server:
             return await self.status()
         if method == "subscribe":
             return self._subscribe(params, writer, lock, forwarders)
+        own = self.loop_methods.get(method)
+        if own is not None:
+            return await own(params)
         handler = self.methods.get(method)
         if handler is None:
-            known = ", ".join(sorted([*self.methods, "status", "subscribe"]))
+            known = ", ".join(sorted([*self.methods, *self.loop_methods, "status", "subscribe"]))
             raise RpcError(METHOD_NOT_FOUND, "method_not_found", f"no method {method!r} ({known})")
         timeout = self.limits.request_timeout
         return await self.reader.run(lambda conn: run_read(handler, conn, params, timeout))

@@ -5,10 +5,11 @@ only decides *when*: watchdog hints and the periodic rescan mark files dirty, an
 finalizes sessions. Signal handlers only set events.
 
 Start-up: instance lock → database and migrations → socket (bound, or passed by systemd) →
-READY=1 → backfill (STATUS= reports progress). Shutdown, in a fixed order with a bound:
-STOPPING=1 → stop intake (watcher; the read in progress ends after its batch) → close the
-socket server → finalize every session with what was read → close the database → remove the
-socket file (unless systemd owns it) → release the lock.
+dashboard (127.0.0.1, if enabled) → READY=1 → backfill (STATUS= reports progress). Shutdown,
+in a fixed order with a bound: STOPPING=1 → stop intake (watcher; the read in progress ends
+after its batch) → close the dashboard, then the socket server → finalize every session with
+what was read → close the database → remove the socket file (unless systemd owns it) →
+release the lock.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from jobvault.ingest.engine import Engine
 from jobvault.ingest.watch import Watcher
 from jobvault.records import JobRecord
 from jobvault.serve.server import Hub, Server, ServerLimits, bind_socket, prepare_socket_dir
+from jobvault.service import dashboard
 from jobvault.service.systemd import Notifier, listen_socket, watchdog_interval
 from jobvault.store.db import open_writer
 from jobvault.store.lock import InstanceLock
@@ -58,6 +60,7 @@ class Daemon:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     engine: Engine | None = None
     server: Server | None = None
+    web: dashboard.WebServer | None = None  # the dashboard, when it runs
     started_at: float = field(default_factory=time.time)
     _dirty: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,6 +109,7 @@ async def serve(daemon: Daemon) -> None:
     store: Store | None = None
     engine: Engine | None = None
     server: Server | None = None
+    web: dashboard.WebServer | None = None
     instance = InstanceLock(config.socket)
     owned_socket: Path | None = None
     hub = Hub()
@@ -124,7 +128,10 @@ async def serve(daemon: Daemon) -> None:
         if sock is None:
             sock = bind_socket(config.socket)
             owned_socket = config.socket
-        server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub)
+        own = dashboard.socket_methods(daemon, lambda: store, lambda: web)
+        server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub, own)
+        # The dashboard first (127.0.0.1; never fatal), so `dashboard.url` finds it running.
+        web = daemon.web = await dashboard.start(config, server, hub)
         await server.start(sock)
         daemon.server = server
 
@@ -160,6 +167,8 @@ async def serve(daemon: Daemon) -> None:
             task.cancel()
         if watcher is not None:
             watcher.stop()
+        if web is not None:  # before the socket server: its pages read on the server's readers
+            await web.close()
         if server is not None:
             await server.close()
         if engine is not None:

@@ -115,6 +115,20 @@ def _subagent_header(agent: str, items: list[Event], depth: int) -> Event:
     }
 
 
+def input_summary(value: Any) -> str:
+    """One line naming what a tool call acted on (its command, file, pattern...)."""
+    if isinstance(value, dict):
+        for key in ("command", "file_path", "pattern", "path", "description", "query", "url"):
+            found = value.get(key)
+            if isinstance(found, list) and all(isinstance(v, str) for v in found):
+                found = found[-1] if found[:2] == ["bash", "-lc"] else " ".join(found)
+            if isinstance(found, str):
+                return input_summary(found)
+        value = orjson.dumps(value).decode()
+    text = " ".join(str(value or "").split())
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content

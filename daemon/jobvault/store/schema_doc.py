@@ -58,6 +58,9 @@ DESCRIPTIONS = {
     "search_fts": "The full-text index (FTS5, unicode61 without diacritics, 2- and "
     "3-character prefix indexes): each job's title, first prompt, summary, and up to 32 KiB "
     "of its prompts and assistant text, written with the record so `rebuild` reproduces it.",
+    "rate_limit_samples": "Claude Code's rate-limit usage (5-hour and 7-day windows) as "
+    "`jobvault statusline` saw it, recorded through the daemon when it changes (or every 15 "
+    "minutes); the dashboard draws its history.",
     "search_fts_config": "FTS5 internal: the index's settings.",
     "search_fts_content": "FTS5 internal: the indexed text (snippets are cut from it).",
     "search_fts_data": "FTS5 internal: the index's b-tree segments.",

@@ -292,6 +292,20 @@ def _by_key(conn: sqlite3.Connection, group_by: str, scope: _Scope) -> list[dict
     return rows
 
 
+def job_models(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    """One job's usage per model, most expensive first (the rows its record adds up)."""
+    rows = []
+    for model, *values in conn.execute(
+        f"SELECT u.model, {_SUMS} FROM job_usage u WHERE u.job_id = ? GROUP BY u.model "
+        "ORDER BY SUM(u.cost_usd) DESC, u.model",
+        (job_id,),
+    ):
+        row = _empty()
+        _add(row, values)
+        rows.append({"model": model, **_finish(row)})
+    return rows
+
+
 def top_sessions(conn: sqlite3.Connection, scope: _Scope, limit: int) -> list[dict[str, Any]]:
     """The jobs that cost most within the scope (their usage in range, not their lifetime)."""
     rows = conn.execute(
@@ -323,19 +337,13 @@ def tools(
     limit: int = 100,
 ) -> dict[str, Any]:
     """Calls, failures and failure rate per tool; `since` / `until` select calls by time."""
-    where, params = job_filters({k: v for k, v in (filters or {}).items() if v is not None})
-    if since:
-        where.append("t.timestamp >= ?")
-        params.append(since)
-    if until:
-        where.append("t.timestamp < ?")
-        params.append(until)
-    joined = bool(where)
+    source, where, params = _tool_scope(filters, since, until)
+    # `+t.name`: grouping must not walk the name index over every call ever made when a time
+    # range can seek `tool_calls_time` (370 ms -> 40 ms for 30 days of 100k jobs; all time,
+    # a plain scan is faster too).
     sql = (
-        "SELECT t.name, COUNT(*), SUM(t.is_error), COUNT(DISTINCT t.job_id) FROM tool_calls t"
-        + (" JOIN jobs ON jobs.id = t.job_id" if joined else "")
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " GROUP BY t.name ORDER BY 2 DESC, 1 LIMIT ?"
+        f"SELECT t.name, COUNT(*), SUM(t.is_error), COUNT(DISTINCT t.job_id){source}"
+        f"{_where(where)} GROUP BY +t.name ORDER BY 2 DESC, 1 LIMIT ?"
     )
     rows = []
     calls_total = failures_total = 0
@@ -354,6 +362,92 @@ def tools(
             "failure_rate": round(failures_total / calls_total, 4) if calls_total else 0.0,
         },
     }
+
+
+def _tool_scope(
+    filters: dict[str, Any] | None, since: str | None, until: str | None
+) -> tuple[str, list[str], list[Any]]:
+    """FROM tool_calls t (joined with jobs when there is a condition), the conditions and
+    their parameters: shared by `tools` and `tool_periods`, so both count the same calls."""
+    where, params = job_filters({k: v for k, v in (filters or {}).items() if v is not None})
+    # Only a job filter needs `jobs` (every call has its job: the foreign key cascades); a
+    # join for a time range alone made SQLite walk every job first.
+    join = " JOIN jobs ON jobs.id = t.job_id" if where else ""
+    if since:
+        where.append("t.timestamp >= ?")
+        params.append(since)
+    if until:
+        where.append("t.timestamp < ?")
+        params.append(until)
+    return " FROM tool_calls t" + join, where, params
+
+
+def _where(conditions: list[str]) -> str:
+    return (" WHERE " + " AND ".join(conditions)) if conditions else ""
+
+
+def tool_periods(
+    conn: sqlite3.Connection,
+    group_by: str = "day",
+    *,
+    timezone: str = "UTC",
+    since: str | None = None,
+    until: str | None = None,
+    filters: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Tool calls and failures per local day / week / month: `tools` over time.
+
+    The calls are those `tools` counts for the same arguments, placed by the UTC hour of their
+    timestamp (calls without one are in `tools` only).
+    """
+    tz = zone(timezone)
+    source, where, params = _tool_scope(filters, since, until)
+    where.append("t.timestamp IS NOT NULL")
+    sql = f"SELECT substr(t.timestamp, 1, 13), COUNT(*), SUM(t.is_error){source}{_where(where)}"
+    sql += " GROUP BY 1"
+    buckets: dict[str, list[int]] = {}
+    for hour, calls, failures in conn.execute(sql, params):
+        try:
+            label = period_of(_hour_time(hour).astimezone(tz).date(), group_by)
+        except ValueError:
+            continue  # a timestamp that is not ISO: counted by `tools`, not placed in time
+        bucket = buckets.setdefault(label, [0, 0])
+        bucket[0] += calls
+        bucket[1] += failures or 0
+    return [
+        {"period": label, "calls": calls, "failures": failures,
+         "failure_rate": round(failures / calls, 4) if calls else 0.0}
+        for label, (calls, failures) in sorted(buckets.items())
+    ]  # fmt: skip
+
+
+def sessions(
+    conn: sqlite3.Connection,
+    group_by: str = "day",
+    *,
+    timezone: str = "UTC",
+    since: str | None = None,
+    until: str | None = None,
+    filters: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The number of sessions with usage in each local period: the jobs behind the rows of
+    `usage` for the same arguments (a session spanning two days counts on both)."""
+    tz = zone(timezone)
+    filters = {k: v for k, v in (filters or {}).items() if v is not None}
+    scope = _Scope.of(since, until, filters.get("model"), filters)
+    sql = (
+        "SELECT u.hour, u.job_id"
+        + scope.sql()
+        + (" AND" if scope.where else " WHERE")
+        + " u.hour != 'unknown' GROUP BY u.hour, u.job_id"
+    )
+    labels: dict[str, str] = {}
+    jobs: dict[str, set[str]] = {}
+    for hour, job_id in conn.execute(sql, scope.params):
+        if hour not in labels:
+            labels[hour] = period_of(_hour_time(hour).astimezone(tz).date(), group_by)
+        jobs.setdefault(labels[hour], set()).add(job_id)
+    return [{"period": label, "sessions": len(ids)} for label, ids in sorted(jobs.items())]
 
 
 # -- billing blocks -----------------------------------------------------------------------------
