@@ -36,7 +36,7 @@ class Config:
     idle_timeout: float = 300.0
     max_line_bytes: int = 16 * 1024 * 1024
     rescan_interval: float = 30.0
-    batch_interval: float = 0.1
+    batch_interval: float = 0.05
     batch_max_bytes: int = 8 * 1024 * 1024
     compression_level: int = 3
     max_open_files: int = 512

@@ -55,6 +55,7 @@ class Job:
     finalized: bool = False
     dirty: bool = False
     last_written: float = 0.0
+    written_live: bool = False  # its stored record is the active one written here
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ class SessionBook:
         return job
 
     def touch(self, job: Job) -> None:
+        if job.finalized:
+            job.written_live = False  # its stored record may be final: marked stale
         job.dirty = True
         job.finalized = False
         job.last_activity = time.monotonic()
@@ -214,6 +217,7 @@ class SessionBook:
     def written(self, job: Job, now: float) -> None:
         job.dirty = False
         job.last_written = now
+        job.written_live = not job.finalized
         if job.finalized:
             job.acc = None  # free the memory; rebuilt from the archive if resumed
 

@@ -257,6 +257,20 @@ class Engine:
             log.warning("checkpoint_failed", error=str(exc))
         return read
 
+    def tick(
+        self, paths: list[str] | None, roots: Iterable[Path], idle_timeout: float
+    ) -> float | None:
+        """One round of the daemon: read `paths` (None: rescan every root), finalize the
+        idle sessions, write the records held back; return the seconds until the next
+        held-back record is due (None if none is)."""
+        roots = list(roots)
+        if paths is None:
+            self.rescan(roots)
+        elif paths:
+            self.poll(paths, roots)
+        self.finalize_idle(idle_timeout)
+        return self.write_pending()
+
     def _look(self, path: str) -> list[Action]:
         if self.faults.skip(path):
             return []  # quarantined until it changes
@@ -499,6 +513,7 @@ class Engine:
         depend on the order of sessions. A session that fails is quarantined; the rest go on.
         """
         keys = self.store.job_keys()
+        self.writer.forget_all()  # every record is written whole again
         self.store.clear_usage_keys()
         self.store.clear_faults("session")
         self.book.quarantined.clear()

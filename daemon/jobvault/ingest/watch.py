@@ -12,11 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_OPENED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 log = structlog.get_logger("jobvault.watch")
+# Events that never mean new bytes. Reading a file opens and closes it, so reacting to these
+# made every read schedule another one (a storm of wake-ups under a trickle of appends).
+IGNORED = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_ATTRIB})
 
 
 class _Handler(FileSystemEventHandler):
@@ -32,6 +41,8 @@ class _Handler(FileSystemEventHandler):
                 self._loop.call_soon_threadsafe(self._notify, text)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in IGNORED:
+            return  # our own reads open and close the files: no change to read
         if event.is_directory:
             if event.event_type in ("created", "moved"):
                 # A new directory (a subagents/ folder, say) may arrive with files already in

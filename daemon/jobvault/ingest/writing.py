@@ -23,6 +23,8 @@ from jobvault.ingest.rounds import Round, Stats
 from jobvault.ingest.tracker import Continue, Create, FileTracker, Skip
 from jobvault.records import JobDetail, JobRecord
 from jobvault.sources import ADAPTERS
+from jobvault.sources.base import Accumulator
+from jobvault.store.increments import Row, Written
 from jobvault.store.writer import BadLine, Batch, FaultRow, Store
 
 log = structlog.get_logger("jobvault.engine")
@@ -43,6 +45,13 @@ class RoundWriter:
         self.stats, self.deferred = stats, deferred
         # Called on the engine's thread after a record is written: (record, finalized).
         self.on_record: Callable[[JobRecord, bool], None] | None = None
+        # What was last written and settled of each live session, so its next write changes
+        # only what differs (store/increments.py). Dropped when final, and all of it when a
+        # transaction fails (the next writes are whole).
+        self.written: dict[str, Written] = {}
+        self.settled: dict[str, dict[str, Row]] = {}
+        self.settled_by: dict[str, Accumulator] = {}  # the accumulator `settled` follows
+        self.lost: dict[str, frozenset[str]] = {}  # the keys each live session lost
         self.sessions_read: set[str] = set()  # sessions that got lines (for `import`)
 
     def commit(self, rnd: Round) -> None:
@@ -62,7 +71,11 @@ class RoundWriter:
         keys = rnd.touched | rnd.finalize | rnd.invalidated | rnd.force_write
         due = [j for j in book.due(keys, now, force=bool(rnd.force_write))
                if j.key not in rnd.prebuilt]  # fmt: skip
-        rnd.batch.stale_jobs |= rnd.touched
+        # Sessions that gained bytes: their stored records are marked not final, unless the
+        # stored one is known to be the live record written here.
+        rnd.batch.stale_jobs |= {
+            k for k in rnd.touched if not ((job := book.jobs.get(k)) and job.written_live)
+        }
         self._take_faults(rnd.batch)
         if rnd.batch.empty() and not due and not rnd.prebuilt:
             self.apply(rnd)
@@ -104,17 +117,21 @@ class RoundWriter:
         store, book = self.store, self.book
         affected: set[str] = set()
         ready: list[Job] = []
+        partial: dict[str, set[str]] = {}  # live sessions settled by their changed keys
         for job in due:
             acc = book.load(job)
             if acc is None:
                 continue
             try:
-                affected |= store.settle_usage(job.key, acc.usage_candidates())
+                hit, changed = self._settle(job, acc)
             except StoreError:
                 raise
             except Exception as exc:
                 book.quarantine(job.key, "the adapter failed listing its messages", exc)
                 continue
+            affected |= hit
+            if changed is not None:
+                partial[job.key] = changed
             ready.append(job)
         for key, (_detail, candidates) in rnd.prebuilt.items():
             affected |= store.settle_usage(key, candidates)
@@ -129,13 +146,24 @@ class RoundWriter:
                 other = book.invalidate(key)
                 other.finalized = True
             others.append(other)
-        lost = store.lost_keys(settled | {j.key for j in others})
+        # Which copies a session loses: asked of every session at once, after all settled; a
+        # live session settled by its changes keeps what it lost, give or take those keys.
+        whole = (settled | {j.key for j in others}) - (partial.keys() - affected)
+        lost = store.lost_keys(whole)
+        for key, changed in partial.items():
+            if key in whole or key not in self.lost:
+                continue
+            lost[key] = frozenset((self.lost[key] - changed) | store.lost_among(key, changed))
         details: list[tuple[JobDetail, bool]] = []
         machine = store.machine_id
         for job in [*ready, *others]:
-            detail = book.build(job, machine, lost.get(job.key, frozenset()))
+            excluded = lost.get(job.key)
+            if excluded is None:  # (a partial one whose losses were not known yet)
+                excluded = store.lost_keys([job.key])[job.key]
+            detail = book.build(job, machine, excluded)
             if detail is not None:
                 details.append((detail, job.finalized))
+            self._remember(job, excluded)
         for key, (prebuilt, _candidates) in rnd.prebuilt.items():
             if lost.get(key):  # it loses a message to another session: rebuilt here
                 job = book.invalidate(key, ADAPTERS[prebuilt.record.source])
@@ -146,7 +174,7 @@ class RoundWriter:
                 book.drop(key)
             else:
                 details.append((prebuilt, True))
-        for refused, error in store.write_jobs(details):
+        for refused, error in store.write_jobs(details, self.written):
             book.quarantine(refused.record.session_id, "the database refused the record", error)
             details = [(d, f) for d, f in details if d is not refused]
         batch = Batch()
@@ -154,6 +182,40 @@ class RoundWriter:
         if not batch.empty():
             store.write_batch(batch)
         return details
+
+    def _settle(self, job: Job, acc: Accumulator) -> tuple[set[str], set[str] | None]:
+        """Settle a due session's message copies; return (other sessions affected, the keys
+        written when settled by what changed — a live session whose stored rows are known
+        here — or None when settled whole)."""
+        live = not job.finalized and not acc.spilled
+        known = self.settled.get(job.key)
+        if live and known is not None and self.settled_by.get(job.key) is acc:
+            changes = acc.usage_changes()
+            if changes is not None:
+                return self.store.settle_changes(job.key, changes, known)
+        known = {} if live else None
+        affected = self.store.settle_usage(job.key, acc.usage_candidates(), known)
+        if known is not None:
+            self.settled[job.key], self.settled_by[job.key] = known, acc
+        else:
+            self._forget(job.key)
+        return affected, None
+
+    def _remember(self, job: Job, excluded: frozenset[str]) -> None:
+        if job.finalized:
+            self._forget(job.key)
+        elif job.key in self.settled:
+            self.lost[job.key] = excluded
+
+    def _forget(self, key: str) -> None:
+        for state in (self.settled, self.settled_by, self.lost):
+            state.pop(key, None)
+
+    def forget_all(self) -> None:
+        """Forget every live session's written state: their next writes are whole."""
+        self.written.clear()
+        for state in (self.settled, self.settled_by, self.lost):
+            state.clear()
 
     def _take_faults(self, batch: Batch) -> None:
         for fault in self.book.take_faults():
@@ -176,6 +238,7 @@ class RoundWriter:
                 os.close(w.fd)
         for key in rnd.touched | rnd.invalidated | rnd.finalize:
             self.book.invalidate(key)
+        self.forget_all()
 
     def apply(self, rnd: Round) -> None:
         """The round committed: the tracker takes its new state."""

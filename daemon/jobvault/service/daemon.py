@@ -137,7 +137,8 @@ async def serve(daemon: Daemon) -> None:
 
         def on_record(record: JobRecord, finalized: bool) -> None:
             event = "job.finalized" if finalized else "job.updated"
-            loop.call_soon_threadsafe(hub.publish, event, record.to_dict())
+            if hub.subscribers:  # (a record's dict is built only when someone listens)
+                loop.call_soon_threadsafe(hub.publish, event, record.to_dict())
 
         engine.on_record = on_record
         if config.watch_events:
@@ -302,18 +303,20 @@ async def _loop(
         roots = list(config.watch)
         now = time.monotonic()
         try:
+            paths: list[str] | None = []
             if now >= next_rescan or daemon._rescan_dirs:
                 daemon._rescan_dirs.clear()
                 daemon._dirty.clear()
                 if watcher is not None:
                     watcher.refresh(roots)
-                await _on_worker(executor, engine.rescan, roots)
-                next_rescan = time.monotonic() + config.rescan_interval
+                paths = None  # a rescan
+                next_rescan = now + config.rescan_interval
             elif daemon._dirty:
                 paths, daemon._dirty = sorted(daemon._dirty), set()
-                await _on_worker(executor, engine.poll, paths, roots)
-            await _on_worker(executor, engine.finalize_idle, config.idle_timeout)
-            write_due = await _on_worker(executor, engine.write_pending)
+            # One hop to the engine's thread a round: read, finalize the idle, write what is due.
+            write_due = await _on_worker(executor, engine.tick, paths, roots, config.idle_timeout)
+            if paths is None:
+                next_rescan = time.monotonic() + config.rescan_interval
             backoff = 0.0
         except (StoreError, sqlite3.Error) as exc:
             # The database refused a write (disk full, read-only...): nothing moved; retry

@@ -67,6 +67,14 @@ class Accumulator(Protocol):
         """The job's best copy of each deduplicated message, in key order."""
         ...
 
+    def usage_changes(self) -> list[tuple[str, UsageCandidate]] | None:
+        """The best copies of the messages offered since the last `usage_changes` or
+        `usage_candidates`, in key order; None when it cannot tell (ask for all of them).
+
+        Lets the writer settle a live session by what changed, not by all its messages.
+        """
+        ...
+
 
 class Adapter(Protocol):
     name: str

@@ -15,6 +15,7 @@ were read in.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -213,6 +214,7 @@ class ClaudeJob:
             _TOOL_RESULT, _order, _earlier
         )
         self._unkeyed = 0  # entries without an id so far (their keys)
+        self._changed: set[str] = set()  # message keys offered since `usage_changes`
         self._spill = spill.Spiller()
         self.agents: dict[str, _Agent] = {}
         self.sidechain_roots = 0
@@ -375,6 +377,8 @@ class ClaudeJob:
         request_id = obj.get("requestId")
         key = f"{msg_id}:{request_id}" if isinstance(request_id, str) else msg_id
         self.usage.offer(key, entry)
+        if self._spill.scratch is None:  # (a spilled session is settled whole)
+            self._changed.add(key)
         return problem
 
     def _tool_use(self, block: dict[str, Any], order: Order, agent_id: str | None) -> None:
@@ -498,12 +502,23 @@ class ClaudeJob:
 
     def usage_candidates(self) -> Iterator[tuple[str, UsageCandidate]]:
         """The best copy of each deduplicated message, in key order, to settle duplicates."""
+        self._changed.clear()
         for key, u in self.usage.sorted_items():
-            cost, _priced = _message_cost(u)
-            yield key, UsageCandidate(
-                u.sidechain, u.total, u.path, u.order[2], u.order[0], u.model, u.input,
-                u.output, u.cache_5m + u.cache_1h, u.cache_read, round(cost, 9),
-            )  # fmt: skip
+            yield key, _candidate(u)
+
+    def usage_changes(self) -> list[tuple[str, UsageCandidate]] | None:
+        """The best copies of the messages offered since the last call (or since
+        `usage_candidates`), in key order; None when the session is spilled (ask for all)."""
+        if self.spilled:
+            return None
+        changed = sorted(self._changed)
+        self._changed.clear()
+        out = []
+        for key in changed:
+            u = self.usage.get(key)
+            if u is not None:
+                out.append((key, _candidate(u)))
+        return out
 
     def _counted_usage(self) -> Iterator[_Usage]:
         excluded = self.excluded_keys
@@ -751,16 +766,42 @@ class ClaudeJob:
         return out
 
 
+def _candidate(u: _Usage) -> UsageCandidate:
+    cost, _priced = _message_cost(u)
+    return UsageCandidate(
+        u.sidechain, u.total, u.path, u.order[2], u.order[0], u.model, u.input, u.output,
+        u.cache_5m + u.cache_1h, u.cache_read, round(cost, 9),
+    )  # fmt: skip
+
+
 def _message_cost(u: _Usage) -> tuple[float, bool]:
     """One message's cost, and whether it was priced (an unknown model costs 0)."""
     if u.cost_override is not None:
         return u.cost_override, True
-    price = pricing.lookup(u.model)
+    return _priced(
+        u.model, u.input, u.output, u.cache_5m, u.cache_1h, u.cache_read, u.fast,
+        u.web_search, pricing.version(),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16384)
+def _priced(
+    model: str,
+    inp: int,
+    out: int,
+    c5m: int,
+    c1h: int,
+    read: int,
+    fast: bool,
+    searches: int,
+    version: str,
+) -> tuple[float, bool]:
+    """Memoized: a live session's record is rebuilt often, pricing every message again; the
+    price table's version (overrides included) is part of the key."""
+    price = pricing.lookup(model)
     if price is None:
         return 0.0, False
-    return pricing.message_cost(
-        price, u.input, u.output, u.cache_5m, u.cache_1h, u.cache_read, u.fast, u.web_search
-    ), True
+    return pricing.message_cost(price, inp, out, c5m, c1h, read, fast, searches), True
 
 
 def _order(entry: _Usage | _ToolUse | _ToolResult) -> Order:

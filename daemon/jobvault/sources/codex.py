@@ -136,6 +136,9 @@ class CodexJob:
         """Codex usage is never shared between jobs: forks skip their replayed prefix."""
         return iter(())
 
+    def usage_changes(self) -> list[tuple[str, UsageCandidate]] | None:
+        return []
+
     def chosen_files(self) -> list[FileState]:
         """One file per rollout name, the `sessions/` copy first; ordered by file id."""
         by_name: dict[str, FileState] = {}

@@ -21,9 +21,10 @@ import orjson
 import zstandard
 
 from jobvault.errors import StoreError
-from jobvault.records import JobDetail, UsageCandidate
+from jobvault.records import JobDetail, UsageCandidate, UsageRow
 from jobvault.store.archive import FILE_COLUMNS, FileRow, file_row, iter_chunks
 from jobvault.store.db import BUSY_TIMEOUT_MS
+from jobvault.store.increments import Written, state_of, tool_rows, write_changes
 
 SETTLE_SLICE = 2000  # message keys settled per query
 SQL_INT = 2**63 - 1  # SQLite's integers are 64-bit
@@ -54,10 +55,75 @@ def _slices(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+_JOB_COLUMNS = (
+    "id, source, session_id, project, cwd, git_branch, version, model, models, status, "
+    "started_at, ended_at, duration_ms, prompt, summary, title, input_tokens, output_tokens, "
+    "cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd, pricing_version, "
+    "tool_call_count, failed_tool_calls, primary_tool, message_count, user_message_count, "
+    "subagent_count, context_window, context_used_pct, source_path, machine_id, record, "
+    "finalized_at, updated_at"
+)
+_INSERT = {
+    "jobs": f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({','.join('?' * 36)})",
+    "tool_calls": "INSERT INTO tool_calls (job_id, seq, tool_use_id, name, agent_id, "
+    "is_error, timestamp, input_preview, output_preview) VALUES (?,?,?,?,?,?,?,?,?)",
+    "subagents": "INSERT INTO subagents (job_id, agent_id, agent_type, description, layout, "
+    "started_at, ended_at, message_count, tool_call_count, input_tokens, output_tokens, "
+    "cache_creation_tokens, cache_read_tokens, cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    "files_modified": "INSERT INTO files_modified (job_id, path, tool, count) VALUES (?,?,?,?)",
+    "job_usage": "INSERT OR REPLACE INTO job_usage (job_id, hour, model, messages, "
+    "input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, reasoning_tokens, "
+    "cost_usd, first_at, last_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+    "job_rate_limits": "INSERT OR REPLACE INTO job_rate_limits (job_id, at, window, "
+    "used_percent, window_minutes, resets_at) VALUES (?,?,?,?,?,?)",
+}
+# The job row updated in place (its children, kept, are rewritten by what changed).
+_UPSERT_JOB = (
+    _INSERT["jobs"]
+    + " ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}" for c in _JOB_COLUMNS.replace(" ", "").split(",") if c != "id"
+    )
+)
+
+
+def _usage_row(job_id: str, u: UsageRow) -> Row:
+    return _ints((
+        job_id, u.hour, u.model, u.messages, u.input_tokens, u.output_tokens,
+        u.cache_creation_tokens, u.cache_read_tokens, u.reasoning_tokens, u.cost_usd,
+        u.first_at, u.last_at,
+    ))  # fmt: skip
+
+
+_DAILY_ADD = """
+    INSERT INTO daily_metrics AS d (day, source, model, messages, input_tokens, output_tokens,
+        cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd)
+    VALUES (?,?,?,?,?,?,?,?,?,?)
+    ON CONFLICT (day, source, model) DO UPDATE SET
+        messages = d.messages + excluded.messages,
+        input_tokens = d.input_tokens + excluded.input_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        cache_creation_tokens = d.cache_creation_tokens + excluded.cache_creation_tokens,
+        cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
+        reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
+        cost_usd = d.cost_usd + excluded.cost_usd
+"""
+Row = tuple[Any, ...]
+
+
 USAGE_KEY_COLUMNS = (
     "sidechain, total, path, offset, at, model, input_tokens, output_tokens, "
     "cache_creation_tokens, cache_read_tokens, cost_usd"
 )
+
+
+def _recording(
+    candidates: Iterable[tuple[str, UsageCandidate]], into: dict[str, tuple[Any, ...]]
+) -> Iterator[tuple[str, UsageCandidate]]:
+    """The candidates, each also noted (as its stored row) in `into`."""
+    for key, candidate in candidates:
+        into[key] = _key_row(candidate)
+        yield key, candidate
 
 
 def _key_row(c: UsageCandidate) -> tuple[Any, ...]:
@@ -376,53 +442,59 @@ class Store:
             else:
                 chunk_rows.append((c.file_id, c.offset, len(c.data), c.line_count, "raw", c.data))
         with self._transaction():
-            self._insert_files(batch.new_files, now)
-            self.conn.executemany(
-                "INSERT INTO chunks (file_id, offset, length, line_count, codec, data) "
-                "VALUES (?,?,?,?,?,?)",
-                chunk_rows,
-            )
-            self.conn.executemany(
-                "UPDATE files SET path=?, dev=?, ino=?, offset=?, size=?, mtime_ns=?, "
-                "in_long_line=?, partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, "
-                "line_count=?, bad_lines=?, lost_bytes=?, codec=?, disk_size=?, updated_at=? "
-                "WHERE id=?",
-                [
-                    (
-                        f.path, f.dev, f.ino, f.offset, f.size, f.mtime_ns, int(f.in_long_line),
-                        int(f.partial_tail), f.state, f.job_key, f.fp_len, f.fp_hash,
-                        f.line_count, f.bad_lines, f.lost_bytes, f.codec, f.disk_size, now,
-                        f.id,
-                    )
-                    for f in batch.files.values()
-                ],
-            )  # fmt: skip
-            self.conn.executemany(
-                "DELETE FROM bad_lines WHERE file_id = ?1 AND reason LIKE 'unterminated%' "
-                "AND offset = (SELECT MAX(offset) FROM bad_lines WHERE file_id = ?1)",
-                [(file_id,) for file_id in batch.continued_tails],
-            )
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO bad_lines (file_id, offset, length, reason, detected_at)"
-                " VALUES (?,?,?,?,?)",
-                [(b.file_id, b.offset, b.length, b.reason, now) for b in batch.bad_lines],
-            )
-            self.conn.executemany(
-                "INSERT INTO faults (kind, key, reason, detail, first_at, last_at) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT (kind, key) DO UPDATE SET "
-                "reason = excluded.reason, detail = excluded.detail, "
-                "count = faults.count + 1, last_at = excluded.last_at",
-                [(f.kind, f.key, f.reason, f.detail, now, now) for f in batch.faults],
-            )
-            self.conn.executemany(
-                "UPDATE jobs SET finalized_at = NULL, status = 'active' "
-                "WHERE session_id = ? AND finalized_at IS NOT NULL",
-                [(key,) for key in sorted(batch.stale_jobs)],
-            )
-            self.conn.executemany(  # an empty session that grows may become a job
-                "DELETE FROM empty_sessions WHERE session_id = ?",
-                [(key,) for key in sorted(batch.stale_jobs)],
-            )
+            if batch.new_files:
+                self._insert_files(batch.new_files, now)
+            if chunk_rows:
+                self.conn.executemany(
+                    "INSERT INTO chunks (file_id, offset, length, line_count, codec, data) "
+                    "VALUES (?,?,?,?,?,?)",
+                    chunk_rows,
+                )
+            if batch.files:
+                self.conn.executemany(
+                    "UPDATE files SET path=?, dev=?, ino=?, offset=?, size=?, mtime_ns=?, "
+                    "in_long_line=?, partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, "
+                    "line_count=?, bad_lines=?, lost_bytes=?, codec=?, disk_size=?, "
+                    "updated_at=? WHERE id=?",
+                    [
+                        (
+                            f.path, f.dev, f.ino, f.offset, f.size, f.mtime_ns,
+                            int(f.in_long_line), int(f.partial_tail), f.state, f.job_key,
+                            f.fp_len, f.fp_hash, f.line_count, f.bad_lines, f.lost_bytes,
+                            f.codec, f.disk_size, now, f.id,
+                        )
+                        for f in batch.files.values()
+                    ],
+                )  # fmt: skip
+            if batch.continued_tails:
+                self.conn.executemany(
+                    "DELETE FROM bad_lines WHERE file_id = ?1 AND reason LIKE 'unterminated%' "
+                    "AND offset = (SELECT MAX(offset) FROM bad_lines WHERE file_id = ?1)",
+                    [(file_id,) for file_id in batch.continued_tails],
+                )
+            if batch.bad_lines:
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO bad_lines (file_id, offset, length, reason, "
+                    "detected_at) VALUES (?,?,?,?,?)",
+                    [(b.file_id, b.offset, b.length, b.reason, now) for b in batch.bad_lines],
+                )
+            if batch.faults:
+                self.conn.executemany(
+                    "INSERT INTO faults (kind, key, reason, detail, first_at, last_at) "
+                    "VALUES (?,?,?,?,?,?) ON CONFLICT (kind, key) DO UPDATE SET "
+                    "reason = excluded.reason, detail = excluded.detail, "
+                    "count = faults.count + 1, last_at = excluded.last_at",
+                    [(f.kind, f.key, f.reason, f.detail, now, now) for f in batch.faults],
+                )
+            if batch.stale_jobs:
+                stale = [(key,) for key in sorted(batch.stale_jobs)]
+                self.conn.executemany(
+                    "UPDATE jobs SET finalized_at = NULL, status = 'active' "
+                    "WHERE session_id = ? AND finalized_at IS NOT NULL",
+                    stale,
+                )
+                # An empty session that grows may become a job.
+                self.conn.executemany("DELETE FROM empty_sessions WHERE session_id = ?", stale)
 
     def commit(self, batch: Batch, stale_jobs: set[str] | None = None) -> None:
         """`write_batch` in a transaction of its own (tests and tools)."""
@@ -432,32 +504,39 @@ class Store:
             self.write_batch(batch)
 
     def write_jobs(
-        self, jobs: Iterable[tuple[JobDetail, bool]]
+        self,
+        jobs: Iterable[tuple[JobDetail, bool]],
+        states: dict[str, Written] | None = None,
     ) -> list[tuple[JobDetail, Exception]]:
         """Write job records; return those the database refused, with the reason.
 
-        Each record is written under its own savepoint: a record the database cannot take
-        (a value out of its range, a constraint) is rolled back alone and reported, so one
-        session's data never stops the round; errors of the database itself (full, read-only,
-        locked) still abort the whole transaction.
+        With `states` (what was last written of each live job, kept by the caller), a job
+        still active is written by what changed since (`increments.py`) and its new state
+        kept; a final one is written whole and its state dropped.
+
+        All records are written under one savepoint; only if one is refused (a value out of
+        the database's range, a constraint) are they written one at a time, so that record
+        alone is rolled back and reported and one session's data never stops the round.
+        Errors of the database itself (full, read-only, locked) abort the whole transaction.
         """
         now = now_iso()
         jobs = list(jobs)
         refused: list[tuple[JobDetail, Exception]] = []
         with self._transaction():
-            # All at once under one savepoint; only if one is refused, one at a time.
             self.conn.execute("SAVEPOINT jobs")
             try:
                 for detail, finalized in jobs:
-                    self._write_job(detail, finalized, now)
+                    self._write_job(detail, finalized, now, states)
             except (sqlite3.OperationalError, sqlite3.InternalError):
                 raise
             except _REFUSED:
                 self.conn.execute("ROLLBACK TO jobs")
                 for detail, finalized in jobs:
+                    if states is not None:
+                        states.pop(detail.record.session_id, None)  # (rolled back: whole)
                     self.conn.execute("SAVEPOINT job")
                     try:
-                        self._write_job(detail, finalized, now)
+                        self._write_job(detail, finalized, now, states)
                     except (sqlite3.OperationalError, sqlite3.InternalError):
                         raise
                     except _REFUSED as exc:
@@ -467,8 +546,60 @@ class Store:
             self.conn.execute("RELEASE jobs")
         return refused
 
-    def _write_job(self, detail: JobDetail, finalized: bool, now: str) -> None:
+    def _job_row(self, detail: JobDetail, finalized: bool, now: str) -> tuple[Any, ...]:
         rec = detail.record
+        record_json = orjson.dumps(rec).decode()  # (orjson serializes the dataclass itself)
+        return _ints((
+            rec.id, rec.source, rec.session_id, rec.project, rec.cwd, rec.git_branch,
+            rec.version, rec.model, orjson.dumps(rec.models).decode(), rec.status,
+            rec.started_at, rec.ended_at, rec.duration_ms, rec.prompt, rec.summary,
+            rec.title, rec.input_tokens, rec.output_tokens, rec.cache_creation_tokens,
+            rec.cache_read_tokens, rec.reasoning_tokens, rec.cost_usd, rec.pricing_version,
+            rec.tool_call_count, rec.failed_tool_calls, rec.primary_tool, rec.message_count,
+            rec.user_message_count, rec.subagent_count, rec.context_window,
+            rec.context_used_pct, rec.source_path, rec.machine_id, record_json,
+            now if finalized else None, now,
+        ))  # fmt: skip
+
+    @staticmethod
+    def _children(
+        detail: JobDetail,
+    ) -> tuple[list[Row], list[Row], list[Row], dict[tuple[str, str], Row]]:
+        """A job's subagent, files-modified and rate-limit rows, and its usage rows."""
+        rec = detail.record
+        subagents = [
+            _ints((rec.id, s.agent_id, s.agent_type, s.description, s.layout, s.started_at,
+                   s.ended_at, s.message_count, s.tool_call_count, s.input_tokens,
+                   s.output_tokens, s.cache_creation_tokens, s.cache_read_tokens, s.cost_usd))
+            for s in detail.subagents
+        ]  # fmt: skip
+        files = [(rec.id, f.path, f.tool, f.count) for f in detail.files]
+        rates = [
+            _ints((rec.id, r.at, r.window, r.used_percent, r.window_minutes, r.resets_at))
+            for r in detail.rate_limits
+        ]
+        usage = {(u.hour, u.model): _usage_row(rec.id, u) for u in detail.usage}
+        return subagents, files, rates, usage
+
+    def _write_job(
+        self,
+        detail: JobDetail,
+        finalized: bool,
+        now: str,
+        states: dict[str, Written] | None = None,
+    ) -> None:
+        rec = detail.record
+        prev = states.pop(rec.session_id, None) if states is not None else None
+        if prev is not None and not detail.empty:
+            job_row = self._job_row(detail, finalized, now)
+            state = write_changes(
+                self.conn, detail, prev,
+                upsert_job=lambda: self.conn.execute(_UPSERT_JOB, job_row),
+                children=self._children, insert=_INSERT, daily=self._daily_deltas,
+            )  # fmt: skip
+            if not finalized and states is not None:
+                states[rec.session_id] = state
+            return
         self._retract_usage(rec.id)
         self.conn.execute("DELETE FROM jobs WHERE id = ?", (rec.id,))  # cascades to children
         if detail.empty:  # no conversation: archived, not a job (and no longer one if it was)
@@ -483,73 +614,40 @@ class Store:
             "DELETE FROM empty_sessions WHERE source = ? AND session_id = ?",
             (rec.source, rec.session_id),
         )
-        record_json = orjson.dumps(rec).decode()  # (orjson serializes the dataclass itself)
-        self.conn.execute(
-            "INSERT INTO jobs (id, source, session_id, project, cwd, git_branch, version, model, "
-            "models, status, started_at, ended_at, duration_ms, prompt, summary, title, "
-            "input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, "
-            "reasoning_tokens, cost_usd, pricing_version, tool_call_count, failed_tool_calls, "
-            "primary_tool, message_count, user_message_count, subagent_count, context_window, "
-            "context_used_pct, source_path, machine_id, record, finalized_at, updated_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            _ints((
-                rec.id, rec.source, rec.session_id, rec.project, rec.cwd, rec.git_branch,
-                rec.version, rec.model, orjson.dumps(rec.models).decode(), rec.status,
-                rec.started_at, rec.ended_at, rec.duration_ms, rec.prompt, rec.summary,
-                rec.title, rec.input_tokens, rec.output_tokens, rec.cache_creation_tokens,
-                rec.cache_read_tokens, rec.reasoning_tokens, rec.cost_usd, rec.pricing_version,
-                rec.tool_call_count, rec.failed_tool_calls, rec.primary_tool, rec.message_count,
-                rec.user_message_count, rec.subagent_count, rec.context_window,
-                rec.context_used_pct, rec.source_path, rec.machine_id, record_json,
-                now if finalized else None, now,
-            )),
-        )  # fmt: skip
+        self.conn.execute(_INSERT["jobs"], self._job_row(detail, finalized, now))
+        keep = not finalized and states is not None
+        tools = tool_rows(detail) if keep else None
         self.conn.executemany(
-            "INSERT INTO tool_calls (job_id, seq, tool_use_id, name, agent_id, is_error, "
-            "timestamp, input_preview, output_preview) VALUES (?,?,?,?,?,?,?,?,?)",
-            (  # a generator: the previews are read back one row at a time
-                (rec.id, t.seq, t.tool_use_id, t.name, t.agent_id, int(t.is_error), t.timestamp,
-                 t.input_preview, t.output_preview)
+            _INSERT["tool_calls"],
+            tools if tools is not None else (  # a generator: previews are read one at a time
+                (rec.id, t.seq, t.tool_use_id, t.name, t.agent_id, int(t.is_error),
+                 t.timestamp, t.input_preview, t.output_preview)
                 for t in detail.tool_calls
             ),
         )  # fmt: skip
-        self.conn.executemany(
-            "INSERT INTO subagents (job_id, agent_id, agent_type, description, layout, "
-            "started_at, ended_at, message_count, tool_call_count, input_tokens, output_tokens, "
-            "cache_creation_tokens, cache_read_tokens, cost_usd) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                _ints((rec.id, s.agent_id, s.agent_type, s.description, s.layout, s.started_at,
-                 s.ended_at, s.message_count, s.tool_call_count, s.input_tokens,
-                 s.output_tokens, s.cache_creation_tokens, s.cache_read_tokens, s.cost_usd))
-                for s in detail.subagents
-            ],
-        )  # fmt: skip
-        self.conn.executemany(
-            "INSERT INTO files_modified (job_id, path, tool, count) VALUES (?,?,?,?)",
-            [(rec.id, f.path, f.tool, f.count) for f in detail.files],
-        )
-        self.conn.executemany(
-            "INSERT INTO job_usage (job_id, hour, model, messages, input_tokens, output_tokens, "
-            "cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd, first_at, "
-            "last_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                _ints((rec.id, u.hour, u.model, u.messages, u.input_tokens, u.output_tokens,
-                 u.cache_creation_tokens, u.cache_read_tokens, u.reasoning_tokens, u.cost_usd,
-                 u.first_at, u.last_at))
-                for u in detail.usage
-            ],
-        )  # fmt: skip
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO job_rate_limits (job_id, at, window, used_percent, "
-            "window_minutes, resets_at) VALUES (?,?,?,?,?,?)",
-            (  # a generator: a spilled session's readings are streamed
-                _ints((rec.id, r.at, r.window, r.used_percent, r.window_minutes, r.resets_at))
-                for r in detail.rate_limits
-            ),
-        )
+        subagents, files, rates, usage = self._children(detail)
+        self.conn.executemany(_INSERT["subagents"], subagents)
+        self.conn.executemany(_INSERT["files_modified"], files)
+        self.conn.executemany(_INSERT["job_usage"], list(usage.values()))
+        self.conn.executemany(_INSERT["job_rate_limits"], rates)
         self._add_daily(rec.source, detail)
         self._index_job(detail)
+        if keep:
+            assert states is not None and tools is not None
+            states[rec.session_id] = state_of(detail, tools, subagents, files, rates, usage)
+
+    def _daily_deltas(self, source: str, deltas: dict[tuple[str, str], list[Any]]) -> None:
+        """Add the changes of a job's usage to the daily metrics (`increments.py`)."""
+        self.conn.executemany(
+            _DAILY_ADD,
+            [_ints((day, source, model, *values)) for (day, model), values in deltas.items()],
+        )
+        self.conn.executemany(
+            "DELETE FROM daily_metrics WHERE day = ? AND source = ? AND model = ? "
+            "AND messages = 0 AND input_tokens = 0 AND output_tokens = 0 "
+            "AND cache_creation_tokens = 0 AND cache_read_tokens = 0",
+            [(day, source, model) for day, model in deltas],
+        )
 
     def _index_job(self, detail: JobDetail) -> None:
         """Give the job its full-text document (the DELETE above dropped the old one).
@@ -577,19 +675,7 @@ class Store:
             ):  # fmt: skip
                 row[i] += value
         self.conn.executemany(
-            """
-            INSERT INTO daily_metrics AS d (day, source, model, messages, input_tokens,
-                output_tokens, cache_creation_tokens, cache_read_tokens, reasoning_tokens,
-                cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?)
-            ON CONFLICT (day, source, model) DO UPDATE SET
-                messages = d.messages + excluded.messages,
-                input_tokens = d.input_tokens + excluded.input_tokens,
-                output_tokens = d.output_tokens + excluded.output_tokens,
-                cache_creation_tokens = d.cache_creation_tokens + excluded.cache_creation_tokens,
-                cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
-                reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
-                cost_usd = d.cost_usd + excluded.cost_usd
-            """,
+            _DAILY_ADD,
             [_ints((day, source, model, *values)) for (day, model), values in days.items()],
         )
 
@@ -629,7 +715,10 @@ class Store:
     # -- duplicates across jobs ---------------------------------------------------------------
 
     def settle_usage(
-        self, session: str, candidates: Iterable[tuple[str, UsageCandidate]]
+        self,
+        session: str,
+        candidates: Iterable[tuple[str, UsageCandidate]],
+        known: dict[str, Row] | None = None,
     ) -> set[str]:
         """Record a job's best message copies; return the other jobs affected.
 
@@ -637,8 +726,25 @@ class Store:
         time, so a session of any length is settled in bounded memory. Other jobs sharing a
         key whose copy changed here must be recomputed: the winner of that key may have
         moved. Which keys a job loses is asked afterwards (`lost_keys`), for a whole round.
+
+        `known`: the session's rows as last settled, kept in memory for a live session by
+        the caller and updated here: only the keys that differ are written, with no read. An
+        empty `known` is filled (the stored rows are not known yet: they are diffed in SQL).
         """
         affected: set[str] = set()
+        if known:  # the stored rows are these: diff in memory
+            new = {k: _key_row(c) for k, c in candidates}
+            changed = [k for k, v in new.items() if known.get(k) != v]
+            removed = [k for k in known if k not in new]
+            with self._transaction():
+                for i in range(0, max(len(changed), len(removed)), SETTLE_SLICE):
+                    cut = slice(i, i + SETTLE_SLICE)
+                    self._settle_slice(session, removed[cut], changed[cut], new, affected)
+            known.clear()
+            known.update(new)
+            return affected
+        if known is not None:  # to be filled with what is stored once this settle is done
+            candidates = _recording(candidates, known)
         with self._transaction():
             low: str | None = None  # the slices cover (low, high] in key order
             for part in _slices(candidates, SETTLE_SLICE):
@@ -669,6 +775,52 @@ class Store:
                     break
                 self._settle_slice(session, gone, [], {}, affected)
         return affected
+
+    def settle_changes(
+        self,
+        session: str,
+        changes: Iterable[tuple[str, UsageCandidate]],
+        known: dict[str, Row],
+    ) -> tuple[set[str], set[str]]:
+        """Settle only the message copies that changed in a live session whose stored rows
+        are `known` (kept by the caller, updated here); return (other sessions affected,
+        keys written)."""
+        rows: dict[str, Row] = {}
+        for key, candidate in changes:
+            row = _key_row(candidate)
+            if known.get(key) != row:
+                rows[key] = row
+        affected: set[str] = set()
+        if rows:
+            with self._transaction():
+                keys = list(rows)
+                for i in range(0, len(keys), SETTLE_SLICE):
+                    self._settle_slice(session, [], keys[i : i + SETTLE_SLICE], rows, affected)
+            known.update(rows)
+        return affected, set(rows)
+
+    def lost_among(self, session: str, keys: Iterable[str]) -> set[str]:
+        """Which of these keys of `session` another session holds a better copy of."""
+        out: set[str] = set()
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(
+                r[0]
+                for r in self.conn.execute(
+                    f"""
+                    SELECT u.key FROM usage_keys u
+                    WHERE u.session_id = ? AND u.key IN ({marks}) AND EXISTS (
+                        SELECT 1 FROM usage_keys o
+                        WHERE o.key = u.key AND o.session_id != u.session_id
+                          AND (o.sidechain, -o.total, o.path, o.offset)
+                            < (u.sidechain, -u.total, u.path, u.offset))
+                    """,
+                    (session, *part),
+                )
+            )
+        return out
 
     def lost_keys(self, sessions: Iterable[str]) -> dict[str, frozenset[str]]:
         """For each session, the message keys another session holds a better copy of.

@@ -1,0 +1,156 @@
+"""A live job rewritten by what changed leaves the database exactly as a whole rewrite does.
+
+Two engines read the same files step by step into two databases: one writes each live record
+by its differences (store/increments.py), the other is made to write every record whole. After
+every step — new lines, a tool result for an earlier call, a subagent, an edit, a new hour, a
+resume after finalization — every table a record touches must hold the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobvault.config import Config
+from jobvault.ingest.engine import Engine
+from jobvault.store.db import open_writer
+from jobvault.store.writer import Store
+from tests.helpers import SESSION, assistant, dumps, session_lines, user
+
+TABLES = {
+    "jobs": "SELECT id, session_id, status, model, models, input_tokens, output_tokens, "
+    "cache_creation_tokens, cache_read_tokens, cost_usd, tool_call_count, failed_tool_calls, "
+    "message_count, user_message_count, subagent_count, prompt, summary, title, record "
+    "FROM jobs ORDER BY id",
+    "tool_calls": "SELECT * FROM tool_calls ORDER BY job_id, seq",
+    "subagents": "SELECT * FROM subagents ORDER BY job_id, agent_id",
+    "files_modified": "SELECT * FROM files_modified ORDER BY job_id, path, tool",
+    "job_usage": "SELECT * FROM job_usage ORDER BY job_id, hour, model",
+    "daily_metrics": "SELECT * FROM daily_metrics ORDER BY day, source, model",
+    "usage_keys": "SELECT * FROM usage_keys ORDER BY key, session_id",
+    "search": "SELECT d.job_id, f.title, f.prompt, f.summary, f.body FROM search_docs d "
+    "JOIN search_fts f ON f.rowid = d.id ORDER BY d.job_id",
+    "job_rate_limits": "SELECT * FROM job_rate_limits ORDER BY job_id, at, window",
+}
+
+
+class _Forgetful(dict[str, Any]):
+    """A state map that never keeps anything: every record is written whole."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        return None
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        return default
+
+
+def _tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(db)
+    try:
+        out = {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
+    finally:
+        conn.close()
+    # Each vault has its own machine id, which the record carries.
+    out["jobs"] = [(*row[:-1], {**json.loads(row[-1]), "machine_id": None}) for row in out["jobs"]]
+    return out
+
+
+def _edit(second: int, tool_id: str, path: str) -> bytes:
+    return dumps(
+        assistant(
+            f"msg_edit_{second}", second, out=40,
+            content=[{"type": "tool_use", "id": tool_id, "name": "Edit",
+                      "input": {"file_path": path, "old_string": "a", "new_string": "b"}}],
+        )
+    )  # fmt: skip
+
+
+def _result(second: int, tool_id: str, *, error: bool = False) -> bytes:
+    obj = user("", second, uuid=f"res{second}")
+    obj["message"] = {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": "done",
+                     "is_error": error}],
+    }  # fmt: skip
+    return dumps(obj)
+
+
+def test_live_records_written_by_difference_equal_whole_rewrites(tmp_path: Path) -> None:
+    root = tmp_path / "projects"
+    project = root / "-work-app"
+    project.mkdir(parents=True)
+    main = project / f"{SESSION}.jsonl"
+    agent = project / SESSION / "subagents" / "agent-a1b2.jsonl"
+    engines = []
+    for name, forget in (("diff", False), ("whole", True)):
+        db = tmp_path / name / "jobvault.db"
+        store = Store(open_writer(db))
+        engine = Engine(Config(watch=(root,), db=db), store, job_write_interval=0)
+        if forget:
+            engine.writer.written = _Forgetful()
+            engine.writer.settled = _Forgetful()
+        engines.append((engine, store, db))
+    steps: list[list[tuple[Path, bytes]]] = [
+        [(main, b"".join(session_lines(3)))],
+        [(main, _edit(100, "toolu_e1", "/work/app/x.py"))],  # a call without its result yet
+        [(main, dumps(assistant("msg_more", 101, out=7, text="more")))],
+        [(main, _result(102, "toolu_e1", error=True))],  # an earlier call's row changes
+        [(main, _edit(103, "toolu_e2", "/work/app/y.py")), (main, _result(104, "toolu_e2"))],
+        [(agent, b"".join(session_lines(2, base=200)).replace(b'"isSidechain":false',
+                                                             b'"isSidechain":true'))],
+        [(main, dumps(assistant("msg_late", 3700, out=9, text="an hour later")))],
+        [(main, dumps(user("a second prompt", 3701)))],
+        [(main, dumps({"type": "ai-title", "aiTitle": "Fix the parser", "sessionId": SESSION}))],
+    ]  # fmt: skip
+    for number, step in enumerate(steps):
+        for path, data in step:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as fh:
+                fh.write(data)
+        for engine, _store, _db in engines:
+            engine.rescan([root])
+            engine.flush()  # every record written now, live
+        diff, whole = (_tables(db) for _e, _s, db in engines)
+        assert diff["jobs"] and diff["jobs"][0][2] == "active"
+        for table in TABLES:
+            assert diff[table] == whole[table], (number, table)
+        if number == 4:  # finalized, then resumed: the state starts over
+            for engine, _store, _db in engines:
+                engine.finalize(SESSION)
+    for engine, store, _db in engines:
+        engine.finalize_all()
+        engine.close()
+        store.close()
+    diff, whole = (_tables(db) for _e, _s, db in engines)
+    assert diff == whole
+
+
+@pytest.mark.parametrize("lines", [50, 400])
+def test_a_live_write_touches_only_what_changed(tmp_path: Path, lines: int) -> None:
+    """Appending one answer to a long live session rewrites its row, not its tool calls."""
+    root = tmp_path / "projects"
+    (root / "-p").mkdir(parents=True)
+    path = root / "-p" / f"{SESSION}.jsonl"
+    path.write_bytes(b"".join(session_lines(lines)))
+    db = tmp_path / "v" / "jobvault.db"
+    store = Store(open_writer(db))
+    engine = Engine(Config(watch=(root,), db=db), store, job_write_interval=0)
+    engine.rescan([root])
+    engine.flush()
+    changes: list[str] = []
+    store.conn.set_trace_callback(changes.append)
+    with path.open("ab") as fh:
+        fh.write(dumps(assistant("msg_tail", 9000, out=3, text="one more answer")))
+    engine.rescan([root])
+    engine.flush()
+    store.conn.set_trace_callback(None)
+    inserts = [s for s in changes if s.lstrip().upper().startswith("INSERT INTO TOOL_CALLS")]
+    deletes = [s for s in changes if "DELETE FROM jobs" in s]
+    assert not deletes, "the job row is updated in place"
+    assert not inserts, "no tool call changed, none was written"
+    engine.close()
+    store.close()
