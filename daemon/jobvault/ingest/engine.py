@@ -569,6 +569,25 @@ class Engine:
 
     # -- status ------------------------------------------------------------------------------
 
+    def counters(self) -> dict[str, Any]:
+        """What can be read safely from another thread while the engine works: counters and
+        sizes (for `status` during a long round); `snapshot` has the rest."""
+        stats = self.stats
+        return {
+            "files_tracked": len(self.tracker.by_path),
+            "files_open": self.tracker.open_count,
+            "bytes_archived_since_start": stats.bytes_archived,
+            "lines_archived_since_start": stats.lines_archived,
+            "bad_lines_since_start": stats.bad_lines,
+            "lost_bytes_since_start": stats.lost_bytes,
+            "sessions_quarantined": len(self.book.quarantined),
+            "files_quarantined": len(self.faults.files),
+            "faults_since_start": stats.faults,
+            "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
+            "store_fault": stats.fault,
+        }
+
     def snapshot(self) -> dict[str, Any]:
         """What the engine knows now (for `status`); call it on the engine's thread."""
         now = time.time()

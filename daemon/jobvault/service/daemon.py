@@ -47,6 +47,7 @@ T = TypeVar("T")
 SHUTDOWN_BOUND = 60.0
 MAX_BACKOFF = 30.0
 STATUS_EVERY = 5.0
+STATUS_WAIT = 0.2  # seconds `status` waits for the engine's own snapshot before the counters
 
 
 @dataclass
@@ -197,9 +198,12 @@ def _status_provider(daemon: Daemon, executor: ThreadPoolExecutor) -> Callable[[
         engine = daemon.engine
         assert engine is not None
         try:
-            last = await asyncio.wait_for(_on_worker(executor, engine.snapshot), 2.0)
+            last = await asyncio.wait_for(_on_worker(executor, engine.snapshot), STATUS_WAIT)
             fresh = True
-        except TimeoutError:  # the worker is busy with a long batch
+        except TimeoutError:
+            # The engine's thread is in a long round (a backfill, a huge session): answer at
+            # once with the counters it keeps, which it updates as it goes.
+            last = {**last, **engine.counters()}
             fresh = False
         roots = list(daemon.config.watch)
         return {
