@@ -2,4 +2,6 @@
 
 from jobvault.cli import main
 
-raise SystemExit(main())
+# Guarded: a worker process's start (multiprocessing) may import the main module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -292,6 +292,10 @@ class WorkerPool:
         methods = multiprocessing.get_all_start_methods()
         method = "forkserver" if "forkserver" in methods else "spawn"
         context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # The fork server imports this module once (and never the program's __main__,
+            # which it would run again); each worker is a fork of it.
+            context.set_forkserver_preload(["jobvault.ingest.workers"])
         setup = _Setup(str(db), max_line, level, follow_symlinks, machine_id)
         self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
