@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import corpus, import_bench, latency, report, socket_bench, synth, web_bench
+from benchmarks import (
+    corpus,
+    import_bench,
+    latency,
+    report,
+    scale_bench,
+    socket_bench,
+    synth,
+    web_bench,
+)
 from benchmarks.daemon import Daemon
 from benchmarks.measure import machine
 from benchmarks.rpc import Client
@@ -37,10 +46,12 @@ class Plan:
     tail_cap: float
     cell_seconds: float  # time budget of one (method, jobs, clients) socket cell
     import_repeats: int  # each import figure is the median of this many interleaved runs
+    histories: tuple[int, int]  # ordinary histories (sessions) for the scale figures
+    trickle_seconds: float
 
 
-FULL = Plan(250, 1000, 80, 60, (10_000, 100_000), (1, 16), 400, 40.0, 15.0, 3)
-QUICK = Plan(25, 0, 10, 10, (2_000,), (1, 16), 100, 8.0, 2.0, 1)
+FULL = Plan(250, 1000, 80, 60, (10_000, 100_000), (1, 16), 400, 40.0, 15.0, 3, (3000, 10000), 30)
+QUICK = Plan(25, 0, 10, 10, (2_000,), (1, 16), 100, 8.0, 2.0, 1, (300, 1000), 10)
 
 
 def caught_up(socket: Path, files: int, timeout: float = 300) -> float:
@@ -104,6 +115,13 @@ def run_all(plan: Plan, work: Path, seed: int) -> dict[str, Any]:
                 res["sockets"][count] = socket_bench.measure(
                     daemon.socket, count, plan.clients, plan.requests, plan.cell_seconds
                 )
+        log(
+            f"ordinary histories of {plan.histories[0]:,} and {plan.histories[1]:,} sessions, "
+            "the daemon's trickle, a burst, a backfill"
+        )
+        res["scale"] = scale_bench.measure(
+            tmp, work / "ccusage", plan.histories, plan.import_repeats, plan.trickle_seconds, seed
+        )
         log(f"dashboard at {done:,} jobs, a 10,000-message job page, the statusline")
         res["dashboard"] = web_bench.measure(tmp, db)
     finally:

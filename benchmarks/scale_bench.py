@@ -283,6 +283,81 @@ def measure(tmp: Path, cache: Path, sessions: tuple[int, int], repeats: int,
     return out
 
 
+def targets(s: dict[str, Any]) -> list[str]:
+    """Issue 12's targets, as table rows (| target | measured | |)."""
+    small, large = s["sessions"]
+    a, b = s[f"import_{small}"], s[f"import_{large}"]
+    ia, oa, ca = a["import"], a["orjson"], a["ccusage"]
+    ib = b["import"]
+    peak = max(ia["rss_mb"], ib["rss_mb"])
+    tree = max(ia["tree_mb"], ib["tree_mb"])
+    tr, bu, bf = s["trickle"], s["burst"], s["backfill"]
+
+    def mark(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+    rows = [
+        f"| import of {small:,} ordinary sessions ≤ 4 × bare orjson | "
+        f"{ia['wall'] / oa['wall']:.1f} × ({ia['wall']:.2f} s; orjson {oa['wall']:.2f} s) | "
+        f"{mark(ia['wall'] / oa['wall'] <= 4)} |",
+    ]
+    if ca is not None:
+        rows.append(
+            f"| import of {small:,} ordinary sessions ≤ 2 × ccusage daily | "
+            f"{ia['wall'] / ca['wall']:.1f} × (ccusage {ca['wall']:.2f} s) | "
+            f"{mark(ia['wall'] / ca['wall'] <= 2)} |"
+        )
+    rows += [
+        f"| import of {large:,} ≤ 3.6 × the {small:,}-session time (linear) | "
+        f"{ib['wall'] / ia['wall']:.2f} × ({ib['wall']:.2f} s) | "
+        f"{mark(ib['wall'] / ia['wall'] <= 3.6)} |",
+        f"| peak RSS ≤ 100 MB in both (largest process; all processes together) | "
+        f"{peak:.0f} MB; {tree:.0f} MB | {mark(peak <= 100)} (largest process) |",
+        f"| a 5 lines/s trickle ≤ 1 % of a core | {tr['cpu_pct']:.2f} % "
+        f"({tr['cpu_ms_per_line']:.1f} ms of CPU a line) | {mark(tr['cpu_pct'] <= 1)} |",
+        f"| a {bu['lines']:,}-line burst over {bu['files']} files archived ≤ 1.5 s | "
+        f"{bu['archived_seconds']:.2f} s ({bu['bytes'] / 1e6:.0f} MB) | "
+        f"{mark(bu['archived_seconds'] <= 1.5)} |",
+        f"| … with peak RSS ≤ 100 MB | {bu['peak_rss_mb']:.0f} MB | "
+        f"{mark(bu['peak_rss_mb'] <= 100)} |",
+        f"| backfill on an imported {large:,}-session vault: `status` within 1 s | "
+        + (
+            f"{bf['first_status_seconds']:.2f} s from the process's start; then p99 "
+            f"{bf['status_p99_ms']:.0f} ms over {bf['probes']} probes | "
+            f"{mark(bf['first_status_seconds'] <= 1)} |"
+            if bf["first_status_seconds"] is not None
+            else "never answered | **missed** |"
+        ),
+    ]
+    return rows
+
+
+def rows(s: dict[str, Any]) -> list[str]:
+    """The import table of both histories."""
+    out = [
+        "| history | files | MB | lines | orjson s | jobvault import s | ccusage s | "
+        "import ÷ orjson | import ÷ ccusage | peak RSS (largest / all) MB | DB MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for count in s["sessions"]:
+        f = s[f"import_{count}"]
+        o, i, c = f["orjson"], f["import"], f["ccusage"]
+        out.append(
+            f"| {count:,} sessions | {f['files']:,} | {f['bytes'] / 1e6:,.0f} | "
+            f"{o['lines']:,} | {o['wall']:.2f} | {i['wall']:.2f} | "
+            + (f"{c['wall']:.2f}" if c else "—")
+            + f" | {i['wall'] / o['wall']:.1f} | "
+            + (f"{i['wall'] / c['wall']:.1f}" if c else "—")
+            + f" | {i['rss_mb']:.0f} / {i['tree_mb']:.0f} | {i['db_bytes'] / 1e6:,.0f} |"
+        )
+    walls = ", ".join(
+        f"{count:,}: " + " / ".join(f"{w:.2f}" for w in s[f"import_{count}"]["import"]["walls"])
+        for count in s["sessions"]
+    )
+    out += ["", f"jobvault import wall times of every run (the median is kept): {walls} s."]
+    return out
+
+
 if __name__ == "__main__":  # python -m benchmarks.scale_bench WORK [--quick]
     work = Path(sys.argv[1])
     quick = "--quick" in sys.argv
