@@ -123,18 +123,19 @@ async def serve(daemon: Daemon) -> None:
             config.compression_level,
         )
         pricing.configure(config.pricing)
-        engine = Engine(config, store)
-        daemon.engine = engine
         sock = listen_socket()  # systemd socket activation: serve it, never unlink it
         if sock is None:
             sock = bind_socket(config.socket)
             owned_socket = config.socket
         own = dashboard.socket_methods(daemon, lambda: store, lambda: web)
         server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub, own)
-        # The dashboard first (127.0.0.1; never fatal), so `dashboard.url` finds it running.
-        web = daemon.web = await dashboard.start(config, server, hub)
+        # The socket answers at once (`status` says "starting" until the engine is up): the
+        # engine loads every tracked file, and the dashboard imports its web stack, meanwhile.
         await server.start(sock)
         daemon.server = server
+        engine = await _on_worker(executor, Engine, config, store)
+        daemon.engine = engine
+        web = daemon.web = await dashboard.start(config, server, hub)  # (never fatal)
 
         def on_record(record: JobRecord, finalized: bool) -> None:
             event = "job.finalized" if finalized else "job.updated"
@@ -196,7 +197,15 @@ def _status_provider(daemon: Daemon, executor: ThreadPoolExecutor) -> Callable[[
     async def status() -> dict[str, Any]:
         nonlocal last
         engine = daemon.engine
-        assert engine is not None
+        roots = list(daemon.config.watch)
+        if engine is None:  # the socket answers while the engine loads its files
+            return {
+                "state": "starting",
+                "snapshot_fresh": False,
+                "watch": [str(r) for r in roots],
+                "idle_timeout": daemon.config.idle_timeout,
+                "socket": str(daemon.config.socket),
+            }
         try:
             last = await asyncio.wait_for(_on_worker(executor, engine.snapshot), STATUS_WAIT)
             fresh = True
@@ -205,9 +214,9 @@ def _status_provider(daemon: Daemon, executor: ThreadPoolExecutor) -> Callable[[
             # once with the counters it keeps, which it updates as it goes.
             last = {**last, **engine.counters()}
             fresh = False
-        roots = list(daemon.config.watch)
         return {
             **last,
+            "state": "stopping" if daemon.stopping.is_set() else "running",
             "snapshot_fresh": fresh,
             "watch": [str(r) for r in roots],
             "watch_existing": [str(r) for r in roots if r.is_dir()],

@@ -12,6 +12,8 @@ runs on without it: it is a view, never a reason to stop archiving.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from jobvault.store.writer import Store
 
 log = structlog.get_logger("jobvault.service")
+STARTUP_WAIT = 30.0  # seconds `dashboard.url` waits for a daemon still starting
 
 
 async def start(config: Config, server: Server, hub: Hub) -> WebServer | None:
@@ -60,6 +63,10 @@ def socket_methods(
     async def dashboard_url(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
         if raw:
             raise invalid_params("dashboard.url takes no parameters")
+        if daemon.config.dashboard and not daemon.ready.is_set():
+            # The socket answers before the dashboard has started: wait for the start-up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon.ready.wait(), STARTUP_WAIT)
         server = web()
         if server is None:
             reason = (
