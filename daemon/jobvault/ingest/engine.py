@@ -183,6 +183,17 @@ class Engine:
         missing: list[str] = []
         for path in paths:
             (present if os.path.lexists(path) else missing).append(path)
+        return self._poll(present, missing, roots, final, finalize, hints)
+
+    def _poll(
+        self,
+        present: list[str],
+        missing: list[str],
+        roots: list[Path],
+        final: bool = False,
+        finalize: Iterable[str] = (),
+        hints: dict[str, str] | None = None,
+    ) -> int:
         budget = max(4, self.tracker.max_open // 4)
         total = 0
         actions: list[Action] = []
@@ -244,12 +255,14 @@ class Engine:
         files = {os.path.abspath(str(r)) for r in roots}
         # Tracked files under the roots that the walk did not find: deleted or moved away.
         # (Files under a root removed from the configuration are left alone.)
-        paths.extend(
+        # (The walk found the paths it lists: only the others need a look for existence.)
+        unseen = [
             p
             for p in [*self.tracker.by_path, *self.tracker.limbo]
             if p not in seen and (p.startswith(prefixes) or p in files)
-        )
-        read = self.poll(paths, roots)
+        ]
+        gone = [p for p in unseen if not os.path.lexists(p)]
+        read = self._poll(paths + [p for p in unseen if p not in gone], gone, roots)
         try:
             # Keep the WAL bounded even when readers come and go (never waits for them).
             self.store.checkpoint()
