@@ -31,7 +31,7 @@ from jobvault.store.writer import BadLine, Store
 
 log = structlog.get_logger("jobvault.engine")
 
-COMMIT_BYTES = 16 * 1024 * 1024  # transcripts' bytes gathered per transaction
+COMMIT_BYTES = 8 * 1024 * 1024  # transcripts' bytes gathered per transaction
 QUEUE_HIGH = 64  # units waiting to be sent: past this, collecting waits for the workers
 
 
