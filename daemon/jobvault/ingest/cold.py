@@ -64,14 +64,15 @@ class ColdReader:
         hints: dict[str, str] | None = None,
         *,
         force: bool = False,
-    ) -> tuple[dict[str, list[Action]], list[Action]]:
-        """The cold sessions among `actions` (key → their actions), and the rest.
+    ) -> tuple[dict[str, list[Action]], set[str], list[Action]]:
+        """The cold sessions among `actions`: those for the workers (key → their actions),
+        every cold session's key, and the actions read here.
 
-        Too little cold work (`MIN_COLD_BYTES`) is read here, unless `force` (an import
-        large enough as a whole, read a slice at a time).
+        A cold session read here is finalized in the round that reads it, as the workers'
+        are. Too little cold work (`MIN_COLD_BYTES`) is read here, unless `force` (an import
+        large enough as a whole, read a slice at a time); so is every session larger than
+        `MAX_SESSION_BYTES` (it may spill to scratch files, which belong to this process).
         """
-        if self.config.workers <= 0:
-            return {}, actions
         hints = hints or {}
         now = time.time()
         idle = self.config.idle_timeout
@@ -82,6 +83,7 @@ class ColdReader:
         for action in actions:
             key: str | None = None
             size = 0
+            mtime = now
             if isinstance(action, Create):
                 key = action.info.job_key or hints.get(action.path)
                 size, mtime = action.st.st_size, action.st.st_mtime
@@ -89,11 +91,13 @@ class ColdReader:
                 row = action.tracked.row
                 key = row.job_key
                 size = max(row.size - row.offset, row.disk_size if row.codec == "zstd" else 0)
-                mtime = row.mtime_ns / 1e9
+                try:  # (the row's time is its last read's: the file may have grown since)
+                    mtime = os.stat(row.path).st_mtime
+                except OSError:
+                    key = None
             if key is None:
                 rest.append(action)
-                for other in _session_keys(action):
-                    warm.add(other)
+                warm.update(_session_keys(action))
                 continue
             if (
                 key in self.book.jobs
@@ -103,15 +107,18 @@ class ColdReader:
                 warm.add(key)
             sessions.setdefault(key, []).append(action)
             sizes[key] = sizes.get(key, 0) + size
+        idle_keys = {key for key in sessions if key not in warm}
         cold: dict[str, list[Action]] = {}
         for key, acts in sessions.items():
             if key in warm or sizes[key] > workers.MAX_SESSION_BYTES:
                 rest.extend(acts)
             else:
                 cold[key] = acts
-        if not force and sum(sizes[k] for k in cold) < workers.MIN_COLD_BYTES:
-            return {}, actions
-        return cold, rest
+        if self.config.workers <= 0 or (
+            not force and sum(sizes[k] for k in cold) < workers.MIN_COLD_BYTES
+        ):
+            return {}, idle_keys, actions
+        return cold, idle_keys, rest
 
     def submit(self, cold: dict[str, list[Action]], roots: list[Path]) -> None:
         """Queue the cold sessions for the workers (their rows are numbered now)."""

@@ -223,12 +223,21 @@ class Engine:
     ) -> int:
         """Read what a slice of looks found: cold sessions go to the workers (their results
         are committed as they come back), the rest is read here."""
-        cold, actions = self.cold.split(actions, final, hints, force=self._cold_import)
+        cold, idle, actions = self.cold.split(actions, final, hints, force=self._cold_import)
+        finalize = set(finalize)
         if cold:
             self.cold.stopping = self.stopping.is_set()
             self.cold.submit(cold, roots)
-            finalize = set(finalize) - set(cold)  # final already (built by a worker)
-        total = self._run(actions, roots, final=final, finalize=finalize)
+            finalize -= set(cold)  # final already (built by a worker)
+        total = 0
+        idle -= set(cold)
+        if idle and not final and not self._importing:
+            # A backfill finalizes old sessions as it reads them (their tails too), so memory
+            # holds the sessions being read, not all of history.
+            old = [a for a in actions if _key_of(a) in idle]
+            actions = [a for a in actions if _key_of(a) not in idle]
+            total += self._run(old, roots, final=True, finalize=idle)
+        total += self._run(actions, roots, final=final, finalize=finalize)
         if self.cold.busy:
             total += self._collect(roots, final, finalize, wait_all=False)
         return total
@@ -645,6 +654,14 @@ class Engine:
     def close(self) -> None:
         self.cold.close()
         self.tracker.close_all()
+
+
+def _key_of(action: Action) -> str | None:
+    """The session an action's file belongs to, as far as its path or row says."""
+    if isinstance(action, Create):
+        return action.info.job_key
+    tracked = getattr(action, "tracked", None)
+    return tracked.row.job_key if tracked is not None else None
 
 
 def _parts(items: list[str], size: int) -> list[list[str]]:
