@@ -114,7 +114,7 @@ def test_classify_claims_compressed_rollouts() -> None:
 async def _daemon_import(home: Path, db: Path) -> None:
     """The daemon's start-up backfill of the home, until every session is final."""
     config = Config(watch=_roots(home), db=db, idle_timeout=0.5, rescan_interval=0.2,
-                    batch_interval=0.01)  # fmt: skip
+                    batch_interval=0.01, dashboard=False)  # fmt: skip
     want = len(EXPECTED["sessions"])
 
     def all_final() -> bool:
@@ -284,7 +284,7 @@ async def test_rollout_life_is_one_job_in_the_daemon(
     (home / "archived_sessions").mkdir()
     db = tmp_path / "vault" / "j.db"
     config = Config(watch=_roots(home), db=db, idle_timeout=0.3, rescan_interval=0.2,
-                    batch_interval=0.01)  # fmt: skip
+                    batch_interval=0.01, dashboard=False)  # fmt: skip
     async with run_daemon(config) as daemon:
         engine = daemon.engine
         assert engine is not None
@@ -297,3 +297,22 @@ async def test_rollout_life_is_one_job_in_the_daemon(
         await eventually(lambda: _query(db, "SELECT COUNT(*) FROM jobs WHERE finalized_at "
                                             "IS NOT NULL")[0][0] == 1)  # fmt: skip
     _assert_one_rollout(db, capsys, tmp_path)
+
+
+async def test_daemon_hears_of_a_compressed_rollout(tmp_path: Path) -> None:
+    """A rollout that appears compressed (a temp file renamed, as Codex writes it) is read on
+    the watcher's hint, not only at the next rescan (an hour away here)."""
+    home = tmp_path / "codex"
+    folder = home / "sessions" / "2025" / "12" / "03"
+    folder.mkdir(parents=True)
+    db = tmp_path / "vault" / "j.db"
+    config = Config(watch=_roots(home), db=db, idle_timeout=0.3, rescan_interval=3600,
+                    batch_interval=0.01, watch_events=True, dashboard=False)  # fmt: skip
+    name, _head, full = _r6()
+    async with run_daemon(config):
+        await eventually(db.exists)
+        temp = folder / f".{name}.zst.tmp"  # (no name the adapters claim)
+        temp.write_bytes(zstandard.ZstdCompressor(level=3).compress(full))
+        temp.rename(folder / f"{name}.zst")
+        done = await eventually(lambda: _sessions(db).get(R6), 10)
+    assert done == EXPECTED["sessions"][R6]
