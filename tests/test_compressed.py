@@ -316,3 +316,97 @@ async def test_daemon_hears_of_a_compressed_rollout(tmp_path: Path) -> None:
         temp.rename(folder / f"{name}.zst")
         done = await eventually(lambda: _sessions(db).get(R6), 10)
     assert done == EXPECTED["sessions"][R6]
+
+
+# -- large compressed rollouts ---------------------------------------------------------------
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read(2) and the like so far (Linux)."""
+    with open("/proc/self/io", encoding="ascii") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+def _line_run(n: int, size: int) -> bytes:
+    """`n` Codex lines of about `size` bytes of little-compressible text each."""
+    import random
+
+    rng = random.Random(n)
+    out = []
+    for i in range(n):
+        text = rng.randbytes(size // 2).hex()
+        obj = {"timestamp": "2025-12-01T08:00:00.000Z", "type": "event_msg",
+               "payload": {"type": "agent_message", "message": f"{i} {text}"}}  # fmt: skip
+        out.append(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+    return b"".join(out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc")
+def test_reading_a_compressed_file_in_rounds_decompresses_it_once(tmp_path: Path) -> None:
+    """A large rollout is read a budget at a time, each read ending at the last complete line
+    (the partial line after it is read again next time): the stream goes on from where it
+    was, never decompressing the file again from its start."""
+    from jobvault.ingest.reader import ZstdSource, read_lines
+
+    data = _line_run(400, 50_000)  # 20 MB of lines of 50 kB
+    path = tmp_path / "big.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        source = ZstdSource(fd)
+        before = _bytes_read()
+        offset, rounds, pieces = 0, 0, []
+        while True:
+            result = read_lines(source, offset, False, 256 * 1024, 1 << 24, block=64 * 1024)
+            pieces += [s.data for s in result.segments]
+            if result.eof and result.offset == offset:
+                break
+            offset, rounds = result.offset, rounds + 1
+        read = _bytes_read() - before
+        source.close()
+    finally:
+        os.close(fd)
+    assert b"".join(pieces) == data
+    assert rounds > 60
+    compressed = path.stat().st_size
+    # Read once (a few blocks of slack); from the start every round would be ~rounds / 2 times.
+    assert read < compressed + 4 * 1024 * 1024, (read, compressed)
+
+
+def test_compressed_source_reads_like_the_plain_bytes(tmp_path: Path) -> None:
+    """Any sequence of reads (forward, stepping back a little or a lot, past the end) gives
+    the bytes a plain file would."""
+    import random
+
+    from jobvault.ingest import reader
+
+    data = _line_run(300, 40_000)  # 12 MB, more than the look-behind
+    path = tmp_path / "x.jsonl.zst"
+    # Several frames, as a file compressed in pieces would hold.
+    cctx = zstandard.ZstdCompressor(level=3)
+    third = len(data) // 3
+    path.write_bytes(
+        b"".join(cctx.compress(data[i : i + third]) for i in range(0, len(data), third))
+    )
+    rng = random.Random(7)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        source = reader.ZstdSource(fd)
+        offset = 0
+        for _ in range(300):
+            step = rng.choice([0, 1, 4096, 1 << 20])
+            move = rng.choice(["on", "on", "back", "far back", "jump"])
+            if move == "back":
+                offset = max(0, offset - rng.randrange(1, reader.LOOK_BEHIND))
+            elif move == "far back":
+                offset = rng.randrange(0, max(1, offset))
+            elif move == "jump":
+                offset = rng.randrange(0, len(data) + 1000)
+            size = rng.choice([1, 100, 65536, 1 << 20, 3 << 20])
+            assert source.pread(size, offset) == data[offset : offset + size], (move, offset)
+            offset += size + step
+            if offset > len(data):
+                offset = rng.randrange(0, len(data))
+        source.close()
+    finally:
+        os.close(fd)
