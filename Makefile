@@ -87,12 +87,14 @@ bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --quick
 
 ## soak: the long reliability run (60 kill -9 cycles over 300 sessions, the model test with
-## 2000 examples, a 1 GB file); prints the soak table. Figures go in docs/reliability.md.
+## 2000 examples, a 1 GB file, a 2 GB compressed rollout); prints the soak table. Figures go in
+## docs/reliability.md.
 soak: $(STAMP)
 	JOBVAULT_SOAK_CYCLES=60 JOBVAULT_SOAK_SESSIONS=300 JOBVAULT_MODEL_EXAMPLES=2000 \
-	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 \
+	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 JOBVAULT_BIG_ROLLOUT_MB=2048 \
 	$(BIN)/python -m pytest -p no:cacheprovider -s -q --durations=5 \
-		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded
+		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded \
+		tests/test_faults.py::test_large_compressed_rollout_memory_stays_bounded
 
 ## screenshots: the dashboard's pictures in docs/screenshots/ (the test fixtures, light and dark).
 screenshots: $(STAMP) browser
