@@ -90,6 +90,11 @@ class ColdReader:
                 key = row.job_key
                 size = max(row.size - row.offset, row.disk_size if row.codec == "zstd" else 0)
                 mtime = row.mtime_ns / 1e9
+                if row.partial_tail and key is not None:
+                    # Its archived unterminated tail is continued: the engine withdraws the
+                    # tail's report and rebuilds the record with the joined line read whole
+                    # from the archive; a worker would lose that line.
+                    warm.add(key)
             if key is None:
                 rest.append(action)
                 for other in _session_keys(action):
