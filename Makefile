@@ -27,8 +27,9 @@ SPILL_TESTS := tests/test_claude_fixtures.py tests/test_codex.py tests/test_rebu
 test: $(STAMP) browser ccusage
 	$(BIN)/python -m pytest
 	JOBVAULT_TEST_SPILL=1 $(BIN)/python -m pytest -q $(SPILL_TESTS)
-	JOBVAULT_TEST_SPILL=1 JOBVAULT_TEST_WORKERS=1 $(BIN)/python -m pytest -q $(SPILL_TESTS) \
-		tests/test_bad_input.py tests/test_crash.py
+	JOBVAULT_TEST_SPILL=1 JOBVAULT_TEST_WORKERS=1 JOBVAULT_ORDER_EXAMPLES=8 $(BIN)/python -m pytest \
+		-q $(SPILL_TESTS) tests/test_bad_input.py tests/test_crash.py tests/test_order.py \
+		tests/test_unterminated.py
 
 ## browser: Debian's chromium for the browser tests (tests/test_browser.py, driven by Playwright
 ## with executable_path; Playwright's own browser download is never used). Installed with apt
@@ -87,14 +88,15 @@ bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --quick
 
 ## soak: the long reliability run (60 kill -9 cycles over 300 sessions, the model test with
-## 2000 examples, a 1 GB file, a 2 GB compressed rollout); prints the soak table. Figures go in
-## docs/reliability.md.
+## 2000 examples, a 1 GB file, a 2 GB compressed rollout, 300 histories read in any order);
+## prints the soak table. Figures go in docs/reliability.md.
 soak: $(STAMP)
 	JOBVAULT_SOAK_CYCLES=60 JOBVAULT_SOAK_SESSIONS=300 JOBVAULT_MODEL_EXAMPLES=2000 \
 	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 JOBVAULT_BIG_ROLLOUT_MB=2048 \
+	JOBVAULT_ORDER_EXAMPLES=300 \
 	$(BIN)/python -m pytest -p no:cacheprovider -s -q --durations=5 \
 		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded \
-		tests/test_faults.py::test_large_compressed_rollout_memory_stays_bounded
+		tests/test_faults.py::test_large_compressed_rollout_memory_stays_bounded tests/test_order.py
 
 ## screenshots: the dashboard's pictures in docs/screenshots/ (the test fixtures, light and dark).
 screenshots: $(STAMP) browser

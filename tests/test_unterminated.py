@@ -130,9 +130,8 @@ async def test_daemon_counts_a_complete_last_line_without_newline(tmp_path: Path
                 return False
             conn = sqlite3.connect(db)
             try:
-                return conn.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE finalized_at IS NOT NULL"
-                ).fetchone() == (1,)
+                done = conn.execute("SELECT COUNT(*) FROM jobs WHERE finalized_at IS NOT NULL")
+                return bool(done.fetchone() == (1,))
             finally:
                 conn.close()
 
