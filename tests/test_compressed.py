@@ -185,6 +185,26 @@ def test_totals_equal_ccusage_on_a_decompressed_copy(
         assert ours[day][4] == pytest.approx(figures[4], abs=1e-6), day
 
 
+def test_export_writes_the_decompressed_rollout(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The archive keeps a rollout's content, not the compressed bytes: `export` writes the
+    JSONL, and `--dir` names it `x.jsonl` (`zstd -3` makes the other form again)."""
+    home = _home(tmp_path)
+    _import(capsys, db, home)
+    compressed = next(home.rglob(f"rollout-*-{R1}.jsonl.zst"))
+    content = _decompress(compressed)
+    out = tmp_path / "out.jsonl"
+    code, _ = run(capsys, "export", f"codex:{R1}", "--db", str(db), "-o", str(out))
+    assert code == 0 and out.read_bytes() == content
+    code, listing = run(capsys, "export", f"codex:{R1}", "--db", str(db), "--dir",
+                        str(tmp_path / "dir"))  # fmt: skip
+    assert code == 0
+    [written] = [Path(line) for line in listing.splitlines()]
+    assert written.name == compressed.name.removesuffix(".zst")
+    assert written.read_bytes() == content
+
+
 # -- one rollout's life: archived plain, compressed, resumed ---------------------------------
 
 R6 = "0199c001-0000-7000-8000-000000000006"
