@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak bench bench-quick schema-doc install-service clean browser screenshots
+.PHONY: run test lint soak bench bench-quick schema-doc install-service clean browser screenshots \
+	ccusage
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +23,13 @@ run: $(STAMP)
 ## cold session read by the worker processes (spilled there too): the records must not change.
 SPILL_TESTS := tests/test_claude_fixtures.py tests/test_codex.py tests/test_rebuild.py \
 	tests/test_model.py tests/test_samples.py tests/test_stats.py tests/test_tracking.py \
-	tests/test_fidelity.py tests/test_pricing.py
-test: $(STAMP) browser
+	tests/test_fidelity.py tests/test_pricing.py tests/test_compressed.py
+test: $(STAMP) browser ccusage
 	$(BIN)/python -m pytest
 	JOBVAULT_TEST_SPILL=1 $(BIN)/python -m pytest -q $(SPILL_TESTS)
-	JOBVAULT_TEST_SPILL=1 JOBVAULT_TEST_WORKERS=1 $(BIN)/python -m pytest -q $(SPILL_TESTS) \
-		tests/test_bad_input.py tests/test_crash.py
+	JOBVAULT_TEST_SPILL=1 JOBVAULT_TEST_WORKERS=1 JOBVAULT_ORDER_EXAMPLES=8 $(BIN)/python -m pytest \
+		-q $(SPILL_TESTS) tests/test_bad_input.py tests/test_crash.py tests/test_order.py \
+		tests/test_unterminated.py
 
 ## browser: Debian's chromium for the browser tests (tests/test_browser.py, driven by Playwright
 ## with executable_path; Playwright's own browser download is never used). Installed with apt
@@ -61,16 +63,23 @@ BENCH_DIR := .bench
 BENCH_STAMP := $(BENCH_DIR)/.installed
 CCUSAGE := ccusage@20.0.24 @ccusage/ccusage-linux-x64@20.0.24
 
-$(BENCH_STAMP): $(STAMP)
+$(BENCH_STAMP): $(STAMP) ccusage
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	mkdir -p $(BENCH_DIR)
-	@if command -v npm >/dev/null 2>&1; then \
-		npm install --silent --no-audit --no-fund --prefix $(BENCH_DIR)/ccusage $(CCUSAGE) \
-			|| echo "bench: npm could not install ccusage; its figures are skipped"; \
-	else \
-		echo "bench: npm not found; the ccusage comparison is skipped"; \
-	fi
 	touch $(BENCH_STAMP)
+
+## ccusage: the reference for token totals, for the tests that compare with it and the bench
+## (npm, into .bench/ccusage; without npm or the registry those tests skip and say why).
+CCUSAGE_BIN := $(BENCH_DIR)/ccusage/node_modules/.bin/ccusage
+ccusage:
+	@if [ ! -e $(CCUSAGE_BIN) ]; then \
+		if command -v npm >/dev/null 2>&1; then \
+			npm install --silent --no-audit --no-fund --prefix $(BENCH_DIR)/ccusage $(CCUSAGE) \
+				|| echo "ccusage: npm could not install it; the comparisons with it are skipped"; \
+		else \
+			echo "ccusage: npm not found; the comparisons with ccusage are skipped"; \
+		fi; \
+	fi
 
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --doc docs/benchmarks.md
@@ -79,12 +88,15 @@ bench-quick: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --quick
 
 ## soak: the long reliability run (60 kill -9 cycles over 300 sessions, the model test with
-## 2000 examples, a 1 GB file); prints the soak table. Figures go in docs/reliability.md.
+## 2000 examples, a 1 GB file, a 2 GB compressed rollout, 300 histories read in any order);
+## prints the soak table. Figures go in docs/reliability.md.
 soak: $(STAMP)
 	JOBVAULT_SOAK_CYCLES=60 JOBVAULT_SOAK_SESSIONS=300 JOBVAULT_MODEL_EXAMPLES=2000 \
-	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 \
+	JOBVAULT_MODEL_STEPS=60 JOBVAULT_BIG_FILE_MB=1024 JOBVAULT_BIG_ROLLOUT_MB=2048 \
+	JOBVAULT_ORDER_EXAMPLES=300 \
 	$(BIN)/python -m pytest -p no:cacheprovider -s -q --durations=5 \
-		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded
+		tests/test_crash.py tests/test_model.py tests/test_faults.py::test_large_file_memory_stays_bounded \
+		tests/test_faults.py::test_large_compressed_rollout_memory_stays_bounded tests/test_order.py
 
 ## screenshots: the dashboard's pictures in docs/screenshots/ (the test fixtures, light and dark).
 screenshots: $(STAMP) browser

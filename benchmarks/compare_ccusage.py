@@ -17,6 +17,9 @@ ccusage reports a flat `agent-<id>.jsonl` subagent file as a session of its own,
 jobvault attaches it to its parent session; the script folds such ccusage sessions into the
 session their lines name, so the per-session figures compare like for like. A session that
 jobvault does not list (no conversation) and ccusage lists with no usage compares equal.
+ccusage 20.0.24 does not read compressed rollouts (`rollout-*.jsonl.zst`, Codex 0.137+):
+for a home that holds any, it reads a decompressed copy (`plain_copy`) while jobvault
+imports the home as it is.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
+
 KEYS = ("inputTokens", "outputTokens", "cacheCreationTokens", "cacheReadTokens")
 OURS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
-LOCAL_CCUSAGE = (
-    Path(__file__).resolve().parents[1]
-    / ".bench/ccusage/node_modules/@ccusage/ccusage-linux-x64/bin/ccusage"
-)
+# npm's launcher (it makes the native binary executable first, which npm leaves unset).
+LOCAL_CCUSAGE = Path(__file__).resolve().parents[1] / ".bench/ccusage/node_modules/.bin/ccusage"
 _UUID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})")
 
 Figures = list[float]  # input, output, cache write, cache read, cost
@@ -72,8 +75,35 @@ class Row:
         return "=" if self.equal_tokens and self.equal_cost else "≠"
 
 
+def installed_ccusage() -> str | None:
+    """The ccusage that `make test` and `make bench` install under .bench/ (None: absent)."""
+    return str(LOCAL_CCUSAGE) if LOCAL_CCUSAGE.exists() and shutil.which("node") else None
+
+
 def default_ccusage() -> str:
-    return str(LOCAL_CCUSAGE) if LOCAL_CCUSAGE.exists() else "npx --yes ccusage@20.0.24"
+    return installed_ccusage() or "npx --yes ccusage@20.0.24"
+
+
+def plain_copy(root: Path, dst: Path) -> Path:
+    """Copy a home to `dst` with every `x.jsonl.zst` decompressed to `x.jsonl` (ccusage 20.0.24
+    reads only `.jsonl`), except where `x.jsonl` exists too: that is the newer form (Codex
+    materialised it to resume the session, and appends there). Modification times are kept."""
+    dctx = zstandard.ZstdDecompressor()
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        target = dst / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not path.name.endswith(".jsonl.zst"):
+            shutil.copy2(path, target)
+            continue
+        if path.with_name(path.name[: -len(".zst")]).exists():
+            continue
+        target = target.with_name(target.name[: -len(".zst")])
+        with path.open("rb") as src, target.open("wb") as out:
+            dctx.copy_stream(src, out)
+        shutil.copystat(path, target)
+    return dst
 
 
 def ccusage(cmd: str, source: str, report: str, env: dict[str, str]) -> dict[str, object]:
@@ -180,7 +210,9 @@ def compare(root: Path, cmd: str) -> list[Row]:
         if (root / "projects").is_dir():
             sources.append(("claude", {"CLAUDE_CONFIG_DIR": str(root), "HOME": str(home)}))
         if (root / "sessions").is_dir() or (root / "archived_sessions").is_dir():
-            sources.append(("codex", {"CODEX_HOME": str(root), "HOME": str(home)}))
+            # Compressed rollouts: ccusage reads a decompressed copy of the home.
+            codex = plain_copy(root, tmp / "plain") if any(root.rglob("*.zst")) else root
+            sources.append(("codex", {"CODEX_HOME": str(codex), "HOME": str(home)}))
         for source, env in sources:
             mine, mine_daily = ours(db, source)
             sessions = ccusage(cmd, source, "session", env)["sessions"]

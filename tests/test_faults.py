@@ -8,6 +8,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,66 @@ def _big_file(path: Path, size: int) -> int:
     return written
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux /proc), at this moment."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [p for p, pp in parents.items() if pp == parent]
+        found += children
+        todo += children
+    return found
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            return next((int(line.split()[1]) for line in fh if line.startswith("VmHWM")), 0)
+    except OSError:
+        return 0
+
+
+def _import_peaks(args: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Run `jobvault import ARGS` as a process; return its peak resident memory and the
+    largest of its worker processes' (KiB), watched from here while they run."""
+    # The import reports its own peak: VmHWM belongs to this process image (ru_maxrss would
+    # carry over the forking parent's peak across exec). The workers' high-water marks are
+    # read while they live (they only grow, and the workers idle before they end).
+    code = (
+        "import sys\n"
+        "from jobvault.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        "print(peak[0], file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    workers: dict[int, int] = {}
+    deadline = time.monotonic() + 1200
+    with tempfile.TemporaryFile() as err:
+        with subprocess.Popen(
+            [sys.executable, "-c", code, "import", *args],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "daemon"), **env},
+            stdout=subprocess.DEVNULL, stderr=err,
+        ) as proc:  # fmt: skip
+            while proc.poll() is None:
+                assert time.monotonic() < deadline, "the import did not end"
+                for pid in _descendants(proc.pid):
+                    workers[pid] = max(workers.get(pid, 0), _hwm_kib(pid))
+                time.sleep(0.05)
+        err.seek(0)
+        stderr = err.read().decode()
+    assert proc.returncode == 0, stderr[-2000:]
+    return int(stderr.split()[-1]), max(workers.values(), default=0)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_large_file_memory_stays_bounded(tmp_path: Path) -> None:
@@ -236,23 +298,7 @@ def test_large_file_memory_stays_bounded(tmp_path: Path) -> None:
     path = project / f"{SESSION}.jsonl"
     written = _big_file(path, size)
     db = tmp_path / "v" / "j.db"
-    # The import reports its own peak resident memory: VmHWM belongs to this process image
-    # (ru_maxrss would carry over the forking parent's peak across exec).
-    code = (
-        "import sys\n"
-        "from jobvault.cli import main\n"
-        "code = main(sys.argv[1:])\n"
-        "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
-        "print(peak[0], file=sys.stderr)\n"
-        "sys.exit(code)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, "import", str(project), "--db", str(db), "--no-progress"],
-        env={**os.environ, "PYTHONPATH": str(ROOT / "daemon")}, capture_output=True,
-        timeout=1200,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    peak_kib = int(done.stderr.decode().split()[-1])
+    peak_kib, _workers = _import_peaks([str(project), "--db", str(db), "--no-progress"], {})
     print(
         f"\nlarge file: {written / 1e6:.0f} MB imported with a peak RSS of {peak_kib / 1024:.0f} MB"
     )
@@ -342,3 +388,92 @@ async def test_long_reader_does_not_stop_ingestion_and_wal_shrinks(tmp_path: Pat
         reader.execute("COMMIT")
         reader.close()
         await eventually(lambda: not wal.exists() or wal.stat().st_size < held // 4, 20)
+
+
+BIG_ROLLOUT_MB = int(os.environ.get("JOBVAULT_BIG_ROLLOUT_MB", "320"))
+
+
+def _big_rollout(path: Path, size: int) -> tuple[int, int]:
+    """Write a compressed Codex rollout of about `size` bytes (decompressed) in the shape of
+    the 700 MB to 2 GB ones users report: `compacted` lines repeating the history, user
+    messages with `data:` image URLs, a token count after each. Streams to disk; returns the
+    decompressed size and the last cumulative token total."""
+    import base64
+    import json
+    import random
+
+    import zstandard
+
+    rng = random.Random(5)
+    history = [
+        {"type": "message", "role": role, "content": [{"type": kind, "text": text * 40}]}
+        for role, kind, text in (("user", "input_text", "explain the importer "),
+                                 ("assistant", "output_text", "the importer reads "))
+    ] * 300  # fmt: skip
+
+    def line(n: int, kind: str, payload: dict[str, Any]) -> bytes:
+        ts = f"2025-12-01T{n // 3600 % 24:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z"
+        obj = {"timestamp": ts, "type": kind, "payload": payload}
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+    written = n = 0
+    with path.open("wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as out:
+        for data in (
+            line(
+                0, "session_meta", {"id": path.name[-46:-10], "cwd": "/w", "cli_version": "0.140"}
+            ),
+            line(0, "turn_context", {"model": "gpt-5-codex", "cwd": "/w"}),
+        ):
+            out.write(data)
+            written += len(data)
+        while written < size:
+            n += 1
+            if n % 30 == 0:
+                image = base64.b64encode(rng.randbytes(400_000)).decode()
+                content = [
+                    {"type": "input_text", "text": f"look at this {n}"},
+                    {"type": "input_image", "image_url": "data:image/png;base64," + image},
+                ]
+                data = line(n, "response_item", {"type": "message", "role": "user",
+                                                 "content": content})  # fmt: skip
+            else:
+                data = line(n, "compacted", {"message": "", "replacement_history": history})
+            total = {"input_tokens": 1000 * n, "cached_input_tokens": 500 * n,
+                     "output_tokens": 10 * n, "reasoning_output_tokens": 0,
+                     "total_tokens": 1010 * n}  # fmt: skip
+            data += line(n, "event_msg", {"type": "token_count", "info": {
+                "total_token_usage": total, "last_token_usage": total}})  # fmt: skip
+            out.write(data)
+            written += len(data)
+    return written, n
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["engine", "workers"])
+def test_large_compressed_rollout_memory_stays_bounded(tmp_path: Path, workers: str) -> None:
+    """A big `.jsonl.zst` rollout is decompressed as a stream, whether the engine or a worker
+    process reads it: no process's peak memory grows with the file.
+
+    `make test` uses 320 MB (decompressed), `make soak` 2 GB (JOBVAULT_BIG_ROLLOUT_MB). A reader
+    that decompressed the file whole would need at least its size in memory.
+    """
+    sessions = tmp_path / "codex" / "sessions" / "2025" / "12" / "01"
+    sessions.mkdir(parents=True)
+    path = sessions / "rollout-2025-12-01T00-00-00-0199c0ff-0000-7000-8000-00000000000b.jsonl.zst"
+    written, turns = _big_rollout(path, BIG_ROLLOUT_MB * 1024 * 1024)
+    db = tmp_path / "v" / "j.db"
+    args = [str(tmp_path / "codex" / "sessions"), "--db", str(db), "--no-progress"]
+    peak_kib, worker_kib = _import_peaks(args, {"JOBVAULT_WORKERS": workers})
+    print(f"\nlarge rollout: {written / 1e6:.0f} MB ({path.stat().st_size / 1e6:.0f} MB "
+          f"compressed) imported with a peak RSS of {peak_kib / 1024:.0f} MB, "
+          f"{worker_kib / 1024:.0f} MB in a worker")  # fmt: skip
+    bound = min(written // 2, 200 * 1024 * 1024)
+    assert peak_kib * 1024 < bound and worker_kib * 1024 < bound, (peak_kib, worker_kib)
+    if workers != "0":
+        assert worker_kib > 0  # (read by a worker indeed)
+    assert _chunk_bytes(db) == written
+    conn = sqlite3.connect(db)
+    tokens = conn.execute("SELECT input_tokens + cache_read_tokens FROM jobs").fetchall()
+    conn.close()
+    assert tokens == [(1000 * turns,)]

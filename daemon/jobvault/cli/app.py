@@ -363,15 +363,17 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
 
 def _layout(files: Sequence[Any]) -> list[tuple[Any, Path]]:
     """Relative paths that reproduce the original layout under the agent's projects dir."""
+    from jobvault.store.queries import restored_name
+
     main = next((f for f in files if f.role == "main"), None)
     base = Path(main.path).parent.parent if main is not None else None
     out = []
     for row in files:
-        path = Path(row.path)
+        path = Path(restored_name(row, row.path))
         if base is not None and path.is_relative_to(base):
             out.append((row, path.relative_to(base)))
         else:
-            out.append((row, Path(row.rel_path)))
+            out.append((row, Path(restored_name(row, row.rel_path))))
     return out
 
 

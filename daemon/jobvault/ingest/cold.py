@@ -95,6 +95,11 @@ class ColdReader:
                     mtime = os.stat(row.path).st_mtime
                 except OSError:
                     key = None
+                if row.partial_tail and key is not None:
+                    # Its archived unterminated tail is continued: the engine withdraws the
+                    # tail's report and rebuilds the record with the joined line read whole
+                    # from the archive; a worker would lose that line.
+                    warm.add(key)
             if key is None:
                 rest.append(action)
                 warm.update(_session_keys(action))

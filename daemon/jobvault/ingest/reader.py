@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -20,6 +21,10 @@ import zstandard
 FINGERPRINT_BYTES = 1024
 READ_BLOCK = 1024 * 1024
 SKIP_BLOCK = 4 * 1024 * 1024  # decompressed bytes discarded at a time to reach an offset
+# Decompressed bytes a zstd source keeps behind its position: a read ends at its last
+# complete line and the next one starts there again, before the stream's position; without
+# them every read of a large rollout would decompress it again from its start.
+LOOK_BEHIND = 4 * 1024 * 1024
 
 SegmentKind = Literal["lines", "long", "tail"]
 
@@ -50,10 +55,12 @@ class PlainSource:
 class ZstdSource:
     """The decompressed content of a zstd file, read forward by streaming decompression.
 
-    Reads are expected in increasing order (as a tailer makes them); a read before the
-    current position starts the stream again. Memory stays at the decompressor's window
-    (a few MB), whatever the file's size. It reads through the descriptor's own position,
-    which nothing else uses (the tracker owns and closes the descriptor).
+    Reads are expected in increasing order (as a tailer makes them); the last LOOK_BEHIND
+    bytes read are kept to serve a read that steps back into them (the partial line a read
+    ended on), and a read before those starts the stream again. Memory stays at the
+    decompressor's window and that look-behind (a few MB, dropped at the end of the stream),
+    whatever the file's size. It reads through the descriptor's own position, which nothing
+    else uses (the tracker owns and closes the descriptor).
     """
 
     def __init__(self, fd: int) -> None:
@@ -61,6 +68,8 @@ class ZstdSource:
         self._file = os.fdopen(fd, "rb", buffering=0, closefd=False)
         self._reader: Any = None  # a zstandard.ZstdDecompressionReader
         self._pos = 0
+        self._behind: deque[bytes] = deque()  # the bytes just before `_pos`
+        self._behind_len = 0
 
     def _restart(self) -> None:
         if self._reader is not None:
@@ -69,31 +78,59 @@ class ZstdSource:
         dctx = zstandard.ZstdDecompressor()
         self._reader = dctx.stream_reader(self._file, read_across_frames=True, closefd=False)
         self._pos = 0
+        self._forget()
+
+    def _forget(self) -> None:
+        self._behind.clear()
+        self._behind_len = 0
+
+    def _keep(self, data: bytes) -> None:
+        if len(data) >= LOOK_BEHIND:
+            self._behind.clear()
+            data = data[-LOOK_BEHIND:]
+            self._behind_len = 0
+        self._behind.append(data)
+        self._behind_len += len(data)
+        while self._behind_len - len(self._behind[0]) >= LOOK_BEHIND:
+            self._behind_len -= len(self._behind.popleft())
 
     def pread(self, size: int, offset: int) -> bytes:
-        if self._reader is None or offset < self._pos:
+        if self._reader is None or offset < self._pos - self._behind_len:
             self._restart()
         assert self._reader is not None
-        while self._pos < offset:  # skip forward to the offset
-            skipped = self._reader.read(min(SKIP_BLOCK, offset - self._pos))
-            if not skipped:
-                return b""
-            self._pos += len(skipped)
         out: list[bytes] = []
         got = 0
+        if offset < self._pos:  # a step back into the bytes just read
+            kept = b"".join(self._behind)
+            start = len(kept) - (self._pos - offset)
+            out.append(kept[start : start + size])
+            got = len(out[0])
+            if got == size:
+                return out[0]
+        else:
+            if self._pos < offset:
+                self._forget()  # (the bytes skipped are not kept)
+            while self._pos < offset:  # skip forward to the offset
+                skipped = self._reader.read(min(SKIP_BLOCK, offset - self._pos))
+                if not skipped:
+                    return b""
+                self._pos += len(skipped)
         while got < size:  # a stream read may return less than asked before its end
             data = self._reader.read(size - got)
             if not data:
+                self._forget()  # the end: a file read to its end keeps no memory
                 break
             out.append(data)
             got += len(data)
-        self._pos += got
+            self._pos += len(data)
+            self._keep(data)
         return out[0] if len(out) == 1 else b"".join(out)
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._forget()
         self._file.close()  # (not the descriptor)
 
 

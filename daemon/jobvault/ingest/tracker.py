@@ -468,17 +468,22 @@ class FileTracker:
             actions: list[Action] = [Retire(tracked, reason, drain=not same_inode)]
             create = self._create(path, st, fd, codec)
             return ([*actions, create], True) if create is not None else (actions, False)
-        if codec == "zstd":
-            plain = self.by_path.get(sibling(path))
-            if plain is not None and os.path.exists(plain.row.path):
-                src.close()
-                return [], False  # a compressed copy of a rollout still read plain: a shadow
+        if codec == "zstd" and self._is_regular(sibling(path)):
+            # A compressed copy of a rollout whose plain form is there to be read (tracked, or
+            # met in the same walk): a shadow. Both forms exist only while Codex compresses
+            # (the same content) or materialises a session to resume it (the plain file
+            # then extends it); the plain form is read, the content archived once.
+            src.close()
+            return [], False
         for candidate in self._candidates(path, st):
             verdict = self._lineage(candidate, src, st, codec)
             if verdict == "continues" or (
                 verdict == "unknown" and _stem(candidate.row.path) == _stem(path)
             ):
                 return [Continue(candidate, path, st, fd, src)], True
+            if verdict == "truncated" and self._materialising(candidate, path):
+                src.close()
+                return [], False  # looked at again once it holds what was archived
         src.close()
         create = self._create(path, st, fd, codec)
         return ([create], True) if create is not None else ([], False)
@@ -498,9 +503,32 @@ class FileTracker:
                 candidate is not None
                 and candidate is not moved
                 and candidate is not deleted
-                and (candidate.row.state != "active" or not os.path.exists(candidate.row.path))
+                and (
+                    candidate.row.state != "active"
+                    or not os.path.exists(candidate.row.path)
+                    # Codex materialised a compressed rollout to resume it: the plain file
+                    # continues it even while the compressed one is still there.
+                    or candidate.row.codec == "zstd"
+                )
             ):
                 yield candidate
+
+    def _materialising(self, tracked: Tracked, path: str) -> bool:
+        """Is the plain file at `path`, shorter than what was archived of the compressed
+        rollout `tracked` that is still there, being written from it?"""
+        return (
+            tracked.row.codec == "zstd"
+            and tracked.row.state == "active"
+            and not path.endswith(".zst")
+            and os.path.exists(tracked.row.path)
+        )
+
+    def _is_regular(self, path: str) -> bool:
+        try:
+            st = os.stat(path) if self.follow_symlinks else os.lstat(path)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode)
 
     def _lineage(self, tracked: Tracked, src: Source, st: os.stat_result, codec: str) -> Lineage:
         """Does the content read through `src` begin with what was archived of `tracked`?"""

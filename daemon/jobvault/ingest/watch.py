@@ -35,7 +35,7 @@ class _Handler(FileSystemEventHandler):
 
     def _hint(self, path: str | bytes) -> None:
         text = os.fsdecode(path)
-        if text.endswith(".jsonl"):
+        if text.endswith((".jsonl", ".jsonl.zst")):  # (a compressed Codex rollout too)
             # RuntimeError: the loop is closed, we are shutting down.
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._notify, text)

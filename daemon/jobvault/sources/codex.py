@@ -58,8 +58,9 @@ class CodexAdapter:
     name = SOURCE
 
     def classify(self, path: Path) -> FileInfo | None:
-        """Claim `rollout-*.jsonl` files in a Codex tree, or named like a rollout anywhere."""
-        name = path.name
+        """Claim `rollout-*.jsonl` files in a Codex tree, or named like a rollout anywhere;
+        and their compressed form `rollout-*.jsonl.zst` (Codex 0.137+), the same rollout."""
+        name = rollout_name(path.name)
         if not name.startswith("rollout-") or not name.endswith(".jsonl"):
             return None
         match = _ROLLOUT.match(name)
@@ -140,10 +141,11 @@ class CodexJob:
         return []
 
     def chosen_files(self) -> list[FileState]:
-        """One file per rollout name, the `sessions/` copy first; ordered by file id."""
+        """One file per rollout name (`x.jsonl` and `x.jsonl.zst` are one name), the
+        `sessions/` copy first; ordered by file id."""
         by_name: dict[str, FileState] = {}
         for state in self.files.values():
-            name = posixpath.basename(state.path)
+            name = rollout_name(posixpath.basename(state.path))
             best = by_name.get(name)
             if best is None or _preference(state) < _preference(best):
                 by_name[name] = state
@@ -237,6 +239,11 @@ class CodexJob:
             rate_limits=codex_limits.merged([f.limits for f in files]),
             empty=not any(f.conversation for f in files),
         )  # fmt: skip
+
+
+def rollout_name(name: str) -> str:
+    """A rollout's name whatever its form: `x.jsonl.zst` (compressed by Codex) is `x.jsonl`."""
+    return name.removesuffix(".zst")
 
 
 def _preference(state: FileState) -> tuple[int, str, int]:

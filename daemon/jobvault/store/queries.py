@@ -270,6 +270,13 @@ def job_files(conn: sqlite3.Connection, ident: str) -> tuple[str, list[FileRow]]
     return job_id, [file_row(r) for r in rows]
 
 
+def restored_name(row: FileRow, path: str) -> str:
+    """The name a file's archived content is restored under (`path`, or its relative path):
+    the archive keeps a compressed rollout's content, not its compressed bytes, so
+    `x.jsonl.zst` is restored as `x.jsonl` (`zstd -3` compresses it again)."""
+    return path.removesuffix(".zst") if row.codec == "zstd" else path
+
+
 def archived_bytes(conn: sqlite3.Connection, file_id: int) -> Iterator[bytes]:
     """Yield a file's archived bytes in order (restores it byte for byte)."""
     expected = 0

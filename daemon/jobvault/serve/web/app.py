@@ -214,7 +214,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         return job_id, main
 
     _, main = await state.read(main_file)
-    name = Path(main.path).name or "transcript.jsonl"
+    name = Path(queries.restored_name(main, main.path)).name or "transcript.jsonl"
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/x-ndjson",
