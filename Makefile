@@ -5,12 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint soak bench bench-quick schema-doc install-service clean browser screenshots
+.PHONY: run test lint soak bench bench-quick schema-doc install-service clean browser screenshots postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,team]'
 	touch $(STAMP)
 
 ## run: start the daemon in the foreground on the default (XDG) directories and paths.
@@ -23,7 +23,7 @@ run: $(STAMP)
 SPILL_TESTS := tests/test_claude_fixtures.py tests/test_codex.py tests/test_rebuild.py \
 	tests/test_model.py tests/test_samples.py tests/test_stats.py tests/test_tracking.py \
 	tests/test_fidelity.py tests/test_pricing.py
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest
 	JOBVAULT_TEST_SPILL=1 $(BIN)/python -m pytest -q $(SPILL_TESTS)
 	JOBVAULT_TEST_SPILL=1 JOBVAULT_TEST_WORKERS=1 $(BIN)/python -m pytest -q $(SPILL_TESTS) \
@@ -42,6 +42,25 @@ browser:
 				|| echo "test: could not install chromium; the browser tests will skip"; \
 		else \
 			echo "test: $(CHROMIUM) not found (sudo apt-get install chromium); the browser tests will skip"; \
+		fi; \
+	fi
+
+## postgres: the team-vault tests (and `make bench`) start their own PostgreSQL server with
+## Debian's initdb/pg_ctl; install the package when it is missing and we are root (as CI is),
+## without the cluster Debian would otherwise create and start. Elsewhere those tests skip,
+## saying why.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's postgresql for the team-vault tests"; \
+			mkdir -p /etc/postgresql-common; \
+			[ -e /etc/postgresql-common/createcluster.conf ] || \
+				echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends postgresql) >/dev/null \
+				|| echo "note: could not install postgresql; the team-vault tests will skip"; \
+		else \
+			echo "note: no PostgreSQL server binaries (apt-get install postgresql); the team-vault tests will skip"; \
 		fi; \
 	fi
 
@@ -72,10 +91,10 @@ $(BENCH_STAMP): $(STAMP)
 	fi
 	touch $(BENCH_STAMP)
 
-bench: $(STAMP) $(BENCH_STAMP)
+bench: $(STAMP) $(BENCH_STAMP) postgres
 	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --doc docs/benchmarks.md
 
-bench-quick: $(STAMP) $(BENCH_STAMP)
+bench-quick: $(STAMP) $(BENCH_STAMP) postgres
 	$(BIN)/python -m benchmarks.run --work $(BENCH_DIR) --quick
 
 ## soak: the long reliability run (60 kill -9 cycles over 300 sessions, the model test with
