@@ -50,7 +50,6 @@ def test_every_write_and_deletion_of_a_job_gets_a_new_change_number(
     assert len(second) == 2  # one row per job, always
     rewritten = {j: s for s, j in second}
     assert rewritten[f"claude:{sid(1)}"] > max(s for s, _ in first)  # moved past every other
-    assert rewritten[f"claude:{sid(2)}"] == {j: s for s, j in first}[f"claude:{sid(2)}"]
     conn = sqlite3.connect(db)  # this test is the one writer now
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("UPDATE jobs SET status = 'active' WHERE id = ?", (f"claude:{sid(2)}",))

@@ -169,18 +169,27 @@ def test_updated_rebuilt_and_deleted_jobs_replace_their_remote_rows(
                     (f"claude:{sid(1)}",))  # fmt: skip
     assert hours == [(2,)]  # the old hour and the new one, each once
 
-    # A rebuild rewrites every record (new change numbers): all are replaced, equal again.
+    # A rebuild rewrites every record (new change numbers) as it was: nothing is sent again.
     before = snapshot(team_db)
     code, out = run(capsys, "rebuild", "--db", str(a), "--no-progress")
     assert code == 0, out
     result = sync(capsys, a, team_db)
-    assert result["jobs"] == 2
-    after = snapshot(team_db)
-    moved = ("jobs", "machines")  # new change numbers and write times; the rest is equal
-    assert {t: v for t, v in after.items() if t not in moved} == {
+    assert (result["jobs"], result["unchanged"], result["rows"]) == (0, 2, 0)
+    moved = ("machines",)  # its acknowledgement; nothing else
+    assert {t: v for t, v in snapshot(team_db).items() if t not in moved} == {
         t: v for t, v in before.items() if t not in moved
     }
-    assert len(after["jobs"]) == len(before["jobs"])
+    # Re-priced (a price of the user's, then a rebuild): the records change and are replaced.
+    config = tmp_path / "prices.toml"
+    config.write_text('[pricing."claude-sonnet-4-20250514"]\ninput = 30.0\noutput = 150.0\n')
+    code, out = run(capsys, "rebuild", "--db", str(a), "--no-progress", "--config", str(config))
+    assert code == 0, out
+    result = sync(capsys, a, team_db)
+    assert (result["jobs"], result["unchanged"]) == (2, 0)
+    _same_jobs(a, team_db)
+    check_consistent(team_db)
+    costs = _remote(team_db, "SELECT sum(cost_usd) FROM jobvault.usage_hourly")[0][0]
+    assert costs > sum(r[-1] for r in before["usage_hourly"])
 
     # A job deleted by the writer (here: this test, the only writer) is deleted remotely.
     conn = sqlite3.connect(a)

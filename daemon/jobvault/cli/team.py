@@ -110,6 +110,7 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
     if result.jobs or result.deleted or result.chunks:
         extra = f", {result.deleted:,} deleted" if result.deleted else ""
         extra += f", {result.chunks:,} archive chunks" if result.chunks else ""
+        extra += f"; {result.unchanged:,} rewritten unchanged" if result.unchanged else ""
         print(
             f"pushed {result.jobs:,} job records ({result.rows:,} rows{extra}) to {where} "
             f"in {result.seconds:.1f} s"

@@ -12,6 +12,7 @@ filter: a machine's figures are the messages counted on it, so the machines add 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from jobvault.errors import UsageError
+from jobvault.records import JobRecord
 from jobvault.store import queries, stats
 from jobvault.team.vault import hour_of, moment
 
@@ -509,7 +511,11 @@ def page_jobs(
     return {"jobs": [_record(r[0], r[1]) for r in rows], "next_cursor": next_cursor}
 
 
+_FIELD_ORDER = {f.name: i for i, f in enumerate(dataclasses.fields(JobRecord))}
+
+
 def _record(value: Any, status: str) -> dict[str, Any]:
+    """A team record with its keys in the local records' order (jsonb keeps its own)."""
     record: dict[str, Any] = orjson.loads(value) if isinstance(value, str | bytes) else dict(value)
     record["status"] = status
-    return dict(sorted(record.items()))
+    return dict(sorted(record.items(), key=lambda kv: (_FIELD_ORDER.get(kv[0], 1 << 20), kv[0])))

@@ -88,6 +88,7 @@ def m001_initial(conn: psycopg.Connection[Any]) -> None:
             finalized_at          timestamptz,
             updated_at            timestamptz,
             local_seq             bigint  NOT NULL,
+            digest                bytea,
             pushed_at             timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (machine_id, job_id)
         );

@@ -72,6 +72,7 @@ class PushResult:
 
     machine_id: str
     jobs: int  # job records written (new or replaced)
+    unchanged: int  # job records rewritten locally with nothing new: not sent again
     deleted: int  # job records deleted remotely
     rows: int  # rows sent, children included
     chunks: int  # archive chunks sent
@@ -129,24 +130,27 @@ def push(
         keep_archive = not full and local_max >= state.acked_seq
         state = _reset(conn, machine, settings, keep_archive)
     total = vault.pending(state.acked_seq)
-    done = jobs = deleted = rows = batches = chunks = 0
+    done = jobs = deleted = rows = batches = chunks = unchanged = 0
     acked = state.acked_seq
     while not (stop is not None and stop.is_set()):
         batch = vault.changes(acked, settings.include, settings.batch_rows)
         if not batch:
             break
         try:
-            _retry(_applying(conn, machine, batch, acked))
+            sent = _retry(
+                _applying(conn, machine, batch, acked, state.full_since is not None, full)
+            )
         except _Moved as moved:
             acked = moved.acked  # re-plan from what the other pusher acknowledged
             continue
         acked = batch[-1].seq
         batches += 1
         done += len(batch)
-        written = sum(c.job is not None for c in batch)
+        written = sum(c.job is not None for c in sent)
         jobs += written
-        deleted += len(batch) - written
-        rows += sum(c.rows for c in batch)
+        deleted += len(sent) - written
+        unchanged += len(batch) - len(sent)
+        rows += sum(c.rows for c in sent)
         if progress is not None:
             progress(min(done, total), max(total, done))
     caught_up = vault.pending(acked) == 0
@@ -157,6 +161,7 @@ def push(
     return PushResult(
         machine_id=machine,
         jobs=jobs,
+        unchanged=unchanged,
         deleted=deleted,
         rows=rows,
         chunks=chunks,
@@ -168,16 +173,16 @@ def push(
     )
 
 
-def _retry(fn: Callable[[], None]) -> None:
+def _retry(fn: Callable[[], list[JobChange]]) -> list[JobChange]:
     psycopg = connect.driver()
     for attempt in range(RETRIES):
         try:
-            fn()
-            return
+            return fn()
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
             if attempt == RETRIES - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _register(conn: psycopg.Connection[Any], machine: str, settings: Settings) -> _Machine:
@@ -231,10 +236,17 @@ def _sums(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, str, str], list[An
 
 
 def _apply(
-    conn: psycopg.Connection[Any], machine: str, batch: list[JobChange], expected: int
-) -> None:
-    """Replace the batch's jobs and acknowledge its last change: one transaction."""
-    ids = [c.job_id for c in batch]
+    conn: psycopg.Connection[Any],
+    machine: str,
+    batch: list[JobChange],
+    expected: int,
+    touch: bool = False,
+    force: bool = False,
+) -> list[JobChange]:
+    """Replace the batch's jobs and acknowledge its last change: one transaction. Jobs the
+    team database already holds as they are (same digest) are only acknowledged (and, in a
+    full push, marked as seen: `touch`), unless `force` (--full) sends them all again;
+    returns the changes sent."""
     with conn.transaction():
         row = conn.execute(
             "SELECT acked_seq FROM jobvault.machines WHERE machine_id = %s FOR UPDATE",
@@ -242,16 +254,45 @@ def _apply(
         ).fetchone()
         if row is None or int(row[0]) != expected:
             raise _Moved(int(row[0]) if row else 0)
-        _replace(conn, machine, batch, ids)
+        held = dict(
+            conn.execute(
+                "SELECT job_id, digest FROM jobvault.jobs WHERE machine_id = %s "
+                "AND job_id = ANY(%s)",
+                (machine, [c.job_id for c in batch]),
+            ).fetchall()
+        )
+        digests = {c.job_id: c.digest() for c in batch if c.job is not None}
+        sent = [
+            c
+            for c in batch
+            if (c.job is None and c.job_id in held)
+            or (c.job is not None and (force or held.get(c.job_id) != digests[c.job_id]))
+        ]
+        if sent:
+            _replace(conn, machine, sent, [c.job_id for c in sent], digests)
+        sent_ids = {c.job_id for c in sent}
+        kept = [c for c in batch if c.job is not None and c.job_id not in sent_ids]
+        if touch and kept:
+            conn.execute(
+                "UPDATE jobvault.jobs SET pushed_at = now(), local_seq = v.seq FROM "
+                "unnest(%s::text[], %s::bigint[]) AS v(job_id, seq) "
+                "WHERE jobs.machine_id = %s AND jobs.job_id = v.job_id",
+                ([c.job_id for c in kept], [c.seq for c in kept], machine),
+            )
         conn.execute(
             "UPDATE jobvault.machines SET acked_seq = %s, last_push_at = now() "
             "WHERE machine_id = %s",
             (batch[-1].seq, machine),
         )
+    return sent
 
 
 def _replace(
-    conn: psycopg.Connection[Any], machine: str, batch: list[JobChange], ids: list[str]
+    conn: psycopg.Connection[Any],
+    machine: str,
+    batch: list[JobChange],
+    ids: list[str],
+    digests: dict[str, bytes] | None = None,
 ) -> None:
     """Inside a transaction: the batch's old rows out, its new rows in, the rollup moved."""
     old = conn.execute(
@@ -279,8 +320,10 @@ def _replace(
     present = [c for c in batch if c.job is not None]
     if not present:
         return
-    _copy(conn, "jobs", ("machine_id", "local_seq", *JOB_COLUMNS),
-          ((machine, c.seq, *c.job) for c in present if c.job is not None))  # fmt: skip
+    digests = digests or {}
+    _copy(conn, "jobs", ("machine_id", "local_seq", "digest", *JOB_COLUMNS),
+          ((machine, c.seq, digests.get(c.job_id), *c.job)
+           for c in present if c.job is not None))  # fmt: skip
     _copy(conn, "job_usage", ("machine_id", *USAGE_COLUMNS),
           ((machine, *u) for c in present for u in c.usage))  # fmt: skip
     _copy(conn, "tool_calls", ("machine_id", *TOOL_COLUMNS),
@@ -396,9 +439,14 @@ def _finish_full(conn: psycopg.Connection[Any], machine: str, since: datetime, a
 
 
 def _applying(
-    conn: psycopg.Connection[Any], machine: str, batch: list[JobChange], acked: int
-) -> Callable[[], None]:
-    return lambda: _apply(conn, machine, batch, acked)
+    conn: psycopg.Connection[Any],
+    machine: str,
+    batch: list[JobChange],
+    acked: int,
+    touch: bool = False,
+    force: bool = False,
+) -> Callable[[], list[JobChange]]:
+    return lambda: _apply(conn, machine, batch, acked, touch, force)
 
 
 def _push_archive(

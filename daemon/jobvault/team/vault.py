@@ -98,6 +98,17 @@ class JobChange:
     files: list[tuple[Any, ...]] = field(default_factory=list)
     keys: list[tuple[Any, ...]] = field(default_factory=list)
 
+    def digest(self) -> bytes:
+        """A digest of everything sent for the job but the times of its local writes: equal
+        digests, equal remote rows (a job rewritten unchanged need not be sent again)."""
+        h = hashlib.blake2b(digest_size=16)
+        if self.job is not None:
+            times = {JOB_COLUMNS.index(c) for c in ("finalized_at", "updated_at")}
+            h.update(repr([v for i, v in enumerate(self.job) if i not in times]).encode())
+        for part in (self.usage, self.tool_calls, self.subagents, self.files, self.keys):
+            h.update(repr(part).encode())
+        return h.digest()
+
     @property
     def rows(self) -> int:
         return 1 + len(self.usage) + len(self.tool_calls) + len(self.subagents) + len(
