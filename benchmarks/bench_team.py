@@ -203,6 +203,13 @@ def measure(
                     "pg_database_size(current_database())"
                 ).fetchone()
                 assert counts is not None
+                res["table_bytes"] = dict(
+                    conn.execute(
+                        "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = 'jobvault' AND c.relkind = 'r'"
+                    ).fetchall()
+                )
                 res["team"] = dict(zip(("machines", "jobs", "usage_rows", "message_rows",
                                         "shared_messages", "rollup_rows", "db_bytes"),
                                        counts, strict=True))  # fmt: skip
@@ -240,6 +247,22 @@ def rows(res: dict[str, Any]) -> list[str]:
     if "skipped" in res:
         return [f"Skipped: {res['skipped']}."]
     first, inc, team = res["first_push"], res["incremental_push"], res["team"]
+    sizes = res.get("table_bytes") or {}
+    per_row = (
+        [
+            "Bytes per row, indexes included: "
+            + ", ".join(
+                f"`{table}` {sizes[table] / count:,.0f}"
+                for table, count in (("jobs", team["jobs"]), ("job_usage", team["usage_rows"]),
+                                     ("usage_keys", team["message_rows"]))
+                if count and table in sizes
+            )
+            + " (the copied machines' records hold no text).",
+            "",
+        ]
+        if sizes
+        else []
+    )  # fmt: skip
     return [
         f"A vault of {res['jobs']:,} jobs ({res['message_rows']:,} message rows; written in "
         f"{res['build_seconds']:.0f} s) pushed to a local PostgreSQL server (fsync and "
@@ -249,6 +272,7 @@ def rows(res: dict[str, Any]) -> list[str]:
         f"shared by two machines), {team['rollup_rows']:,} rollup rows, "
         f"{team['db_bytes'] / 1e9:.1f} GB.",
         "",
+        *per_row,
         "| what | seconds | |",
         "|---|---:|---|",
         f"| first push of {first['jobs']:,} jobs | {first['seconds']:.1f} | "

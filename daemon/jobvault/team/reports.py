@@ -290,7 +290,7 @@ def _periods(
 
 
 _KEYS = {"model": "{a}.model", "project": "COALESCE(j.project, '')", "source": "j.source",
-         "machine": "j.machine_id"}  # fmt: skip
+         "machine": "{a}.machine_id"}  # fmt: skip
 
 
 def _by_key(conn: psycopg.Connection[Any], group_by: str, scope: _Scope) -> list[dict[str, Any]]:
