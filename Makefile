@@ -74,7 +74,8 @@ lint: $(STAMP)
 install-service: $(STAMP)
 	$(BIN)/jobvault service install
 
-## bench: the full benchmark (~7 min on 2 cores); prints the table, rewrites docs/benchmarks.md.
+## bench: the full benchmark (~7 min on 2 cores, and ~10 more for the team vault at 50 machines ×
+## 100,000 jobs); prints the table, rewrites docs/benchmarks.md.
 ## bench-quick: the one-minute version; prints the table, writes no document.
 BENCH_DIR := .bench
 BENCH_STAMP := $(BENCH_DIR)/.installed

@@ -85,7 +85,9 @@ async def test_the_daemon_pushes_and_rides_out_a_server_stopped_mid_push(
         assert status["sync"]["last_push_at"] and status["sync"]["last_error"] is None
         assert "s3cret" not in str(status)
 
-        holder = await asyncio.to_thread(psycopg.connect, team_db, autocommit=True)
+        holder: psycopg.Connection[Any] = await asyncio.to_thread(
+            lambda: psycopg.connect(team_db, autocommit=True)
+        )
         try:
             holder.execute("SELECT pg_advisory_lock(%s)", (SHARED_LOCK,))
             append(first, session_lines(3, session=sid(1), base=600)[1:])
