@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    bench_team,
     corpus,
     import_bench,
     latency,
@@ -124,6 +125,8 @@ def run_all(plan: Plan, work: Path, seed: int) -> dict[str, Any]:
         )
         log(f"dashboard at {done:,} jobs, a 10,000-message job page, the statusline")
         res["dashboard"] = web_bench.measure(tmp, db)
+        log("team vault: first push, incremental push, team reports (PostgreSQL)")
+        res["team"] = bench_team.measure(tmp, quick=plan is QUICK)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res
@@ -149,8 +152,11 @@ def main() -> int:
     )
     text = report.section(res)
     print(text)
+    print("\n".join(bench_team.rows(res["team"])))
     if args.doc is not None:
         report.write_doc(args.doc, res)
+        stamp = f"Run of {res['date']} with `{res['command']}`."
+        bench_team.write_doc(args.doc, res["team"], stamp)
         log(f"wrote {args.doc}")
     return 0
 

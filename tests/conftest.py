@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import structlog
 
+# The PostgreSQL server of the team-vault tests (session-scoped, skipped when none can be had).
+pytest_plugins = ("tests.pg",)
+
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
 

@@ -91,25 +91,36 @@ def test_missing_database_is_a_clear_error(
 
 def test_example_config_lists_every_key() -> None:
     example = (Path(__file__).resolve().parents[1] / "config" / "jobvault.toml").read_text()
+    sync = example.split("# [sync]", 1)[1]  # the [sync] table's keys are sync_<key>
     for key in config_mod.KEYS:
-        assert f"# {key} = " in example, f"config/jobvault.toml does not document {key}"
+        if key.startswith("sync_"):
+            assert f"# {key[5:]} = " in sync, f"config/jobvault.toml does not document {key}"
+        else:
+            assert f"# {key} = " in example, f"config/jobvault.toml does not document {key}"
 
 
 def test_example_config_values_are_the_defaults(tmp_path: Path) -> None:
     """Uncommenting every line of the example gives the built-in defaults."""
     example = (Path(__file__).resolve().parents[1] / "config" / "jobvault.toml").read_text()
+    top, sync = example.split("# [sync]", 1)
     lines = [
         line[2:]
-        for line in example.splitlines()
+        for line in top.splitlines()
         if line.startswith("# ")
         and " = " in line
         and line[2:].split(" = ")[0] in config_mod.KEYS
         and line[2:].split(" = ")[0] not in ("watch", "db", "socket")
+    ]
+    lines.append("[sync]")
+    lines += [
+        line[2:]
+        for line in sync.splitlines()
+        if line.startswith("# ") and " = " in line and line[2:].split(" = ")[0] != "name"
     ]
     cfg = tmp_path / "all.toml"
     cfg.write_text("\n".join(lines) + "\n")
     loaded = config_mod.load(cfg)
     defaults = config_mod.Config()
     for key in config_mod.KEYS:
-        if key not in ("watch", "db", "socket"):
+        if key not in ("watch", "db", "socket", "sync_name"):
             assert getattr(loaded, key) == getattr(defaults, key), key

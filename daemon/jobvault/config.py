@@ -19,6 +19,15 @@ from jobvault.errors import ConfigError
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 Synchronous = Literal["NORMAL", "FULL"]
+# What `jobvault sync` may send beyond figures and metadata, each only when listed in
+# `[sync] include` (docs/team.md says exactly what each one sends).
+SyncInclude = Literal[
+    "prompts", "summaries", "tool_previews", "file_paths", "git_branches", "archive"
+]
+SYNC_INCLUDES: tuple[SyncInclude, ...] = (
+    "prompts", "summaries", "tool_previews", "file_paths", "git_branches", "archive"
+)  # fmt: skip
+SYNC_KEYS = ("url", "include", "interval", "name", "batch_rows")  # the keys of [sync]
 
 
 def default_workers() -> int:
@@ -62,6 +71,12 @@ class Config:
     pricing: dict[str, pricing.Price] = field(default_factory=dict)
     dashboard: bool = True
     dashboard_port: int = 7370
+    # The team vault ([sync] in the file, JOBVAULT_SYNC_* variables; docs/team.md).
+    sync_url: str | None = None
+    sync_include: tuple[SyncInclude, ...] = ()
+    sync_interval: float = 5.0
+    sync_name: str | None = None
+    sync_batch_rows: int = 20_000
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -145,6 +160,42 @@ def _as_choice(key: str, value: object, choices: tuple[str, ...], upper: bool = 
     return text
 
 
+def _as_sync_url(key: str, value: object) -> str | None:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a PostgreSQL URL, got {value!r}")
+    text = value.strip()
+    if not text:
+        return None  # an empty URL switches the team vault off
+    url = "://" in text
+    if (url and not text.startswith(("postgresql://", "postgres://"))) or (
+        not url and "=" not in text
+    ):
+        raise ConfigError(key, "expected a PostgreSQL URL such as postgresql://user@host/dbname")
+    return text
+
+
+def _as_includes(key: str, value: object) -> tuple[SyncInclude, ...]:
+    if isinstance(value, str):
+        items: list[object] = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        raise ConfigError(key, f"expected a list of names, got {value!r}")
+    out: list[SyncInclude] = []
+    for item in items:
+        if item not in SYNC_INCLUDES:
+            raise ConfigError(key, f"unknown {item!r} (known: {', '.join(SYNC_INCLUDES)})")
+        if item not in out:
+            out.append(item)
+    return tuple(sorted(out, key=SYNC_INCLUDES.index))
+
+
+def _as_name(key: str, value: object) -> str | None:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a name, got {value!r}")
+    return value.strip()[:200] or None
+
+
 _PARSERS: dict[str, Callable[[str, object], object]] = {
     "watch": _as_paths,
     "db": _as_path,
@@ -170,6 +221,11 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "pricing": lambda k, v: pricing.parse_overrides(v, k),
     "dashboard": _as_bool,
     "dashboard_port": lambda k, v: _as_port(k, v),
+    "sync_url": _as_sync_url,
+    "sync_include": _as_includes,
+    "sync_interval": lambda k, v: _as_float(k, v, 0.05),
+    "sync_name": _as_name,
+    "sync_batch_rows": lambda k, v: _as_int(k, v, 1),
 }
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
 assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"
@@ -201,6 +257,16 @@ def read_file(path: Path) -> dict[str, object]:
     section = data.pop("jobvault", None)
     if isinstance(section, dict):
         data.update(section)
+    sync = data.pop("sync", None)
+    if isinstance(sync, dict):  # [sync] url = ... is the key sync_url
+        for key, value in sync.items():
+            if key not in SYNC_KEYS:
+                raise ConfigError(
+                    f"sync.{key}", f"unknown key in [sync] (known: {', '.join(SYNC_KEYS)})"
+                )
+            data[f"sync_{key}"] = value
+    elif sync is not None:
+        raise ConfigError("sync", "expected a [sync] table")
     return cast(dict[str, object], data)
 
 

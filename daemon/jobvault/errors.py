@@ -19,7 +19,8 @@ class ExitCode(IntEnum):
     NOT_FOUND = 66  # EX_NOINPUT: the job, file or path asked for does not exist
     STORE = 74  # EX_IOERR: the database could not be opened or written
     LOCKED = 75  # EX_TEMPFAIL: another jobvault process is writing this database
-    UNAVAILABLE = 69  # EX_UNAVAILABLE: the daemon is needed and not running
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: the daemon (or the team database) cannot be reached
+    NOPERM = 77  # EX_NOPERM: the team database refused the login or the operation
     CONFIG = 78  # EX_CONFIG: the configuration is invalid; restarting will not help
 
 
@@ -61,3 +62,39 @@ class UsageError(JobvaultError):
     """The command line is invalid."""
 
     exit_code = ExitCode.USAGE
+
+
+class TeamError(JobvaultError):
+    """The team database could not be used."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class TeamUrlError(TeamError):
+    """The team database's URL is invalid, or names a database that does not exist."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class TeamAuthError(TeamError):
+    """The team database refused the login (password, role, pg_hba.conf, certificate)."""
+
+    exit_code = ExitCode.NOPERM
+
+
+class TeamUnavailable(TeamError):
+    """The team database cannot be reached (server down, network, name resolution)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class TeamSchemaError(TeamError):
+    """The team database lacks jobvault's schema, or has a newer one than this jobvault."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class TeamDriverMissing(TeamError):
+    """The team vault needs psycopg, installed with `pip install 'jobvault[team]'`."""
+
+    exit_code = ExitCode.CONFIG

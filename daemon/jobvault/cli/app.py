@@ -18,6 +18,7 @@ from jobvault import pricing
 from jobvault.cli import dashboard as cli_dashboard
 from jobvault.cli import render
 from jobvault.cli import reports as cli_reports
+from jobvault.cli import team as cli_team
 from jobvault.config import Config
 from jobvault.errors import ExitCode, JobvaultError, NotFoundError, UsageError
 from jobvault.ingest import memory
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    cli_team.add_parsers(sub, _common)
     return parser
 
 
@@ -254,6 +257,9 @@ def _offline(config: Config, method: str, params: Any) -> Any:
 
 
 def _call(config: Config, args: argparse.Namespace, method: str, params: Any) -> Any:
+    team = cli_team.caller(config, args)  # `--team`: the team database answers instead
+    if team is not None:
+        return team.call(method, params)
     client = _daemon(config, args)
     if client is None:
         return _offline(config, method, params)
@@ -271,6 +277,8 @@ def cmd_jobs(config: Config, args: argparse.Namespace) -> int:
         params["since"] = queries.parse_time(args.since)
     if args.until:
         params["until"] = queries.parse_time(args.until)
+    if args.machine:
+        params["machine"] = args.machine
     jobs: list[dict[str, Any]] = []
     cursor = None
     while True:
@@ -470,8 +478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dashboard": cli_dashboard.cmd_dashboard,
             "report": cli_dashboard.cmd_report,
             "statusline": cli_dashboard.cmd_statusline,
+            "sync": cli_team.cmd_sync,
+            "team": cli_team.cmd_team,
         }[args.command]
-        return handler(config, args)
+        try:
+            return handler(config, args)
+        finally:
+            cli_team.close(args)
     except RpcError as exc:
         code = ExitCode.NOT_FOUND if exc.kind == "not_found" else ExitCode.FAILURE
         if exc.kind in ("invalid_params", "sql_refused", "method_not_found"):

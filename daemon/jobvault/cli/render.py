@@ -245,6 +245,19 @@ def status(info: dict[str, Any]) -> None:
             ),
             ("last error", info.get("last_error") or "none"),
         ]
+        sync = info.get("sync") or {}
+        if sync.get("state", "off") != "off":
+            pending = sync.get("rows_pending")
+            lines.append((
+                "team sync",
+                f"{sync['state']} → {sync['url']}; "
+                f"{'?' if pending is None else f'{pending:,}'} job changes pending; "
+                f"last push {sync.get('last_push_at') or 'never'}"
+                + (f"; retry in {sync['retry_in_seconds']:.0f} s" if sync.get("retry_in_seconds")
+                   else ""),
+            ))  # fmt: skip
+            if sync.get("last_error"):
+                lines.append(("sync error", f"{sync['last_error']} ({sync['last_error_at']})"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         console.print(f"{key.ljust(width)}  {value}", markup=False, highlight=False)
@@ -294,6 +307,8 @@ def usage_table(result: dict[str, Any]) -> None:
     largest = max(r["cost_usd"] for r in rows)
     for r in rows:
         cells = [str(r.get("period") or r.get(group) or "-")]
+        if group == "machine" and r.get("name"):  # the team's machines: name and short id
+            cells = [f"{r['name']} ({str(r['machine'])[:8]})"]
         if not period:
             cells.append(str(r["jobs"]))
         if detailed:

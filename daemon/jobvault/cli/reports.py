@@ -19,7 +19,8 @@ from jobvault.cli import render
 from jobvault.errors import ExitCode, UsageError
 
 Call = Callable[[str, Any], Any]
-STATS_REPORTS = ("daily", "weekly", "monthly", "models", "projects", "sources", "tools", "blocks")
+STATS_REPORTS = ("daily", "weekly", "monthly", "models", "projects", "sources", "machines", "tools",
+                 "blocks")  # fmt: skip
 _GROUP_BY = {
     "daily": "day",
     "weekly": "week",
@@ -27,6 +28,7 @@ _GROUP_BY = {
     "models": "model",
     "projects": "project",
     "sources": "source",
+    "machines": "machine",
 }
 
 
@@ -101,10 +103,11 @@ def cmd_stats(args: argparse.Namespace, call: Call, db: Path) -> int:
     for key in ("since", "until"):
         if getattr(args, key):
             params[key] = getattr(args, key)
-    filters = {k: getattr(args, k) for k in ("source", "model", "project") if getattr(args, k)}
+    names = ("source", "model", "project", "machine")
+    filters = {k: getattr(args, k) for k in names if getattr(args, k, None)}
     if args.report == "blocks":
-        if args.model or args.project:
-            raise UsageError("stats blocks takes --source, not --model or --project")
+        if args.model or args.project or getattr(args, "machine", None):
+            raise UsageError("stats blocks takes --source, not --model, --project or --machine")
         params.update(hours=args.hours, active=args.active, source=args.source or "claude")
         result = call("stats.blocks", params)
     elif args.report == "tools":

@@ -92,7 +92,8 @@ def _job_filters(params: dict[str, Any]) -> dict[str, Any]:
     return filters
 
 
-def jobs_list(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+def jobs_list_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
+    """The validated parameters of `jobs.list` (shared with the team reports)."""
     params = _params(raw)
     _check_unknown(params, (*queries.FILTERS, "order", "limit", "cursor"))
     filters = _job_filters(params)
@@ -103,7 +104,14 @@ def jobs_list(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
     if not 1 <= limit <= MAX_PAGE:
         raise invalid_params(f"limit must be between 1 and {MAX_PAGE}")
     order = _opt(params, "order", str, "-started_at")
-    return queries.page_jobs(conn, filters, order, limit, _opt(params, "cursor", str))
+    if order not in queries.ORDERS:
+        raise invalid_params(f"unknown order {order!r} (one of {', '.join(queries.ORDERS)})")
+    return {"filters": filters, "order": order, "limit": limit,
+            "cursor": _opt(params, "cursor", str)}  # fmt: skip
+
+
+def jobs_list(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    return queries.page_jobs(conn, **jobs_list_args(raw))
 
 
 def jobs_get(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
@@ -137,7 +145,8 @@ def _bounded(params: dict[str, Any], name: str, default: int, low: int, high: in
     return value
 
 
-def stats_usage(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+def usage_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
+    """The validated parameters of `stats.usage` (shared with the team reports)."""
     params = _params(raw)
     _check_unknown(params, ("group_by", "timezone", "since", "until", "top", *JOB_FILTERS))
     group_by = _opt(params, "group_by", str, "day")
@@ -145,31 +154,39 @@ def stats_usage(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> An
         raise invalid_params(f"group_by must be one of {', '.join(stats.GROUP_BY)}")
     timezone = _opt(params, "timezone", str, "UTC")
     since, until = _local_range(params, timezone)
-    return stats.usage(
-        conn,
-        group_by,
-        timezone=timezone,
-        since=since,
-        until=until,
-        filters=_job_filters(params),
-        top=_bounded(params, "top", 0, 0, 100),
-    )
+    return {
+        "group_by": group_by,
+        "timezone": timezone,
+        "since": since,
+        "until": until,
+        "filters": _job_filters(params),
+        "top": _bounded(params, "top", 0, 0, 100),
+    }
 
 
-def stats_tools(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+def stats_usage(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    return stats.usage(conn, **usage_args(raw))
+
+
+def tools_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
+    """The validated parameters of `stats.tools`."""
     params = _params(raw)
     _check_unknown(params, ("timezone", "since", "until", "limit", *JOB_FILTERS))
     since, until = _local_range(params, _opt(params, "timezone", str, "UTC"))
-    return stats.tools(
-        conn,
-        since=since,
-        until=until,
-        filters=_job_filters(params),
-        limit=_bounded(params, "limit", 100, 1, MAX_PAGE),
-    )
+    return {
+        "since": since,
+        "until": until,
+        "filters": _job_filters(params),
+        "limit": _bounded(params, "limit", 100, 1, MAX_PAGE),
+    }
 
 
-def stats_blocks(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+def stats_tools(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    return stats.tools(conn, **tools_args(raw))
+
+
+def blocks_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
+    """The validated parameters of `stats.blocks`."""
     params = _params(raw)
     _check_unknown(params, ("timezone", "since", "until", "source", "hours", "now", "active"))
     since, until = _local_range(params, _opt(params, "timezone", str, "UTC"))
@@ -180,15 +197,18 @@ def stats_blocks(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> A
     source = params.get("source", "claude")
     if source is not None and not isinstance(source, str):
         raise invalid_params("source must be a string or null (every source)")
-    return stats.blocks(
-        conn,
-        since=since,
-        until=until,
-        source=source,
-        hours=_bounded(params, "hours", 5, 1, 24),
-        now=now,
-        active_only=_opt(params, "active", bool, False),
-    )
+    return {
+        "since": since,
+        "until": until,
+        "source": source,
+        "hours": _bounded(params, "hours", 5, 1, 24),
+        "now": now,
+        "active_only": _opt(params, "active", bool, False),
+    }
+
+
+def stats_blocks(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    return stats.blocks(conn, **blocks_args(raw))
 
 
 def search_jobs(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:

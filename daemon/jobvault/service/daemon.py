@@ -40,6 +40,7 @@ from jobvault.service.systemd import Notifier, listen_socket, watchdog_interval
 from jobvault.store.db import open_writer
 from jobvault.store.lock import InstanceLock
 from jobvault.store.writer import Store
+from jobvault.team.pusher import Pusher
 
 log = structlog.get_logger("jobvault.service")
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class Daemon:
     engine: Engine | None = None
     server: Server | None = None
     web: dashboard.WebServer | None = None  # the dashboard, when it runs
+    pusher: Pusher | None = None  # the team vault's background push ([sync] url)
     started_at: float = field(default_factory=time.time)
     _dirty: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,12 +162,16 @@ async def serve(daemon: Daemon) -> None:
         daemon.ready.set()
         notifier.ready("database open, socket listening; reading transcripts")
         helpers.append(asyncio.create_task(_report_status(daemon, engine, notifier)))
+        daemon.pusher = Pusher(lambda: daemon.config)  # idle unless [sync] url is set
+        helpers.append(asyncio.create_task(daemon.pusher.run()))
         interval = watchdog_interval()
         if interval:
             helpers.append(asyncio.create_task(_watchdog(notifier, interval)))
         await _loop(daemon, engine, executor, watcher)
     finally:
         notifier.stopping()
+        if daemon.pusher is not None:
+            daemon.pusher.stop()  # between batches; the query in flight is cancelled
         for task in helpers:
             task.cancel()
         if watcher is not None:
@@ -222,6 +228,7 @@ def _status_provider(daemon: Daemon, executor: ThreadPoolExecutor) -> Callable[[
             "watch_existing": [str(r) for r in roots if r.is_dir()],
             "idle_timeout": daemon.config.idle_timeout,
             "socket": str(daemon.config.socket),
+            "sync": daemon.pusher.status() if daemon.pusher is not None else None,
         }
 
     return status

@@ -409,6 +409,44 @@ def m006_dashboard(conn: sqlite3.Connection) -> None:
     )
 
 
+def m007_sync(conn: sqlite3.Connection) -> None:
+    """Number every change of a job record, so `jobvault sync` pushes only what changed.
+
+    `sync_changes` holds one row per job ever written: the job id and the change number of
+    its latest write or deletion (AUTOINCREMENT: numbers only grow and are never reused, and
+    there is one writer, so they grow in commit order). Triggers maintain it inside the
+    writer's own transactions (a record is rewritten as DELETE + INSERT of its row and its
+    children), so the sync process only ever reads this database: it pushes the jobs whose
+    number is above the last one the team database acknowledged, and a number whose job row
+    is gone is a deletion. Every existing job gets a number now.
+    """
+    run_script(
+        conn,
+        """
+        CREATE TABLE sync_changes (
+            seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT    NOT NULL UNIQUE
+        ) STRICT;
+
+        CREATE TRIGGER sync_job_inserted AFTER INSERT ON jobs BEGIN
+            DELETE FROM sync_changes WHERE job_id = new.id;
+            INSERT INTO sync_changes (job_id) VALUES (new.id);
+        END;
+        CREATE TRIGGER sync_job_updated AFTER UPDATE ON jobs BEGIN
+            DELETE FROM sync_changes WHERE job_id IN (old.id, new.id);
+            INSERT INTO sync_changes (job_id) VALUES (new.id);
+            INSERT INTO sync_changes (job_id) SELECT old.id WHERE old.id != new.id;
+        END;
+        CREATE TRIGGER sync_job_deleted AFTER DELETE ON jobs BEGIN
+            DELETE FROM sync_changes WHERE job_id = old.id;
+            INSERT INTO sync_changes (job_id) VALUES (old.id);
+        END;
+
+        INSERT INTO sync_changes (job_id) SELECT id FROM jobs ORDER BY id;
+        """,
+    )
+
+
 def m008_fidelity(conn: sqlite3.Connection) -> None:
     """Keep each job's rate-limit readings, and remember sessions that are not jobs.
 
@@ -449,6 +487,7 @@ MIGRATIONS: list[Migration] = [
     m003_list_order_indexes,
     m004_message_usage,
     m006_dashboard,
+    m007_sync,
     m008_fidelity,
     m009_ingest_v2,
     m010_search_without_prefix_indexes,

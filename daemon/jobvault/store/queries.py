@@ -12,7 +12,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,18 +62,20 @@ ORDERS: dict[str, tuple[str, str]] = {
     "duration_ms": ("COALESCE(duration_ms, 0)", "ASC"),
 }
 FILTERS = ("since", "until", "source", "model", "status", "project", "cwd", "tool", "file",
-           "file_prefix", "file_glob", "min_cost", "max_cost")  # fmt: skip
+           "file_prefix", "file_glob", "min_cost", "max_cost", "machine")  # fmt: skip
 
 
 def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _encode_cursor(value: Any, ident: str) -> str:
+def encode_cursor(value: Any, ident: str) -> str:
+    """An opaque cursor: the last row's sort value and id."""
     return base64.urlsafe_b64encode(orjson.dumps([value, ident])).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[Any, str]:
+def decode_cursor(cursor: str) -> tuple[Any, str]:
+    """The (sort value, id) of a cursor made by `encode_cursor`, or a UsageError."""
     try:
         value, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(ident, str):
@@ -113,7 +115,7 @@ def page_jobs(
     expr, direction = ORDERS[order]
     where, params = job_filters(filters)
     if cursor:
-        value, ident = _decode_cursor(cursor)
+        value, ident = decode_cursor(cursor)
         op = "<" if direction == "DESC" else ">"
         # Spelled so that SQLite seeks the order's index to the cursor (a row-value
         # comparison on an expression index would scan from the first row instead).
@@ -125,11 +127,19 @@ def page_jobs(
     sql += f" ORDER BY sort_key {direction}, id {direction}"
     if limit > 0:
         sql += f" LIMIT {int(limit) + 1}"
-    rows = conn.execute(sql, params).fetchall()
+    rows, next_cursor = paged(
+        conn.execute(sql, params).fetchall(), limit, lambda r: encode_cursor(r[2], r[3])
+    )
+    return {"jobs": [_record(r) for r in rows], "next_cursor": next_cursor}
+
+
+def paged(
+    rows: list[Any], limit: int, cursor_of: Callable[[Any], str]
+) -> tuple[list[Any], str | None]:
+    """A page of `rows` (fetched with LIMIT limit + 1) and the cursor of the next one."""
     more = limit > 0 and len(rows) > limit
     rows = rows[:limit] if limit > 0 else rows
-    next_cursor = _encode_cursor(rows[-1][2], rows[-1][3]) if more and rows else None
-    return {"jobs": [_record(r) for r in rows], "next_cursor": next_cursor}
+    return rows, cursor_of(rows[-1]) if more and rows else None
 
 
 def job_filters(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
@@ -151,6 +161,9 @@ def job_filters(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
         if key in f:
             where.append(f"jobs.{key} = ?")
             params.append(f[key])
+    if "machine" in f:
+        where.append("jobs.machine_id = ?")
+        params.append(f["machine"])
     if "model" in f:
         where.append(
             "(jobs.model = ? OR EXISTS (SELECT 1 FROM json_each(jobs.models) WHERE value = ?))"
@@ -322,7 +335,7 @@ def transcript(
     files = sorted(files, key=lambda f: (f.role != "main", f.id))
     start_file, start_offset = 0, 0
     if cursor:
-        value, _ = _decode_cursor(cursor)
+        value, _ = decode_cursor(cursor)
         if not (
             isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
         ):
@@ -343,7 +356,7 @@ def transcript(
                 return {
                     "job_id": job_id,
                     "lines": lines,
-                    "next_cursor": _encode_cursor([index, line_offset], job_id),
+                    "next_cursor": encode_cursor([index, line_offset], job_id),
                 }
             entry: dict[str, Any] = {"file": row.path, "role": row.role, "agent_id": row.agent_id,
                                      "offset": line_offset}  # fmt: skip

@@ -61,6 +61,9 @@ DESCRIPTIONS = {
     "rate_limit_samples": "Claude Code's rate-limit usage (5-hour and 7-day windows) as "
     "`jobvault statusline` saw it, recorded through the daemon when it changes (or every 15 "
     "minutes); the dashboard draws its history.",
+    "sync_changes": "The change number of every job's latest write or deletion, kept by the "
+    "`sync_job_*` triggers on `jobs`: `jobvault sync` pushes the jobs numbered above the last "
+    "number the team database acknowledged (a number without a job row is a deletion).",
     "search_fts_config": "FTS5 internal: the index's settings.",
     "search_fts_content": "FTS5 internal: the indexed text (snippets are cut from it).",
     "search_fts_data": "FTS5 internal: the index's b-tree segments.",

@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jobvault.errors import UsageError
 from jobvault.store.queries import job_filters, parse_time
 
-GroupBy = Literal["day", "week", "month", "model", "project", "source"]
-GROUP_BY: tuple[GroupBy, ...] = ("day", "week", "month", "model", "project", "source")
+GroupBy = Literal["day", "week", "month", "model", "project", "source", "machine"]
+GROUP_BY: tuple[GroupBy, ...] = ("day", "week", "month", "model", "project", "source", "machine")
 PERIODS = ("day", "week", "month")
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
               "reasoning_tokens")  # fmt: skip
@@ -88,7 +88,7 @@ def parse_local_time(value: str, tz: ZoneInfo) -> str:
     return parse_time(moment.isoformat())
 
 
-def _hour_bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+def hour_bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
     """UTC hour keys ("YYYY-MM-DDTHH") covering [since, until): hours are the resolution."""
     low = since[:13] if since else None
     high = None
@@ -147,7 +147,7 @@ class _Scope:
     ) -> _Scope:
         where, params = job_filters({k: v for k, v in filters.items() if k != "model"})
         joined = bool(where)
-        low, high = _hour_bounds(since, until)
+        low, high = hour_bounds(since, until)
         if low:
             where.append("u.hour >= ?")
             params.append(low)
@@ -193,6 +193,19 @@ def usage(
         rows = _periods(conn, group_by, tz, scope, since, until, filters)
     else:
         rows = _by_key(conn, group_by, scope)
+    top_rows = top_sessions(conn, scope, top) if top > 0 else None
+    return usage_result(group_by, timezone, since, until, rows, top_rows)
+
+
+def usage_result(
+    group_by: str,
+    timezone: str,
+    since: str | None,
+    until: str | None,
+    rows: list[dict[str, Any]],
+    top: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The `stats.usage` answer around its rows (shared with the team reports)."""
     totals = _empty()
     for row in rows:
         _add(totals, (row["messages"], *(row[k] for k in TOKEN_KEYS), row["cost_usd"]))
@@ -206,8 +219,8 @@ def usage(
     }
     if group_by in PERIODS and rows:
         result["totals"]["average_cost_per_period"] = round(totals["cost_usd"] / len(rows), 6)
-    if top > 0:
-        result["top_sessions"] = top_sessions(conn, scope, top)
+    if top is not None:
+        result["top_sessions"] = top
     return result
 
 
@@ -224,8 +237,7 @@ def _periods(
     until: str | None,
     filters: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    buckets: dict[str, dict[str, Any]] = {}
-    models: dict[str, dict[str, dict[str, Any]]] = {}
+    periods = PeriodTotals()
     if scope.plain and tz.key in _UTC_NAMES and _utc_days(since, until):
         # Whole UTC days and no job filter: the incrementally kept daily totals answer.
         where, params = [], []
@@ -246,9 +258,7 @@ def _periods(
             + " GROUP BY day, model"
         )
         for day, model, *values in conn.execute(sql, params):
-            label = period_of(date.fromisoformat(day), group_by)
-            _add(buckets.setdefault(label, _empty()), values)
-            _add(models.setdefault(label, {}).setdefault(model, _empty()), values)
+            periods.add(period_of(date.fromisoformat(day), group_by), model, values)
     else:
         labels: dict[str, str] = {}
         sql = (
@@ -260,36 +270,66 @@ def _periods(
         for hour, model, *values in conn.execute(sql, scope.params):
             if hour not in labels:
                 labels[hour] = period_of(_hour_time(hour).astimezone(tz).date(), group_by)
-            label = labels[hour]
-            _add(buckets.setdefault(label, _empty()), values)
-            _add(models.setdefault(label, {}).setdefault(model, _empty()), values)
-    rows: list[dict[str, Any]] = []
-    previous: float | None = None
-    for label in sorted(buckets):
-        row = _finish(buckets[label])
-        breakdown = [_finish({"model": m, **v}) for m, v in models[label].items()]
-        breakdown.sort(key=lambda b: (-b["cost_usd"], b["model"]))
-        change = None
-        if previous:
-            change = round(100.0 * (row["cost_usd"] - previous) / previous, 1)
-        rows.append({"period": label, **row, "cost_change_pct": change, "models": breakdown})
-        previous = row["cost_usd"]
-    return rows
+            periods.add(labels[hour], model, values)
+    return periods.rows()
+
+
+class PeriodTotals:
+    """Usage summed per period and model; `rows` gives the report's rows (shared with the
+    team reports, which also subtract duplicates: a model or period left with nothing is
+    dropped)."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def add(self, label: str, model: str, values: Iterable[Any]) -> None:
+        values = list(values)
+        _add(self.buckets.setdefault(label, _empty()), values)
+        _add(self.models.setdefault(label, {}).setdefault(model, _empty()), values)
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        previous: float | None = None
+        for label in sorted(self.buckets):
+            if _nothing(self.buckets[label]):
+                continue
+            row = _finish(self.buckets[label])
+            breakdown = [
+                _finish({"model": m, **v}) for m, v in self.models[label].items() if not _nothing(v)
+            ]
+            breakdown.sort(key=lambda b: (-b["cost_usd"], b["model"]))
+            change = None
+            if previous:
+                change = round(100.0 * (row["cost_usd"] - previous) / previous, 1)
+            rows.append({"period": label, **row, "cost_change_pct": change, "models": breakdown})
+            previous = row["cost_usd"]
+        return rows
+
+
+def _nothing(sums: dict[str, Any]) -> bool:
+    return sums["messages"] == 0 and not any(sums[k] for k in TOKEN_KEYS)
 
 
 def _by_key(conn: sqlite3.Connection, group_by: str, scope: _Scope) -> list[dict[str, Any]]:
-    key = {"model": "u.model", "project": "COALESCE(jobs.project, '')",
-           "source": "jobs.source"}[group_by]  # fmt: skip
+    key = {"model": "u.model", "project": "COALESCE(jobs.project, '')", "source": "jobs.source",
+           "machine": "COALESCE(jobs.machine_id, '')"}[group_by]  # fmt: skip
     sql = (
         f"SELECT {key}, COUNT(DISTINCT u.job_id), {_SUMS}{scope.sql(join=group_by != 'model')}"
         " GROUP BY 1 ORDER BY SUM(u.cost_usd) DESC, 1"
     )
-    rows = []
-    for name, jobs, *values in conn.execute(sql, scope.params):
-        row = _empty()
-        _add(row, values)
-        rows.append({group_by: name or None, "jobs": jobs, **_finish(row)})
-    return rows
+    return [key_row(group_by, name, jobs, values) for name, jobs, *values in conn.execute(
+        sql, scope.params)]  # fmt: skip
+
+
+def key_row(group_by: str, name: Any, jobs: int, values: Iterable[Any]) -> dict[str, Any]:
+    """One row of a model / project / source / machine report."""
+    row = _empty()
+    _add(row, values)
+    out: dict[str, Any] = {group_by: name or None, "jobs": jobs, **_finish(row)}
+    if group_by == "machine":  # known to the team database only
+        out.update(name=None, last_push_at=None)
+    return out
 
 
 def job_models(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
@@ -310,22 +350,26 @@ def top_sessions(conn: sqlite3.Connection, scope: _Scope, limit: int) -> list[di
     """The jobs that cost most within the scope (their usage in range, not their lifetime)."""
     rows = conn.execute(
         "SELECT t.job_id, t.cost, t.tokens, jobs.session_id, jobs.source, jobs.project, "
-        "jobs.model, jobs.started_at, jobs.prompt FROM (SELECT u.job_id, SUM(u.cost_usd) AS "
-        "cost, SUM(u.input_tokens + u.output_tokens + u.cache_creation_tokens + "
+        "jobs.model, jobs.started_at, jobs.prompt, jobs.machine_id FROM (SELECT u.job_id, "
+        "SUM(u.cost_usd) AS cost, SUM(u.input_tokens + u.output_tokens + u.cache_creation_tokens + "
         f"u.cache_read_tokens) AS tokens{scope.sql()} GROUP BY u.job_id ORDER BY 2 DESC, 1 "
         "LIMIT ?) t JOIN jobs ON jobs.id = t.job_id ORDER BY t.cost DESC, t.job_id",
         (*scope.params, limit),
     ).fetchall()
-    keys = ("id", "cost_usd", "total_tokens", "session_id", "source", "project", "model",
-            "started_at", "prompt")  # fmt: skip
-    out = []
-    for row in rows:
-        item = dict(zip(keys, row, strict=True))
-        item["cost_usd"] = round(item["cost_usd"], 6)
-        prompt = item["prompt"]
-        item["prompt"] = prompt[:200] if prompt else prompt
-        out.append(item)
-    return out
+    return [top_item(row) for row in rows]
+
+
+TOP_KEYS = ("id", "cost_usd", "total_tokens", "session_id", "source", "project", "model",
+            "started_at", "prompt", "machine_id")  # fmt: skip
+
+
+def top_item(row: Iterable[Any]) -> dict[str, Any]:
+    """One of the most expensive sessions (the columns of TOP_KEYS)."""
+    item = dict(zip(TOP_KEYS, row, strict=True))
+    item["cost_usd"] = round(item["cost_usd"], 6)
+    prompt = item["prompt"]
+    item["prompt"] = prompt[:200] if prompt else prompt
+    return item
 
 
 def tools(
@@ -345,9 +389,16 @@ def tools(
         f"SELECT t.name, COUNT(*), SUM(t.is_error), COUNT(DISTINCT t.job_id){source}"
         f"{_where(where)} GROUP BY +t.name ORDER BY 2 DESC, 1 LIMIT ?"
     )
+    return tools_result(conn.execute(sql, (*params, limit)), since, until)
+
+
+def tools_result(
+    found: Iterable[tuple[str, int, int, int]], since: str | None, until: str | None
+) -> dict[str, Any]:
+    """The `stats.tools` answer from (tool, calls, failures, jobs) rows, most called first."""
     rows = []
     calls_total = failures_total = 0
-    for name, calls, failures, jobs in conn.execute(sql, (*params, limit)):
+    for name, calls, failures, jobs in found:
         calls_total += calls
         failures_total += failures
         rows.append({"tool": name, "calls": calls, "failures": failures, "jobs": jobs,
@@ -484,7 +535,6 @@ def blocks(
     if not 1 <= hours <= 24:
         raise UsageError("hours must be between 1 and 24")
     now = now or datetime.now(UTC)
-    length = timedelta(hours=hours)
     filters = {"source": source} if source else {}
     scope = _Scope.of(since, until, None, filters)
     sql = (
@@ -493,9 +543,21 @@ def blocks(
         + (" AND" if scope.where else " WHERE")
         + " u.hour != 'unknown' GROUP BY u.hour, u.model ORDER BY u.hour, 3, u.model"
     )
+    return blocks_result(conn.execute(sql, scope.params), hours, source, now, active_only)
+
+
+def blocks_result(
+    hourly: Iterable[tuple[Any, ...]],
+    hours: int,
+    source: str | None,
+    now: datetime,
+    active_only: bool,
+) -> dict[str, Any]:
+    """Billing blocks from (hour, model, first, last, sums...) rows in hour order."""
+    length = timedelta(hours=hours)
     found: list[_Block] = []
     current: _Block | None = None
-    for hour, model, first, last, *values in conn.execute(sql, scope.params):
+    for hour, model, first, last, *values in hourly:
         start = _hour_time(hour)
         if current is None or start >= current.start + length:
             current = _Block(start, first, last)
