@@ -66,11 +66,12 @@ postgres:
 		fi; \
 	fi
 
-## lint: ruff (lint + format check) and mypy strict on the package.
+## lint: ruff (lint + format check) and mypy strict on the package, the tests and the benchmarks.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tests benchmarks
 
 ## install-service: run jobvault as a systemd user service (Linux) or launchd agent (macOS).
 install-service: $(STAMP)

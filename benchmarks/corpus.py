@@ -298,7 +298,7 @@ class ClaudeSession:
         body = self.text.take(size)
         is_error = self.rng.random() < 0.05
         line = self._env("user")
-        block = {"tool_use_id": tool_id, "type": "tool_result", "content": body}
+        block: dict[str, Any] = {"tool_use_id": tool_id, "type": "tool_result", "content": body}
         if is_error:
             block["is_error"] = True
         line["message"] = {"role": "user", "content": [block]}
@@ -557,7 +557,11 @@ class OrdinarySession(ClaudeSession):
         else:
             size = min(int(self.rng.lognormvariate(6.0, 1.0)), 64 * 1024)
         line = self._env("user")
-        block = {"tool_use_id": tool_id, "type": "tool_result", "content": self.text.take(size)}
+        block: dict[str, Any] = {
+            "tool_use_id": tool_id,
+            "type": "tool_result",
+            "content": self.text.take(size),
+        }
         if self.rng.random() < 0.05:
             block["is_error"] = True
         line["message"] = {"role": "user", "content": [block]}

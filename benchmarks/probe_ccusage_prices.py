@@ -40,17 +40,18 @@ def probe(cmd: str, source: str, models: list[str]) -> dict[str, dict[str, float
         tmp = Path(tmp_name)
         names: dict[str, tuple[str, str]] = {}
         n = 0
-        kinds = CODEX_KINDS if source == "codex" else CLAUDE_KINDS
+        kinds = list(CODEX_KINDS if source == "codex" else CLAUDE_KINDS)
         for model in models:
-            for kind, spec in kinds.items():
+            for kind in kinds:
                 n += 1
                 sid = f"00000000-0000-4000-8000-{n:012d}"
                 ts = "2026-01-01T10:00:00.000Z"
                 if source == "codex":
-                    inp, cached, out, write = spec  # type: ignore[misc]
+                    inp, cached, produced, write = CODEX_KINDS[kind]
                     usage = {"input_tokens": inp, "cached_input_tokens": cached,
-                             "cache_write_input_tokens": write, "output_tokens": out,
-                             "reasoning_output_tokens": 0, "total_tokens": inp + out}  # fmt: skip
+                             "cache_write_input_tokens": write, "output_tokens": produced,
+                             "reasoning_output_tokens": 0,
+                             "total_tokens": inp + produced}  # fmt: skip
                     lines = [
                         {"timestamp": ts, "type": "session_meta", "payload": {"id": sid}},
                         {"timestamp": ts, "type": "turn_context", "payload": {"model": model}},
@@ -62,7 +63,7 @@ def probe(cmd: str, source: str, models: list[str]) -> dict[str, dict[str, float
                     path = day / f"{name}.jsonl"
                 else:
                     usage = {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0,
-                             "cache_creation_input_tokens": 0, **spec}  # type: ignore[dict-item]  # fmt: skip
+                             "cache_creation_input_tokens": 0, **CLAUDE_KINDS[kind]}  # fmt: skip
                     lines = [{"type": "assistant", "sessionId": sid, "timestamp": ts,
                               "requestId": f"r{n}", "message": {"id": f"m{n}", "model": model,
                               "role": "assistant", "content": [], "usage": usage}}]  # fmt: skip

@@ -149,7 +149,7 @@ def import_history(
                 path.rename(keep_db.with_name(path.name.replace(f"scale-{i}.db", keep_db.name)))
             else:
                 path.unlink()
-    out = {name: _median(measured) for name, measured in runs.items()}
+    out: dict[str, Any] = {name: _median(measured) for name, measured in runs.items()}
     out.setdefault("ccusage", None)
     out["files"] = len(listed)
     out["bytes"] = sum(p.stat().st_size for p in listed)

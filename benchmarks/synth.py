@@ -74,7 +74,8 @@ def detail(n: int, rng: random.Random) -> JobDetail:
     ]
     files = [FileModified(f"/home/dev/p{n % 40}/src/m{i}.py", "Edit", 1) for i in range(2)]
     hour = _iso(start)[:13]
-    usage = [UsageRow(hour, model, rng.randint(1, 60), *tokens, 0, cost)]
+    inp, out, created, read = tokens
+    usage = [UsageRow(hour, model, rng.randint(1, 60), inp, out, created, read, 0, cost)]
     prompt = " ".join(rng.choices(WORDS, k=rng.randint(4, 40)))
     record = JobRecord(
         id=f"{source}:{sid}",

@@ -77,7 +77,7 @@ def test_bad_config_exits_with_config_code(
     cfg = tmp_path / "bad.toml"
     cfg.write_text("idle_timeout = -5\n")
     code = main(["jobs", "--config", str(cfg)])
-    assert code == ExitCode.CONFIG == 78
+    assert code == ExitCode.CONFIG and int(code) == 78
     err = capsys.readouterr().err
     assert "idle_timeout" in err and err.count("\n") == 1
 

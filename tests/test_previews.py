@@ -6,13 +6,14 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jobvault.cli import main
 from jobvault.records import ToolCall
 from jobvault.sources import previews, spill
-from jobvault.sources.previews import Previews, ToolCallList
+from jobvault.sources.previews import Previews, RawCall, ToolCallList
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TEXTS = ["plain ascii", "", "accents é è and a cut…", "emoji 🚀 and CJK 漢字", "x" * 500]
@@ -39,8 +40,10 @@ def test_previews_past_the_budget_go_to_a_private_unlinked_scratch_file(tmp_path
 def test_tool_call_list_reads_back_as_a_list(tmp_path: Path) -> None:
     store = Previews(budget=0)
     raw = [
-        ("t1", "Bash", None, False, "2025-01-01T00:00:00Z", store.put("ls"), store.put("a\nb")),
-        ("t2", "Edit", "agent", True, None, store.put("{}"), None),
+        RawCall(
+            "t1", "Bash", None, False, "2025-01-01T00:00:00Z", store.put("ls"), store.put("a\nb")
+        ),
+        RawCall("t2", "Edit", "agent", True, None, store.put("{}"), None),
     ]
     calls = ToolCallList(raw, store)
     expected = [
@@ -52,7 +55,9 @@ def test_tool_call_list_reads_back_as_a_list(tmp_path: Path) -> None:
     assert calls[-1] == expected[1] and calls[0:1] == expected[:1]
 
 
-def _tool_rows(tmp_path: Path, name: str, budget: int, monkeypatch: pytest.MonkeyPatch) -> list:
+def _tool_rows(
+    tmp_path: Path, name: str, budget: int, monkeypatch: pytest.MonkeyPatch
+) -> list[Any]:
     monkeypatch.setattr(previews, "MEMORY_BUDGET", budget)
     root = tmp_path / name
     shutil.copytree(FIXTURES / "claude" / "projects", root / "claude")

@@ -350,7 +350,8 @@ async def test_sighup_applies_new_prices_to_the_records_written_after(tmp_path: 
         (project / f"{later}.jsonl").write_bytes(b"".join(session_lines(2, session=later)))
         after = await wait_for(later)
     # session_lines(2): 20 input and 50 + 51 output tokens of claude-sonnet-4 ($3 / $15).
-    assert before == (pytest.approx((20 * 3 + 101 * 15) / 1e6, abs=1e-6), pricing.PRICING_VERSION)
+    assert before[0] == pytest.approx((20 * 3 + 101 * 15) / 1e6, abs=1e-6)
+    assert before[1] == pricing.PRICING_VERSION
     assert after[0] == pytest.approx((20 * 3 + 101 * 1.5) / 1e6, abs=1e-6)
     assert after[0] < before[0] / 5
     assert after[1].startswith(pricing.PRICING_VERSION + "+user.")
