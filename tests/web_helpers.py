@@ -4,10 +4,12 @@ that keeps the dashboard's cookie, and the figures of a rendered overview."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,6 +58,12 @@ def make_vault(root: Path) -> Vault:
     codex = root / "codex"
     shutil.copytree(FIXTURES / "claude" / "projects", claude)
     shutil.copytree(FIXTURES / "codex" / "home", codex)
+    # Old sessions, as on a real machine: a fresh clone's files are minutes old, and the
+    # daemon would hold those sessions active until they had been idle for idle_timeout.
+    old = time.time() - 2 * 86400
+    for path in (*claude.rglob("*"), *codex.rglob("*")):
+        if path.is_file():
+            os.utime(path, (old, old))
     # Unix socket paths are short: keep the socket in /tmp, not under pytest's deep tmp_path.
     socket_dir = Path(tempfile.mkdtemp(prefix="jvw-", dir="/tmp"))
     vault = Vault(root, claude, codex, root / "vault" / "jobvault.db", socket_dir / "jv.sock")
