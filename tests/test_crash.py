@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from jobvault.paths import default_socket_path
 from tests.helpers import archived, archived_total, expected_tokens, session_lines
 
 FILES = 300
@@ -183,7 +184,8 @@ def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
                 conn.close()
             except sqlite3.OperationalError:
                 continue
-            if total == sum(p.stat().st_size for p in plans):
+            # (and it has started: its socket is up, so SIGTERM is its own clean stop)
+            if total == sum(p.stat().st_size for p in plans) and default_socket_path().exists():
                 break
     finally:
         proc.send_signal(signal.SIGTERM)

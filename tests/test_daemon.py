@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from jobvault.config import Config
+from jobvault.service import daemon as service
 from jobvault.service.daemon import run_daemon
 from tests.helpers import SESSION, archived, expected_tokens, run, session_lines, sha256
 
@@ -168,3 +169,19 @@ def test_record_rewrites_are_paced_by_their_build_time(tmp_path: Path, db: Path)
     assert paces == {0.0005: 0.1, 0.05: 0.5, 1.5: 15.0, 30.0: 60.0}
     engine.close()
     store.close()
+
+
+async def test_a_stop_asked_for_during_start_up_stops_the_daemon_cleanly(tmp_path: Path) -> None:
+    """`jobvault run` notes a SIGTERM that arrives before the event loop takes the signals
+    over; the daemon then stops as soon as it has started, cleanly, before its backfill."""
+    root = tmp_path / "projects" / "-p"
+    root.mkdir(parents=True)
+    (root / f"{SESSION}.jsonl").write_bytes(b"".join(session_lines(3)))
+    db = tmp_path / "vault" / "jobvault.db"
+    config = _config(tmp_path / "projects", db, socket=Path(f"/tmp/jv-early-{os.getpid()}.sock"))
+    await asyncio.wait_for(service.main(config, early_stop=[15]), 30)
+    assert not config.socket.exists()  # shut down in order: the socket is gone
+    assert _chunk_bytes(db) == 0  # it stopped before its backfill ...
+    total = sum(len(line) for line in session_lines(3))
+    async with run_daemon(config):  # ... which the next start does
+        await eventually(lambda: _chunk_bytes(db) == total)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jobvault.errors import StoreError
+from jobvault.records import JobDetail, JobRecord, UsageRow
 from jobvault.store import migrations
 from jobvault.store.db import open_reader, open_writer
 from jobvault.store.schema_doc import DESCRIPTIONS, render
@@ -185,3 +188,59 @@ def test_search_index_keeps_its_documents_through_m010(tmp_path: Path) -> None:
     conn.execute("DELETE FROM jobs WHERE id = 'claude:s'")
     assert conn.execute("SELECT COUNT(*) FROM search_fts").fetchone()[0] == 0
     conn.close()
+
+
+def _detail(session: str, **values: Any) -> JobDetail:
+    fields: dict[str, Any] = {f.name: None for f in dataclasses.fields(JobRecord)}
+    fields.update(
+        id=f"claude:{session}", source="claude", session_id=session, models=[],
+        status="completed", input_tokens=5, output_tokens=0, cache_creation_tokens=0,
+        cache_read_tokens=0, reasoning_tokens=0, cost_usd=0.0, tool_call_count=0,
+        failed_tool_calls=0, files_modified=[], message_count=1, user_message_count=1,
+        subagent_count=0, prompt=f"deploy {session}",
+    )  # fmt: skip
+    fields.update(values)
+    row = UsageRow("2026-08-03T09", "m", 1, 5, 0, 0, 0, 0, 0.0)
+    text = str(fields.pop("search_text", f"kubernetes {session}"))
+    return JobDetail(JobRecord(**fields), [], [], [], [row], search_text=text)
+
+
+def test_a_refused_record_is_rolled_back_alone_and_the_others_are_searchable(
+    tmp_path: Path,
+) -> None:
+    """Each record has a savepoint of its own, and the full-text documents are written after
+    them all: a refused record takes neither its rows nor its document with it, nor anyone
+    else's; what SQLite will not take in a document's text becomes "?"."""
+    store = Store(open_writer(tmp_path / "x.db", "FULL"))
+    try:
+        jobs = [
+            _detail("a"),
+            _detail("b", status="nonsense"),  # the CHECK constraint refuses it
+            _detail("c", prompt="bad \ud800 text"),  # not encodable as UTF-8
+            _detail("d", search_text="lone \udc00 surrogate"),  # only its document is bad
+            _detail("e"),
+        ]
+        refused = store.write_jobs([(job, True) for job in jobs])
+        assert sorted(d.record.session_id for d, _ in refused) == ["b", "c"]
+        conn = store.conn
+        assert [r[0] for r in conn.execute("SELECT session_id FROM jobs ORDER BY 1")] == [
+            "a", "d", "e",
+        ]  # fmt: skip
+        assert [r[0] for r in conn.execute("SELECT job_id FROM job_usage ORDER BY 1")] == [
+            "claude:a", "claude:d", "claude:e",
+        ]  # fmt: skip
+        hits = conn.execute(
+            "SELECT d.job_id FROM search_fts f JOIN search_docs d ON d.id = f.rowid "
+            "WHERE search_fts MATCH 'kubernetes' ORDER BY 1"
+        )
+        assert [r[0] for r in hits] == ["claude:a", "claude:e"]
+        docs = conn.execute(
+            "SELECT d.job_id, f.body FROM search_fts f JOIN search_docs d ON d.id = f.rowid "
+            "ORDER BY 1"
+        )
+        assert docs.fetchall() == [
+            ("claude:a", "kubernetes a"), ("claude:d", "lone ? surrogate"),
+            ("claude:e", "kubernetes e"),
+        ]  # fmt: skip
+    finally:
+        store.close()

@@ -162,6 +162,13 @@ def _print_json(value: Any) -> None:
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     import asyncio
+    import signal
+
+    # A stop asked for while the daemon is still starting is kept, not fatal: until the
+    # event loop takes SIGTERM over, the handler only notes it (the daemon stops cleanly
+    # as soon as it can).
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
 
     from jobvault.service import daemon as service
     from jobvault.store.lock import WriterLock
@@ -169,7 +176,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     with WriterLock(config.db):
         memory.limit_fragmentation()
         # SIGHUP re-reads the file and the environment; flags given here still win.
-        asyncio.run(service.main(config, lambda: _load_config(args)))
+        asyncio.run(service.main(config, lambda: _load_config(args), early_stop=early))
     return ExitCode.OK
 
 

@@ -401,7 +401,16 @@ async def run_daemon(
         await asyncio.wait_for(task, SHUTDOWN_BOUND + 10)
 
 
-async def main(config: Config, reloader: Callable[[], Config] | None = None) -> None:
+async def main(
+    config: Config,
+    reloader: Callable[[], Config] | None = None,
+    early_stop: list[int] | None = None,
+) -> None:
+    """Run the daemon until a signal stops it; `early_stop` holds the SIGTERMs that arrived
+    before the event loop took the signals over (the daemon then stops at once, cleanly)."""
     daemon = Daemon(config, reloader)
     install_signal_handlers(daemon)
+    if early_stop:
+        log.info("stop_requested_during_start_up")
+        daemon.stop()
     await serve(daemon)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 import zstandard
 
 from jobvault.errors import StoreError
@@ -30,17 +31,27 @@ SETTLE_SLICE = 2000  # message keys settled per query
 SQL_INT = 2**63 - 1  # SQLite's integers are 64-bit
 # What a record the database cannot take raises (a value out of range, a constraint); errors
 # of the database itself (full, read-only, locked: OperationalError) are not among them.
+log = structlog.get_logger(__name__)
+
 _REFUSED = (
     sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
     sqlite3.InterfaceError, sqlite3.NotSupportedError, ValueError, OverflowError, TypeError,
 )  # fmt: skip
 
 
+def _scrubbed(text: Any) -> str:
+    """Text SQLite can store: what UTF-8 cannot encode (a lone surrogate) becomes "?"."""
+    return str(text).encode("utf-8", "replace").decode("utf-8")
+
+
 def _ints(values: tuple[Any, ...]) -> tuple[Any, ...]:
     """Saturate integers to SQLite's range: a last guard, so a sum no check foresaw can never
     raise OverflowError out of the writer (each value from a line is checked already)."""
-    if any(v.__class__ is int and not -SQL_INT <= v <= SQL_INT for v in values):
-        return tuple(max(-SQL_INT, min(SQL_INT, v)) if v.__class__ is int else v for v in values)
+    for v in values:  # (a loop, not any() over a generator: a row at a time adds up)
+        if v.__class__ is int and (v > SQL_INT or v < -SQL_INT):
+            return tuple(
+                max(-SQL_INT, min(SQL_INT, v)) if v.__class__ is int else v for v in values
+            )
     return values
 
 
@@ -63,6 +74,7 @@ _JOB_COLUMNS = (
     "subagent_count, context_window, context_used_pct, source_path, machine_id, record, "
     "finalized_at, updated_at"
 )
+_INSERT_DOCUMENT = "INSERT INTO search_fts (rowid, title, prompt, summary, body) VALUES (?,?,?,?,?)"
 _INSERT = {
     "jobs": f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({','.join('?' * 36)})",
     "tool_calls": "INSERT INTO tool_calls (job_id, seq, tool_use_id, name, agent_id, "
@@ -203,6 +215,7 @@ class Store:
 
     def __init__(self, conn: sqlite3.Connection, compression_level: int = 3) -> None:
         self.conn = conn
+        self._documents: list[tuple[Any, ...]] = []  # full-text rows of `write_jobs`
         self.path: str = next(
             (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
         )
@@ -514,37 +527,57 @@ class Store:
         still active is written by what changed since (`increments.py`) and its new state
         kept; a final one is written whole and its state dropped.
 
-        All records are written under one savepoint; only if one is refused (a value out of
-        the database's range, a constraint) are they written one at a time, so that record
-        alone is rolled back and reported and one session's data never stops the round.
-        Errors of the database itself (full, read-only, locked) abort the whole transaction.
+        Each record is written under a savepoint of its own, so a refused one (a value out of
+        the database's range, a constraint) alone is rolled back and reported, and one
+        session's data never stops the round. Not one savepoint around them all: SQLite then
+        copies every page the batch touches into the statement journal and walks it at the end
+        of every statement (a third of an import's writing, growing with the batch). Their
+        full-text documents are added last, together: a statement in a transaction that has
+        written to FTS5 makes it flush its pending terms, which would otherwise happen after
+        every record. Errors of the database itself (full, read-only, locked) abort the whole
+        transaction.
         """
         now = now_iso()
-        jobs = list(jobs)
         refused: list[tuple[JobDetail, Exception]] = []
         with self._transaction():
-            self.conn.execute("SAVEPOINT jobs")
             try:
                 for detail, finalized in jobs:
-                    self._write_job(detail, finalized, now, states)
-            except (sqlite3.OperationalError, sqlite3.InternalError):
-                raise
-            except _REFUSED:
-                self.conn.execute("ROLLBACK TO jobs")
-                for detail, finalized in jobs:
-                    if states is not None:
-                        states.pop(detail.record.session_id, None)  # (rolled back: whole)
                     self.conn.execute("SAVEPOINT job")
+                    pending = len(self._documents)
                     try:
                         self._write_job(detail, finalized, now, states)
                     except (sqlite3.OperationalError, sqlite3.InternalError):
                         raise
                     except _REFUSED as exc:
                         self.conn.execute("ROLLBACK TO job")
+                        del self._documents[pending:]
+                        if states is not None:
+                            states.pop(detail.record.session_id, None)  # (rolled back: whole)
                         refused.append((detail, exc))
                     self.conn.execute("RELEASE job")
-            self.conn.execute("RELEASE jobs")
+                self._write_documents()
+            finally:
+                self._documents.clear()
         return refused
+
+    def _write_documents(self) -> None:
+        """Add the full-text documents of the records just written (`_index_job`)."""
+        self.conn.execute("SAVEPOINT documents")  # (executemany stops mid-way on a refusal)
+        try:
+            self.conn.executemany(_INSERT_DOCUMENT, self._documents)
+        except (sqlite3.OperationalError, sqlite3.InternalError):
+            raise
+        except _REFUSED:  # (text SQLite will not take): one at a time, without it
+            self.conn.execute("ROLLBACK TO documents")
+            for doc in self._documents:
+                try:
+                    self.conn.execute(_INSERT_DOCUMENT, doc)
+                except (sqlite3.OperationalError, sqlite3.InternalError):
+                    raise
+                except _REFUSED as exc:
+                    log.warning("search_document_refused", doc_id=doc[0], error=str(exc))
+                    self.conn.execute(_INSERT_DOCUMENT, (doc[0], *map(_scrubbed, doc[1:])))
+        self.conn.execute("RELEASE documents")
 
     def _job_row(self, detail: JobDetail, finalized: bool, now: str) -> tuple[Any, ...]:
         rec = detail.record
@@ -659,9 +692,8 @@ class Store:
         doc_id = self.conn.execute(
             "INSERT INTO search_docs (job_id) VALUES (?)", (rec.id,)
         ).lastrowid
-        self.conn.execute(
-            "INSERT INTO search_fts (rowid, title, prompt, summary, body) VALUES (?,?,?,?,?)",
-            (doc_id, rec.title or "", rec.prompt or "", rec.summary or "", detail.search_text),
+        self._documents.append(
+            (doc_id, rec.title or "", rec.prompt or "", rec.summary or "", detail.search_text)
         )
 
     def _add_daily(self, source: str, detail: JobDetail) -> None:
