@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from jobvault.config import Config
+from jobvault.errors import ConfigError
 from jobvault.service import daemon as service
 from jobvault.service.daemon import run_daemon
 from tests.helpers import SESSION, archived, expected_tokens, run, session_lines, sha256
@@ -178,10 +179,31 @@ async def test_a_stop_asked_for_during_start_up_stops_the_daemon_cleanly(tmp_pat
     root.mkdir(parents=True)
     (root / f"{SESSION}.jsonl").write_bytes(b"".join(session_lines(3)))
     db = tmp_path / "vault" / "jobvault.db"
-    config = _config(tmp_path / "projects", db, socket=Path(f"/tmp/jv-early-{os.getpid()}.sock"))
+    config = _config(tmp_path / "projects", db, socket=Path(os.environ["XDG_RUNTIME_DIR"]) / "s")
     await asyncio.wait_for(service.main(config, early_stop=[15]), 30)
     assert not config.socket.exists()  # shut down in order: the socket is gone
     assert _chunk_bytes(db) == 0  # it stopped before its backfill ...
     total = sum(len(line) for line in session_lines(3))
     async with run_daemon(config):  # ... which the next start does
         await eventually(lambda: _chunk_bytes(db) == total)
+
+
+@pytest.mark.parametrize("mode", [0o777 | 0o1000, 0o775, 0o755])
+async def test_an_existing_socket_directory_is_never_changed(tmp_path: Path, mode: int) -> None:
+    """A socket path in an existing directory (/tmp, a home) leaves its mode alone: one other
+    users can write in is refused with a clear error (they could replace the socket), one
+    they can only read is used as it is (the socket is 0600 and checks its peers)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    config = _config(tmp_path / "projects", tmp_path / "vault" / "jobvault.db",
+                     socket=shared / "jv.sock")  # fmt: skip
+    if mode & 0o022:
+        with pytest.raises(ConfigError, match="other users can write in"):
+            async with run_daemon(config):
+                pass
+    else:
+        async with run_daemon(config) as daemon:
+            assert daemon.server is not None
+            assert (os.stat(config.socket).st_mode & 0o777) == 0o600
+    assert (os.stat(shared).st_mode & 0o7777) == mode

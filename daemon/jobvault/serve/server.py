@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from jobvault import __version__
-from jobvault.errors import LockedError
+from jobvault.errors import ConfigError, LockedError
 from jobvault.serve.methods import Limits, read_methods, run_read
 from jobvault.serve.protocol import (
     DROPPED,
@@ -81,7 +81,13 @@ def peer_uid(sock: socket.socket) -> int | None:
 
 
 def prepare_socket_dir(path: Path) -> None:
-    """Create the socket's directory 0700, or check that an existing one is ours and private."""
+    """Create the socket's directory 0700 if it is missing; check that an existing one is ours
+    and that no other user can write in it (they could replace the socket with their own).
+
+    An existing directory's mode is never changed: it may be a home directory or a shared one
+    such as /tmp (as root, tightening it to 0700 would lock every other user out of it). The
+    socket itself is 0600 and checks the peer of every connection.
+    """
     directory = path.parent
     if not directory.exists():
         old = os.umask(0o077)
@@ -92,8 +98,13 @@ def prepare_socket_dir(path: Path) -> None:
     st = directory.stat()
     if st.st_uid != os.getuid():
         raise LockedError(f"{directory} belongs to another user: choose another socket path")
-    if st.st_mode & 0o077:
-        directory.chmod(0o700)
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            "socket",
+            f"other users can write in {directory}, the socket's directory, and could replace "
+            "the socket: choose a socket path in a directory only you can write to (the "
+            "default is $XDG_RUNTIME_DIR/jobvault/jobvault.sock)"
+        )
 
 
 def bind_socket(path: Path) -> socket.socket:
