@@ -103,7 +103,7 @@ def prepare_socket_dir(path: Path) -> None:
             "socket",
             f"other users can write in {directory}, the socket's directory, and could replace "
             "the socket: choose a socket path in a directory only you can write to (the "
-            "default is $XDG_RUNTIME_DIR/jobvault/jobvault.sock)"
+            "default is $XDG_RUNTIME_DIR/jobvault/jobvault.sock)",
         )
 
 
