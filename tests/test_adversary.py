@@ -1,0 +1,363 @@
+"""The adversarial cases of issue 12, each on the real daemon process (`jobvault run`).
+
+Each test starts the daemon as a subprocess over a temporary root, database and socket
+(`tests/daemon_proc.py`), does to its files what the independent adversarial run did, and
+checks the daemon's answer: state over the socket (`status`), the database read-only, and the
+CLI (`rebuild`, `export`) as separate processes. Waits are bounded polls of that state.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_proc import DaemonProc, env, poll
+from tests.helpers import SESSION, assistant, dumps, expected_tokens, session_lines, user
+
+OTHER = "33333333-2222-4333-8444-555555555555"
+THIRD = "44444444-2222-4333-8444-555555555555"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
+    proc = DaemonProc(tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+def cli(daemon: DaemonProc, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`jobvault ARGS --db DB` as a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobvault", *args, "--db", str(daemon.db)],
+        env=env(), capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def project(daemon: DaemonProc) -> Path:
+    path = daemon.root / "-work-app"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def bad_line_rows(daemon: DaemonProc) -> list[tuple[str, int, str]]:
+    return [
+        (Path(path).name, offset, reason)
+        for path, offset, reason in daemon.query(
+            "SELECT f.path, b.offset, b.reason FROM bad_lines b JOIN files f ON f.id = b.file_id "
+            "ORDER BY f.path, b.offset"
+        )
+    ]
+
+
+def assert_alive_over_rescans(daemon: DaemonProc, rescans: int = 3) -> dict[str, Any]:
+    """The daemon keeps running over several rescans (no crash, no crash loop)."""
+    start = daemon.status()["uptime_seconds"]
+    status: dict[str, Any] = poll(
+        lambda: (s := daemon.status())["uptime_seconds"] >= start + rescans * 0.5 and s,
+        f"{rescans} rescans",
+    )
+    assert daemon.running, daemon.stderr()
+    return status
+
+
+# -- 1. a huge integer ---------------------------------------------------------------------
+
+
+def test_huge_integers_are_bad_values_not_a_crash_loop(daemon: DaemonProc) -> None:
+    """`"input_tokens": 18446744073709551615` (2^64 - 1, past SQLite's INTEGER) and two
+    messages of 2^62 each (summing to 2^63) are counted bad values on their lines: the daemon
+    keeps running, restarts cleanly on the archived bytes, and `jobvault rebuild` works, also
+    after the file is removed. (Every count must lie in 0..10^12, so no sum of counts can
+    reach 2^63 short of 9 million lines: the per-value check is what makes sums safe.)"""
+    lines = [
+        dumps(user("hello", 0)),
+        dumps(assistant("msg_huge", 1, inp=18446744073709551615, out=7)),
+        dumps(assistant("msg_half1", 2, inp=2**62, out=5)),
+        dumps(assistant("msg_half2", 3, inp=2**62, out=5)),
+        dumps(assistant("msg_cache", 4, inp=1, out=1, read=2**63)),
+        dumps(assistant("msg_ok", 5, inp=11, out=13)),
+    ]
+    path = project(daemon) / f"{SESSION}.jsonl"
+    path.write_bytes(b"".join(lines))
+    neighbour = project(daemon) / f"{OTHER}.jsonl"
+    neighbour.write_bytes(b"".join(session_lines(3, session=OTHER)))
+
+    daemon.start()
+    daemon.wait_archived(path, neighbour)
+    poll(lambda: daemon.job(SESSION), "the job's record")
+    status = assert_alive_over_rescans(daemon)
+    assert status["bad_lines_since_start"] == 4
+    assert status["faults_since_start"] == 0 and status["sessions_quarantined"] == 0
+    reasons = [reason for _name, _offset, reason in bad_line_rows(daemon)]
+    assert len(reasons) == 4 and all(r.startswith("bad value: ") for r in reasons), reasons
+    expected = {"input_tokens": 1 + 11, "output_tokens": 7 + 5 + 5 + 1 + 13,
+                "cache_read_tokens": 0}  # fmt: skip
+    job = daemon.job(SESSION)
+    assert job is not None and {k: job[k] for k in expected} == expected
+    assert daemon.job(OTHER) is not None  # the other file flowed
+    daemon.kill()  # the session is open: the next start rebuilds it from the archive
+
+    # The archived bytes do not bring it down at the next start (no crash loop)...
+    daemon.start()
+    assert_alive_over_rescans(daemon)
+    assert daemon.stop() == 0
+    job = daemon.job(SESSION)
+    assert job is not None and {k: job[k] for k in expected} == expected
+    assert job["status"] != "active"
+    # ... nor `rebuild`, which reads them back from the archive.
+    done = cli(daemon, "rebuild", "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr.decode()
+    job = daemon.job(SESSION)
+    assert job is not None and {k: job[k] for k in expected} == expected
+
+    path.unlink()  # the file is gone; its bytes are only in the archive now
+    daemon.start()
+    assert_alive_over_rescans(daemon)
+    poll(lambda: daemon.query("SELECT state FROM files WHERE path = ?", (str(path),))
+         == [("deleted",)], "the file noted deleted")  # fmt: skip
+    assert daemon.stop() == 0
+    done = cli(daemon, "rebuild", "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr.decode()
+    job = daemon.job(SESSION)
+    assert job is not None and {k: job[k] for k in expected} == expected
+    assert len(bad_line_rows(daemon)) == 4  # counted once, across restarts and rebuilds
+    assert "Traceback" not in daemon.stderr() and "OverflowError" not in daemon.stderr()
+
+
+# -- 2. inode reuse after a deletion while jobvault was stopped -------------------------------
+
+
+def take_inode(path: Path, data: bytes, inode: int, attempts: int = 500) -> None:
+    """Create `path` holding `data` on the freed `inode`, or skip.
+
+    ext4 (and overlayfs over it) hands a new file the lowest free inode of its directory's
+    group, which is the one just freed unless a lower one is free too (SQLite's -shm file,
+    say): each miss is kept, under a name no scan reads, until the freed inode comes up.
+    """
+    fillers = []
+    try:
+        for i in range(attempts):
+            path.write_bytes(data)
+            if path.stat().st_ino == inode:
+                return
+            fillers.append(path.rename(path.with_name(f".filler-{i}")))
+        pytest.skip(f"this filesystem did not reuse the freed inode in {attempts} creations")
+    finally:
+        for filler in fillers:
+            filler.unlink()
+
+
+def export(daemon: DaemonProc, session: str) -> subprocess.CompletedProcess[bytes]:
+    return cli(daemon, "export", session)
+
+
+def test_inode_reuse_after_an_archived_session_was_deleted(daemon: DaemonProc) -> None:
+    """Claude Code's cleanup, then a new session, while jobvault was stopped: the freed inode
+    goes to the new file. The deleted session's job keeps its exact tokens and its file is
+    `deleted` (never `truncated`); the new session is a file and a job of its own, exact."""
+    old = project(daemon) / f"{SESSION}.jsonl"
+    old_bytes = b"".join(session_lines(4))
+    old.write_bytes(old_bytes)
+    daemon.start()
+    daemon.wait_archived(old)
+    assert daemon.stop() == 0
+    before = daemon.job(SESSION)
+    assert before is not None and before["input_tokens"] == expected_tokens(4)["input_tokens"]
+
+    inode = old.stat().st_ino
+    old.unlink()
+    new = project(daemon) / f"{OTHER}.jsonl"
+    new_bytes = b"".join(session_lines(3, session=OTHER, base=500))
+    take_inode(new, new_bytes, inode)
+
+    daemon.start()
+    daemon.wait_archived(new)
+    poll(lambda: daemon.query("SELECT state FROM files WHERE path = ?", (str(old),))
+         == [("deleted",)], "the old file noted deleted")  # fmt: skip
+    assert daemon.stop() == 0
+    assert daemon.job(SESSION) == {**before, "status": before["status"]}
+    assert_job_exact(daemon, SESSION, 4)
+    assert_job_exact(daemon, OTHER, 3)
+    states = daemon.query("SELECT path, state, job_key FROM files ORDER BY id")
+    assert states == [(str(old), "deleted", SESSION), (str(new), "active", OTHER)]
+    assert export(daemon, SESSION).stdout == old_bytes
+    assert export(daemon, OTHER).stdout == new_bytes
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
+def test_inode_reuse_of_a_file_with_nothing_archived(daemon: DaemonProc, stop: str) -> None:
+    """A tracked file with nothing archived yet (empty; or only half a line when the daemon
+    was killed) is deleted while jobvault is stopped and its inode goes to a new session's
+    file: that is no rename, the new lines are filed under the new session and `export`
+    gives them back."""
+    old = project(daemon) / f"{SESSION}.jsonl"
+    old.write_bytes(b"" if stop == "sigterm" else dumps(user("half", 0))[:40])
+    keeper = project(daemon) / f"{THIRD}.jsonl"
+    keeper.write_bytes(b"".join(session_lines(1, session=THIRD)))
+    daemon.start()
+    daemon.wait_archived(keeper)
+    poll(lambda: daemon.query("SELECT offset FROM files WHERE path = ?", (str(old),))
+         == [(0,)], "the first file tracked with nothing archived")  # fmt: skip
+    if stop == "sigterm":
+        assert daemon.stop() == 0
+    else:
+        daemon.kill()
+
+    inode = old.stat().st_ino
+    old.unlink()
+    new = project(daemon) / f"{OTHER}.jsonl"
+    new_bytes = b"".join(session_lines(3, session=OTHER, base=500))
+    take_inode(new, new_bytes, inode)
+
+    daemon.start()
+    daemon.wait_archived(new)
+    poll(lambda: daemon.job(OTHER), "the new session's record")
+    assert daemon.stop() == 0
+    rows = dict(daemon.query("SELECT path, job_key FROM files WHERE path = ?", (str(new),)))
+    assert rows == {str(new): OTHER}
+    assert daemon.query("SELECT state FROM files WHERE path = ?", (str(old),)) == [("deleted",)]
+    assert_job_exact(daemon, OTHER, 3)
+    assert daemon.job(SESSION) is None  # nothing of it was ever archived
+    done = export(daemon, OTHER)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == new_bytes
+
+
+def assert_job_exact(daemon: DaemonProc, session: str, exchanges: int) -> None:
+    job = daemon.job(session)
+    assert job is not None, session
+    want = expected_tokens(exchanges)
+    got = {k: job[k] for k in want}
+    assert got == want and job["tool_call_count"] == exchanges, (session, job)
+    assert job["status"] != "active", (session, job)
+
+
+# -- 3. a FIFO, and a symlink to /dev/zero --------------------------------------------------
+
+
+def test_a_fifo_never_blocks_the_daemon(daemon: DaemonProc) -> None:
+    """A FIFO named like a transcript is skipped and counted, never opened for a blocking
+    read: the other files keep being archived, removing it after a writer opened it harms
+    nothing, and SIGTERM stops the daemon promptly."""
+    fifo = project(daemon) / f"{THIRD}.jsonl"
+    os.mkfifo(fifo)
+    first = project(daemon) / f"{SESSION}.jsonl"
+    first.write_bytes(b"".join(session_lines(2)))
+    daemon.start()
+    daemon.wait_archived(first)
+    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the FIFO skipped")
+    assert status["files_skipped"] == {"a FIFO": 1}
+    # A writer opens it (O_RDWR does not wait for a reader) and fills part of the pipe.
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(writer, dumps(user("into the pipe", 1, session=THIRD)) * 50)
+        later = project(daemon) / f"{OTHER}.jsonl"
+        later.write_bytes(b"".join(session_lines(2, session=OTHER)))
+        daemon.wait_archived(later)  # other files flow while the FIFO has a writer
+        assert_alive_over_rescans(daemon, rescans=2)
+        fifo.unlink()  # removed while the writer holds it open
+        with first.open("ab") as fh:
+            fh.write(b"".join(session_lines(1, base=300)))
+        daemon.wait_archived(first)
+        status = assert_alive_over_rescans(daemon, rescans=2)
+        assert status["files_skipped"] == {}  # it is gone: nothing to report any more
+        assert status["snapshot_fresh"] and status["faults_since_start"] == 0
+    finally:
+        os.close(writer)
+    assert daemon.stop(timeout=15) == 0  # the issue saw SIGTERM ignored for 70 s
+    assert daemon.query("SELECT COUNT(*) FROM files WHERE path = ?", (str(fifo),)) == [(0,)]
+    assert "Traceback" not in daemon.stderr()
+
+
+def test_a_fifo_present_at_shutdown_does_not_delay_it(daemon: DaemonProc) -> None:
+    fifo = project(daemon) / f"{THIRD}.jsonl"
+    os.mkfifo(fifo)
+    daemon.start()
+    poll(lambda: daemon.fresh_status()["files_skipped"] == {"a FIFO": 1}, "the FIFO skipped")
+    assert daemon.stop(timeout=15) == 0
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["default", "follow_symlinks"])
+def test_a_symlink_to_dev_zero_is_not_drained(tmp_path: Path, follow: bool) -> None:
+    """`x.jsonl -> /dev/zero` is never read, whether symlinks are followed or not (followed,
+    it is a character device): no byte of it is archived and the other files flow."""
+    daemon = DaemonProc(tmp_path, follow_symlinks=follow)
+    try:
+        zero = project(daemon) / f"{THIRD}.jsonl"
+        zero.symlink_to("/dev/zero")
+        first = project(daemon) / f"{SESSION}.jsonl"
+        first.write_bytes(b"".join(session_lines(2)))
+        daemon.start()
+        daemon.wait_archived(first)
+        later = project(daemon) / f"{OTHER}.jsonl"
+        later.write_bytes(b"".join(session_lines(3, session=OTHER)))
+        daemon.wait_archived(later)
+        status = assert_alive_over_rescans(daemon, rescans=2)
+        label = "a character device" if follow else "a symlink (not followed)"
+        assert status["files_skipped"] == {label: 1}
+        total = first.stat().st_size + later.stat().st_size
+        assert status["bytes_archived"] == total  # nothing of /dev/zero
+        assert daemon.stop(timeout=15) == 0
+        assert daemon.query("SELECT COUNT(*) FROM files WHERE path = ?", (str(zero),)) == [(0,)]
+    finally:
+        daemon.close()
+
+
+# -- 4. symlinks out of the tree ------------------------------------------------------------
+
+
+def test_symlinks_out_of_the_tree_are_not_followed_unless_asked(tmp_path: Path) -> None:
+    """`x.jsonl -> /etc/passwd`, a link to a secret file outside the roots, and a linked
+    directory are never archived by default; each file link is counted in `files_skipped`.
+    With `follow_symlinks = true` a linked file is read (the user asked for it); a root that
+    is itself a symlink is always fine."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    marker = "SECRET-7f3a9c"
+    secret = outside / "notes.jsonl"
+    secret.write_bytes(b"".join(session_lines(2, session=OTHER)).replace(b"ok", marker.encode()))
+    (outside / "dir").mkdir()
+    (outside / "dir" / f"{THIRD}.jsonl").write_bytes(b"".join(session_lines(1, session=THIRD)))
+    real_root = tmp_path / "real-projects"
+    (real_root / "-work-app").mkdir(parents=True)
+    daemon = DaemonProc(tmp_path)
+    daemon.root.rmdir()
+    daemon.root.symlink_to(real_root)  # the watched root is itself a link: fine
+    try:
+        here = project(daemon)
+        (here / f"{OTHER}.jsonl").symlink_to(secret)
+        (here / "55555555-2222-4333-8444-555555555555.jsonl").symlink_to("/etc/passwd")
+        (here / "linked").symlink_to(outside / "dir", target_is_directory=True)
+        own = here / f"{SESSION}.jsonl"
+        own.write_bytes(b"".join(session_lines(2)))
+        daemon.start()
+        daemon.wait_archived(own)
+        status = assert_alive_over_rescans(daemon, rescans=2)
+        assert status["files_skipped"] == {"a symlink (not followed)": 2}
+        assert status["bytes_archived"] == own.stat().st_size
+        assert daemon.stop() == 0
+        paths = [p for (p,) in daemon.query("SELECT path FROM files")]
+        assert paths == [str(own)]
+        assert daemon.job(OTHER) is None and daemon.job(THIRD) is None
+        dumped = cli(daemon, "export", SESSION).stdout
+        assert marker.encode() not in dumped and b"root:" not in dumped
+
+        # The user opts in: the linked file is read (/etc/passwd is left out of this part).
+        (here / "55555555-2222-4333-8444-555555555555.jsonl").unlink()
+        daemon.config.write_text(daemon.config.read_text() + "follow_symlinks = true\n")
+        daemon.start()
+        poll(lambda: daemon.job(OTHER), "the linked session read once followed")
+        assert daemon.fresh_status()["files_skipped"] == {}
+        assert daemon.stop() == 0
+        assert marker.encode() in cli(daemon, "export", OTHER).stdout
+        assert daemon.job(THIRD) is None  # linked directories are never walked
+    finally:
+        daemon.close()
