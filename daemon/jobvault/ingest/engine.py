@@ -262,12 +262,13 @@ class Engine:
         seen = set(paths)
         prefixes = tuple(os.path.abspath(str(r)).rstrip(os.sep) + os.sep for r in roots)
         files = {os.path.abspath(str(r)) for r in roots}
-        # Tracked files under the roots that the walk did not find: deleted or moved away.
+        # Tracked files under the roots that the walk did not find: deleted or moved away;
+        # and skipped paths that are gone (no longer counted as skipped in `status`).
         # (Files under a root removed from the configuration are left alone.)
         # (The walk found the paths it lists: only the others need a look for existence.)
         unseen = [
             p
-            for p in [*self.tracker.by_path, *self.tracker.limbo]
+            for p in [*self.tracker.by_path, *self.tracker.limbo, *self.tracker.skipped]
             if p not in seen and (p.startswith(prefixes) or p in files)
         ]
         gone = [p for p in unseen if not os.path.lexists(p)]

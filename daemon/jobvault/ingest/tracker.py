@@ -381,6 +381,7 @@ class FileTracker:
         try:
             lst = os.lstat(path)
         except FileNotFoundError:
+            self.skipped.pop(path, None)  # a skipped path that is gone is no longer skipped
             if held is not None and tracked is None:
                 create = self._create(path, held[1], held[0], codec_of(path), gone=True)
                 if create is not None:
@@ -409,6 +410,7 @@ class FileTracker:
             return [*gone, Skip(path, exc.strerror or "not a regular file")]
         except OSError as exc:
             return [Skip(path, f"unreadable: {exc.strerror}")]
+        self.skipped.pop(path, None)  # a regular file, readable now: no longer skipped
         kept = False  # did the descriptor go to an action or to the tracked file?
         try:
             actions, kept = self._identify(path, tracked, fd, st)
