@@ -9,6 +9,7 @@ CLI (`rebuild`, `export`) as separate processes. Waits are bounded polls of that
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -361,3 +362,64 @@ def test_symlinks_out_of_the_tree_are_not_followed_unless_asked(tmp_path: Path) 
         assert daemon.job(THIRD) is None  # linked directories are never walked
     finally:
         daemon.close()
+
+
+# -- 5. a file the daemon cannot read -------------------------------------------------------
+
+
+def without_read_override() -> list[str]:
+    """What to run the daemon under so that file permissions stop it.
+
+    As root, permissions do not stop reads (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): the daemon
+    runs as root without those two capabilities (`setpriv --bounding-set`), so a mode-000 file
+    really is unreadable to it while its own (root-owned) directories are not.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux): permissions cannot stop reads")
+    wrap = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    probe = subprocess.run([*wrap, sys.executable, "-c", "open('/proc/self/mem').read(1)"],
+                           capture_output=True, timeout=30)  # fmt: skip
+    if b"not permitted" in probe.stderr and b"Operation" in probe.stderr:
+        pytest.skip("setpriv cannot drop capabilities here (no CAP_SETPCAP)")
+    return wrap
+
+
+def test_an_unreadable_file_is_a_counted_error_retried_later(daemon: DaemonProc) -> None:
+    """A transcript the daemon cannot open is a counted error in `status` (never a file
+    tracked at offset 0 in silence), and is read once it is readable."""
+    wrap = without_read_override()
+    locked = project(daemon) / f"{SESSION}.jsonl"
+    locked.write_bytes(b"".join(session_lines(2)))
+    locked.chmod(0)
+    readable = project(daemon) / f"{OTHER}.jsonl"
+    readable.write_bytes(b"".join(session_lines(1, session=OTHER)))
+    daemon.start(wrap)
+    daemon.wait_archived(readable)
+    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip counted")
+    assert status["files_skipped"] == {"unreadable": 1}
+    assert str(locked) in (status["last_error"] or "") and "ermission" in status["last_error"]
+    assert daemon.query("SELECT COUNT(*) FROM files WHERE path = ?", (str(locked),)) == [(0,)]
+
+    locked.chmod(0o600)  # retried at the next look: read whole
+    daemon.wait_archived(locked)
+    poll(lambda: daemon.fresh_status()["files_skipped"] == {}, "the skip cleared")
+    assert daemon.stop() == 0
+    assert_job_exact(daemon, SESSION, 2)
+
+    # Tracked, then grown and made unreadable while jobvault was stopped.
+    with locked.open("ab") as fh:
+        fh.write(b"".join(session_lines(2, base=400)))
+    locked.chmod(0)
+    daemon.start(wrap)
+    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip counted")
+    assert status["files_skipped"] == {"unreadable": 1}
+    locked.chmod(0o600)
+    daemon.wait_archived(locked)
+    assert daemon.stop() == 0
+    assert daemon.query("SELECT COUNT(*), MAX(state) FROM files WHERE path = ?",
+                        (str(locked),)) == [(1, "active")]  # fmt: skip
+    job = daemon.job(SESSION)
+    assert job is not None and job["tool_call_count"] == 4
