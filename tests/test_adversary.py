@@ -423,3 +423,23 @@ def test_an_unreadable_file_is_a_counted_error_retried_later(daemon: DaemonProc)
                         (str(locked),)) == [(1, "active")]  # fmt: skip
     job = daemon.job(SESSION)
     assert job is not None and job["tool_call_count"] == 4
+
+
+def test_an_unreadable_directory_is_a_counted_error(daemon: DaemonProc) -> None:
+    """A project directory the daemon cannot list is reported, not silently left out."""
+    wrap = without_read_override()
+    hidden = daemon.root / "-hidden"
+    hidden.mkdir()
+    inside = hidden / f"{SESSION}.jsonl"
+    inside.write_bytes(b"".join(session_lines(1)))
+    hidden.chmod(0)
+    readable = project(daemon) / f"{OTHER}.jsonl"
+    readable.write_bytes(b"".join(session_lines(1, session=OTHER)))
+    daemon.start(wrap)
+    daemon.wait_archived(readable)
+    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip counted")
+    assert status["files_skipped"] == {"unreadable": 1}
+    hidden.chmod(0o700)
+    daemon.wait_archived(inside)
+    poll(lambda: daemon.fresh_status()["files_skipped"] == {}, "the skip cleared")
+    assert daemon.stop() == 0
