@@ -626,7 +626,7 @@ class Engine:
                 pending += unread
                 lag = max(lag, now - row.mtime_ns / 1e9)
         skipped: dict[str, int] = {}
-        for reason in self.tracker.skipped.values():
+        for reason in [*self.tracker.skipped.values(), *self.tracker.unlisted.values()]:
             label = reason.split(":")[0]
             skipped[label] = skipped.get(label, 0) + 1
         jobs = self.book.jobs.values()

@@ -202,6 +202,7 @@ class FileTracker:
         self.deleted_by_path: dict[str, Tracked] = {}
         self.open_count = 0
         self.skipped: dict[str, str] = {}  # path -> why it is not read (current)
+        self.unlisted: dict[str, str] = {}  # directories the last walk could not list, and why
         # New files whose row the database refused (full, read-only): their descriptors are
         # kept, so one deleted before the database recovers is still drained through it.
         self.limbo: dict[str, tuple[int, os.stat_result]] = {}
@@ -347,18 +348,31 @@ class FileTracker:
     def scan(self, roots: Iterable[Path]) -> list[str]:
         """Every candidate transcript path under `roots` (files or directories), sorted."""
         found: list[str] = []
+        unlisted: dict[str, str] = {}
+
+        def unlistable(exc: OSError) -> None:
+            # A directory that cannot be listed hides its sessions: counted in `status`.
+            if exc.filename is not None and os.path.lexists(exc.filename):
+                unlisted[os.fsdecode(exc.filename)] = f"unreadable: {exc.strerror}"
+
         for root in roots:
             root_s = os.path.abspath(str(root))
             if os.path.isfile(root_s):
                 if self.classify(root_s) is not None:
                     found.append(root_s)
                 continue
-            for dirpath, dirnames, filenames in os.walk(root_s, followlinks=False):
+            for dirpath, dirnames, filenames in os.walk(
+                root_s, onerror=unlistable, followlinks=False
+            ):
                 dirnames.sort()
                 found.extend(
                     os.path.join(dirpath, name) for name in sorted(filenames)
                     if name.endswith(SUFFIXES)
                 )  # fmt: skip
+        for path, reason in unlisted.items():
+            if self.unlisted.get(path) != reason:
+                log.warning("directory_skipped", directory=path, reason=reason)
+        self.unlisted = unlisted
         return found
 
     @staticmethod
