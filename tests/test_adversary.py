@@ -443,3 +443,30 @@ def test_an_unreadable_directory_is_a_counted_error(daemon: DaemonProc) -> None:
     daemon.wait_archived(inside)
     poll(lambda: daemon.fresh_status()["files_skipped"] == {}, "the skip cleared")
     assert daemon.stop() == 0
+
+
+def test_a_file_left_with_unread_bytes_then_locked_is_a_counted_error(daemon: DaemonProc) -> None:
+    """A file whose last line was still half-written when the daemon was killed holds bytes
+    past its offset; if it is unreadable at the next start (and otherwise unchanged), that
+    start reports it, and reads on once it is readable."""
+    wrap = without_read_override()
+    path = project(daemon) / f"{SESSION}.jsonl"
+    whole = b"".join(session_lines(2))
+    last = dumps(user("the last prompt", 100))
+    path.write_bytes(whole + last[:30])
+    daemon.start(wrap)
+    poll(lambda: daemon.archived_bytes(path) == len(whole), "the complete lines archived")
+    daemon.kill()  # (a clean stop would archive the half line as the file's tail)
+    path.chmod(0)  # the size and time are unchanged
+    daemon.start(wrap)
+    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip")
+    assert status["files_skipped"] == {"unreadable": 1}
+    assert str(path) in (status["last_error"] or "")
+    path.chmod(0o600)  # readable again, still unchanged
+    poll(lambda: daemon.fresh_status()["files_skipped"] == {}, "the skip cleared")
+    with path.open("ab") as fh:
+        fh.write(last[30:])
+    daemon.wait_archived(path)
+    assert daemon.stop() == 0
+    assert bad_line_rows(daemon) == []
+    assert_job_exact(daemon, SESSION, 2)
