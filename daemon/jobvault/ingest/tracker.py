@@ -313,14 +313,19 @@ class FileTracker:
 
     def source(self, tracked: Tracked) -> Source | None:
         """The file's reader, opening its descriptor if needed (None: gone or unreadable)."""
+        try:
+            return self.open_source(tracked)
+        except OSError:
+            return None
+
+    def open_source(self, tracked: Tracked) -> Source | None:
+        """The file's reader, opening its descriptor if needed; None if its path holds
+        another inode now; OSError if it cannot be opened."""
         if tracked.source is not None:
             return tracked.source
         if self.open_count >= self.max_open:
             self.limit_open_files()
-        try:
-            fd, st = self._open_regular(tracked.row.path)
-        except OSError:
-            return None
+        fd, st = self._open_regular(tracked.row.path)
         if (st.st_dev, st.st_ino) != (tracked.row.dev, tracked.row.ino):
             os.close(fd)
             return None
@@ -410,10 +415,17 @@ class FileTracker:
         if held is not None:
             os.close(held[0])  # still there: opened again below
         if tracked is not None and self._unchanged(tracked, lst):
-            if tracked.source is None and self.open_count < self.max_open:
+            if tracked.source is None and (self.open_count < self.max_open or tracked.unread()):
                 # Hold every tracked file open while descriptors allow, so one deleted right
-                # after an append is still drained to its end.
-                self.source(tracked)
+                # after an append is still drained to its end. One that cannot be opened
+                # (its mode changed: that leaves its size and time alone) is reported.
+                try:
+                    self.open_source(tracked)
+                except FileNotFoundError:
+                    pass  # gone since the lstat: the next look says so
+                except OSError as exc:
+                    return [Skip(path, f"unreadable: {exc.strerror}")]
+            self.skipped.pop(path, None)
             return [Read(tracked)] if tracked.unread() else []
         try:
             fd, st = self._open_regular(path)
