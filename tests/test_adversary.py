@@ -8,6 +8,7 @@ CLI (`rebuild`, `export`) as separate processes. Waits are bounded polls of that
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -232,12 +233,14 @@ def test_inode_reuse_of_a_file_with_nothing_archived(daemon: DaemonProc, stop: s
     assert done.stdout == new_bytes
 
 
-def assert_job_exact(daemon: DaemonProc, session: str, exchanges: int) -> None:
+def assert_job_exact(daemon: DaemonProc, session: str, *parts: int) -> None:
+    """The job of `session_lines(n)` for each n in `parts`, written one after the other,
+    counts exactly their tokens and tool calls, and is final."""
     job = daemon.job(session)
     assert job is not None, session
-    want = expected_tokens(exchanges)
+    want = {k: sum(expected_tokens(n)[k] for n in parts) for k in expected_tokens(0)}
     got = {k: job[k] for k in want}
-    assert got == want and job["tool_call_count"] == exchanges, (session, job)
+    assert got == want and job["tool_call_count"] == sum(parts), (session, job)
     assert job["status"] != "active", (session, job)
 
 
@@ -421,8 +424,7 @@ def test_an_unreadable_file_is_a_counted_error_retried_later(daemon: DaemonProc)
     assert daemon.stop() == 0
     assert daemon.query("SELECT COUNT(*), MAX(state) FROM files WHERE path = ?",
                         (str(locked),)) == [(1, "active")]  # fmt: skip
-    job = daemon.job(SESSION)
-    assert job is not None and job["tool_call_count"] == 4
+    assert_job_exact(daemon, SESSION, 2, 2)
 
 
 def test_an_unreadable_directory_is_a_counted_error(daemon: DaemonProc) -> None:
@@ -470,3 +472,149 @@ def test_a_file_left_with_unread_bytes_then_locked_is_a_counted_error(daemon: Da
     assert daemon.stop() == 0
     assert bad_line_rows(daemon) == []
     assert_job_exact(daemon, SESSION, 2)
+
+
+# -- 6. jobs whose files are all superseded -------------------------------------------------
+
+
+def codex_lines(session: str, prompt: str) -> bytes:
+    ts = "2025-11-03T09:00:0{}.000Z"
+    meta = {"id": session, "timestamp": ts.format(0), "cwd": "/w", "cli_version": "0.60.0"}
+    lines = [
+        {"timestamp": ts.format(0), "type": "session_meta", "payload": meta},
+        {"timestamp": ts.format(1), "type": "turn_context",
+         "payload": {"model": "gpt-5", "cwd": "/w"}},
+        {"timestamp": ts.format(2), "type": "event_msg",
+         "payload": {"type": "user_message", "message": prompt}},
+        {"timestamp": ts.format(3), "type": "event_msg",
+         "payload": {"type": "token_count", "info": {
+             "total_token_usage": {"input_tokens": 100, "cached_input_tokens": 0,
+                                   "output_tokens": 10, "reasoning_output_tokens": 0,
+                                   "total_tokens": 110},
+             "last_token_usage": {"input_tokens": 100, "cached_input_tokens": 0,
+                                  "output_tokens": 10, "reasoning_output_tokens": 0,
+                                  "total_tokens": 110},
+             "model_context_window": 1000}}},
+        {"timestamp": ts.format(4), "type": "event_msg",
+         "payload": {"type": "agent_message", "message": "done"}},
+    ]  # fmt: skip
+    return b"".join(dumps(line) for line in lines)
+
+
+CODEX_A = "0199a1b2-3c4d-7e5f-8a9b-0c1d2e3f4a5b"
+CODEX_B = "0199a1b2-3c4d-7e5f-8a9b-0c1d2e3f4a5c"
+AGENT_OF = "66666666-2222-4333-8444-555555555555"
+AGENT_NEW = "77777777-2222-4333-8444-555555555555"
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
+def test_jobs_whose_files_are_all_superseded_reach_a_final_status(
+    daemon: DaemonProc, stop: str
+) -> None:
+    """Sessions whose every file is superseded while they are open (a transcript truncated to
+    nothing; a flat subagent file and a Codex rollout, both named for their session by their
+    lines, rewritten with another session's lines) are no active jobs any more; after a clean
+    SIGTERM (straight away, or after a kill -9 and a restart) no job is left `active`."""
+    here = project(daemon)
+    truncated = here / f"{SESSION}.jsonl"
+    truncated.write_bytes(b"".join(session_lines(2)))
+    agent = here / "agent-a1b2c3.jsonl"  # flat layout: its session is named in its lines
+    agent.write_bytes(b"".join(session_lines(2, session=AGENT_OF)))
+    rollout = daemon.root / "sessions" / "2025" / "11" / "03" / "rollout-odd.jsonl"
+    rollout.parent.mkdir(parents=True)
+    rollout.write_bytes(codex_lines(CODEX_A, "first"))
+    keeper = here / f"{OTHER}.jsonl"
+    keeper.write_bytes(b"".join(session_lines(1, session=OTHER)))
+    daemon.start()
+    daemon.wait_archived(truncated, agent, rollout, keeper)
+    for key in (SESSION, AGENT_OF, CODEX_A, OTHER):
+        poll(lambda k=key: daemon.job(k), f"the record of {key}")  # type: ignore[misc]
+    assert {s for (s,) in daemon.query("SELECT status FROM jobs")} == {"active"}
+
+    os.truncate(truncated, 0)  # same inode, nothing left: a new, empty generation
+    tmp = agent.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(session_lines(1, session=AGENT_NEW, base=900)))
+    os.replace(tmp, agent)  # another inode, another session's lines
+    with rollout.open("r+b") as fh:  # rewritten in place with another session
+        fh.truncate(0)
+        fh.write(codex_lines(CODEX_B, "second"))
+    daemon.wait_archived(agent, rollout)
+    poll(lambda: daemon.job(CODEX_B) and daemon.job(AGENT_NEW), "the new sessions' records")
+    poll(lambda: daemon.query("SELECT COUNT(*) FROM files WHERE state IN ('truncated', "
+                              "'replaced')") == [(3,)], "three generations superseded")  # fmt: skip
+    if stop == "kill-9":
+        daemon.kill()
+        daemon.start()
+        assert_alive_over_rescans(daemon, rescans=1)
+    assert daemon.stop() == 0
+
+    jobs = dict(daemon.query("SELECT session_id, status FROM jobs"))
+    assert "active" not in jobs.values(), jobs
+    assert daemon.query("SELECT COUNT(*) FROM jobs WHERE finalized_at IS NULL") == [(0,)]
+    # What they are now is what their current files hold: nothing, for the superseded ones.
+    assert set(jobs) == {OTHER, AGENT_NEW, CODEX_B}, jobs
+    assert_job_exact(daemon, OTHER, 1)
+    done = cli(daemon, "status", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["sessions_active"] == 0
+
+
+# -- 7. a rename seen as delete-then-reappear while a line is half-written ------------------
+
+
+@pytest.mark.parametrize(
+    ("finish", "back", "restart"),
+    [
+        ("while-away", "same-name", "none"),
+        ("after-return", "other-dir", "none"),
+        ("after-return", "same-name", "sigterm"),
+        ("while-away", "other-dir", "sigterm"),
+        ("after-return", "other-dir", "kill-9"),
+    ],
+)
+def test_a_move_seen_as_delete_then_reappear_mid_line_records_no_bad_line(
+    tmp_path: Path, finish: str, back: str, restart: str
+) -> None:
+    """A transcript with half a line at its end leaves the tree (the daemon notes it deleted
+    and archives what its descriptor holds, the half line included) and comes back (the same
+    inode and bytes: it continues) under its name or in another directory; the line is
+    finished while it is away or after it is back; the daemon may be stopped or killed while
+    it is away. No bad line is recorded, nothing is archived twice, and the job is exact."""
+    daemon = DaemonProc(tmp_path)
+    try:
+        path = project(daemon) / f"{SESSION}.jsonl"
+        whole = b"".join(session_lines(2))
+        last = b"".join(session_lines(1, base=300))
+        path.write_bytes(whole + last[:45])
+        daemon.start()
+        poll(lambda: daemon.archived_bytes(path) == len(whole), "the complete lines archived")
+        away = tmp_path / "away.jsonl"  # outside the watched root
+        path.rename(away)
+        poll(lambda: daemon.query("SELECT state FROM files") == [("deleted",)], "seen deleted")
+        if restart == "sigterm":
+            assert daemon.stop() == 0
+        elif restart == "kill-9":
+            daemon.kill()
+        if finish == "while-away":
+            with away.open("ab") as fh:
+                fh.write(last[45:])
+        target = path if back == "same-name" else daemon.root / "-elsewhere" / path.name
+        target.parent.mkdir(exist_ok=True)
+        away.rename(target)
+        if not daemon.running:
+            daemon.start()
+        poll(lambda: daemon.query("SELECT state FROM files") == [("active",)], "seen again")
+        if finish == "after-return":
+            with target.open("ab") as fh:
+                fh.write(last[45:])
+        daemon.wait_archived(target)
+        status = assert_alive_over_rescans(daemon, rescans=2)
+        assert status["bad_lines"] == 0 and status["bad_lines_since_start"] == 0
+        assert daemon.stop() == 0
+        assert bad_line_rows(daemon) == []
+        assert daemon.query("SELECT path, state, offset, bad_lines FROM files") == [
+            (str(target), "active", len(whole + last), 0)
+        ]
+        assert cli(daemon, "export", SESSION).stdout == whole + last
+        assert_job_exact(daemon, SESSION, 2, 1)
+    finally:
+        daemon.close()
