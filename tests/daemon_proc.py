@@ -172,3 +172,25 @@ class DaemonProc:
         keys = ("status", "input_tokens", "output_tokens", "cache_creation_tokens",
                 "cache_read_tokens", "tool_call_count")  # fmt: skip
         return dict(zip(keys, rows[0], strict=True))
+
+
+def take_inode(path: Path, data: bytes, inode: int, attempts: int = 500) -> bool:
+    """Create `path` holding `data` on the freed `inode` if the filesystem allows; say if so.
+
+    ext4 (and overlayfs over it) hands a new file the lowest free inode of its directory's
+    group, which is the one just freed unless a lower one is free too (SQLite's -shm file,
+    say): each miss is kept, under a name no scan reads, until the freed inode comes up.
+    Without reuse after `attempts` creations, `path` is left holding `data` on another inode.
+    """
+    fillers = []
+    try:
+        for i in range(attempts):
+            path.write_bytes(data)
+            if path.stat().st_ino == inode:
+                return True
+            if i + 1 < attempts:
+                fillers.append(path.rename(path.with_name(f".filler-{i}")))
+        return False
+    finally:
+        for filler in fillers:
+            filler.unlink()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_proc import DaemonProc, env, poll
+from tests.daemon_proc import DaemonProc, env, poll, take_inode
 from tests.helpers import SESSION, assistant, dumps, expected_tokens, session_lines, user
 
 OTHER = "33333333-2222-4333-8444-555555555555"
@@ -137,24 +137,10 @@ def test_huge_integers_are_bad_values_not_a_crash_loop(daemon: DaemonProc) -> No
 # -- 2. inode reuse after a deletion while jobvault was stopped -------------------------------
 
 
-def take_inode(path: Path, data: bytes, inode: int, attempts: int = 500) -> None:
-    """Create `path` holding `data` on the freed `inode`, or skip.
-
-    ext4 (and overlayfs over it) hands a new file the lowest free inode of its directory's
-    group, which is the one just freed unless a lower one is free too (SQLite's -shm file,
-    say): each miss is kept, under a name no scan reads, until the freed inode comes up.
-    """
-    fillers = []
-    try:
-        for i in range(attempts):
-            path.write_bytes(data)
-            if path.stat().st_ino == inode:
-                return
-            fillers.append(path.rename(path.with_name(f".filler-{i}")))
-        pytest.skip(f"this filesystem did not reuse the freed inode in {attempts} creations")
-    finally:
-        for filler in fillers:
-            filler.unlink()
+def reuse_inode(path: Path, data: bytes, inode: int) -> None:
+    """Create `path` holding `data` on the freed `inode`, or skip the test."""
+    if not take_inode(path, data, inode):
+        pytest.skip("this filesystem did not hand the freed inode to a new file")
 
 
 def export(daemon: DaemonProc, session: str) -> subprocess.CompletedProcess[bytes]:
@@ -178,7 +164,7 @@ def test_inode_reuse_after_an_archived_session_was_deleted(daemon: DaemonProc) -
     old.unlink()
     new = project(daemon) / f"{OTHER}.jsonl"
     new_bytes = b"".join(session_lines(3, session=OTHER, base=500))
-    take_inode(new, new_bytes, inode)
+    reuse_inode(new, new_bytes, inode)
 
     daemon.start()
     daemon.wait_archived(new)
@@ -217,7 +203,7 @@ def test_inode_reuse_of_a_file_with_nothing_archived(daemon: DaemonProc, stop: s
     old.unlink()
     new = project(daemon) / f"{OTHER}.jsonl"
     new_bytes = b"".join(session_lines(3, session=OTHER, base=500))
-    take_inode(new, new_bytes, inode)
+    reuse_inode(new, new_bytes, inode)
 
     daemon.start()
     daemon.wait_archived(new)
