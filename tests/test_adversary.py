@@ -604,3 +604,47 @@ def test_a_move_seen_as_delete_then_reappear_mid_line_records_no_bad_line(
         assert_job_exact(daemon, SESSION, 2, 1)
     finally:
         daemon.close()
+
+
+# -- a session the adapter fails on ---------------------------------------------------------
+
+
+def test_a_quarantined_session_is_contained_and_its_job_does_not_stay_active(
+    daemon: DaemonProc,
+) -> None:
+    """A line the adapter fails on (a fault injected by tests/fault_wrapper.py, standing for
+    an adapter bug) quarantines its session with a counted fault: the other sessions flow,
+    restarts do not bring it down, its job reaches a final status at shutdown like every
+    other, and `rebuild` with the adapter fixed (run without the fault) reads it whole."""
+    wrap = [sys.executable, str(Path(__file__).with_name("fault_wrapper.py"))]
+    bad = project(daemon) / f"{SESSION}.jsonl"
+    bad.write_bytes(b"".join(session_lines(2)))
+    good = project(daemon) / f"{OTHER}.jsonl"
+    good.write_bytes(b"".join(session_lines(1, session=OTHER)))
+    daemon.start(wrap)
+    daemon.wait_archived(bad, good)
+    poll(lambda: daemon.job(SESSION) and daemon.job(OTHER), "both records")
+    with bad.open("ab") as fh:
+        fh.write(dumps(user("poison", 50, jobvault_test_fault=True)))
+        fh.write(b"".join(session_lines(1, base=300)))
+    with good.open("ab") as fh:
+        fh.write(b"".join(session_lines(1, session=OTHER, base=300)))
+    daemon.wait_archived(bad, good)
+    status = poll(lambda: (s := daemon.fresh_status())["sessions_quarantined"] and s, "quarantine")
+    assert status["sessions_quarantined"] == 1 and status["faults_since_start"] == 1
+    poll(lambda: (daemon.job(OTHER) or {}).get("tool_call_count") == 2, "the other session flows")
+    assert daemon.stop() == 0
+    assert daemon.query("SELECT kind, key FROM faults") == [("session", SESSION)]
+    jobs = dict(daemon.query("SELECT session_id, status FROM jobs WHERE finalized_at IS NOT NULL"))
+    assert jobs == {SESSION: "error", OTHER: "completed"}, jobs  # final, both
+    assert_job_exact(daemon, OTHER, 1, 1)
+
+    daemon.start(wrap)  # the archived line fails again: contained again
+    assert_alive_over_rescans(daemon, rescans=2)
+    assert daemon.stop() == 0
+    assert daemon.query("SELECT COUNT(*) FROM jobs WHERE status = 'active'") == [(0,)]
+
+    done = cli(daemon, "rebuild", "--json", "--no-progress")  # the adapter, fixed
+    assert done.returncode == 0, done.stderr.decode()
+    assert daemon.query("SELECT COUNT(*) FROM faults") == [(0,)]
+    assert_job_exact(daemon, SESSION, 2, 1)
