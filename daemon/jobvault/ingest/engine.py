@@ -406,7 +406,24 @@ class Engine:
             }
             keys = [k for k in keys if k not in waiting]
         self.finalize_many(keys)
+        self._close_quarantined(
+            k
+            for k, j in self.book.jobs.items()
+            if not j.finalized and now - j.modified >= idle_timeout
+        )
         return keys
+
+    def _close_quarantined(self, keys: Iterable[str]) -> None:
+        """Quarantined sessions cannot be built: their records (if any) are made final as
+        they stand, with status 'error', so that no job stays active for good."""
+        closing = sorted(set(keys) & self.book.quarantined)
+        if closing:
+            self.store.close_records(closing)
+            for key in closing:
+                job = self.book.jobs.get(key)
+                if job is not None:
+                    job.finalized = True
+            log.info("quarantined_jobs_closed", count=len(closing), jobs=closing[:20])
 
     def finalize_all(self) -> None:
         """Archive every unterminated tail and finalize every open session (shutdown, import),
@@ -424,6 +441,7 @@ class Engine:
         self._run(tails, list(self.config.watch), final=True,
                   finalize=keys - self.book.quarantined)  # fmt: skip
         self._flush_deferred(None)
+        self._close_quarantined(keys)
 
     def flush(self) -> None:
         """Write every job whose record changed since it was last written."""

@@ -410,6 +410,18 @@ class Store:
         with self._transaction():
             self.conn.execute("DELETE FROM faults WHERE kind = ?", (kind,))
 
+    def close_records(self, sessions: Iterable[str]) -> None:
+        """Make the records of these sessions final as they stand, with status 'error' (a
+        quarantined session: its record cannot be rebuilt until `jobvault rebuild`)."""
+        now = now_iso()
+        with self._transaction():
+            self.conn.executemany(
+                "UPDATE jobs SET status = 'error', finalized_at = ?1, updated_at = ?1, "
+                "record = json_set(record, '$.status', 'error') "
+                "WHERE session_id = ?2 AND finalized_at IS NULL",
+                [(now, session) for session in sessions],
+            )
+
     def delete_job(self, session: str) -> None:
         """Remove a session's record (it has no current file left holding anything)."""
         for (job_id,) in self.conn.execute(
