@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests.helpers import SESSION, assistant, dumps, expected_tokens, session_li
 
 OTHER = "33333333-2222-4333-8444-555555555555"
 THIRD = "44444444-2222-4333-8444-555555555555"
+FOURTH = "88888888-2222-4333-8444-555555555555"
 
 
 @pytest.fixture
@@ -267,12 +269,33 @@ def test_a_fifo_never_blocks_the_daemon(daemon: DaemonProc) -> None:
     assert "Traceback" not in daemon.stderr()
 
 
-def test_a_fifo_present_at_shutdown_does_not_delay_it(daemon: DaemonProc) -> None:
-    fifo = project(daemon) / f"{THIRD}.jsonl"
-    os.mkfifo(fifo)
-    daemon.start()
-    poll(lambda: daemon.fresh_status()["files_skipped"] == {"a FIFO": 1}, "the FIFO skipped")
-    assert daemon.stop(timeout=15) == 0
+def test_special_files_are_skipped_and_do_not_delay_shutdown(
+    daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO, a Unix socket, and a FIFO put in place of a tracked file (whose bytes its
+    descriptor still holds) are skipped and counted; SIGTERM is not delayed by them."""
+    os.mkfifo(project(daemon) / f"{THIRD}.jsonl")
+    listening = socket.socket(socket.AF_UNIX)
+    monkeypatch.chdir(project(daemon))  # (a socket's path must be short: bind it relative)
+    listening.bind("55555555-2222-4333-8444-555555555555.jsonl")
+    tracked = project(daemon) / f"{SESSION}.jsonl"
+    tracked.write_bytes(b"".join(session_lines(2)))
+    try:
+        daemon.start()
+        daemon.wait_archived(tracked)
+        with tracked.open("ab") as fh:
+            fh.write(b"".join(session_lines(1, base=300)))
+        size = tracked.stat().st_size
+        fifo = tracked.with_suffix(".fifo")
+        os.mkfifo(fifo)
+        os.replace(fifo, tracked)  # the transcript's name now holds a FIFO
+        poll(lambda: daemon.fresh_status()["files_skipped"] == {"a FIFO": 2, "a socket": 1},
+             "the special files skipped")  # fmt: skip
+        assert daemon.stop(timeout=15) == 0
+    finally:
+        listening.close()
+    assert daemon.query("SELECT state, offset FROM files") == [("deleted", size)]
+    assert_job_exact(daemon, SESSION, 2, 1)
 
 
 @pytest.mark.parametrize("follow", [False, True], ids=["default", "follow_symlinks"])
@@ -328,14 +351,21 @@ def test_symlinks_out_of_the_tree_are_not_followed_unless_asked(tmp_path: Path) 
         (here / "linked").symlink_to(outside / "dir", target_is_directory=True)
         own = here / f"{SESSION}.jsonl"
         own.write_bytes(b"".join(session_lines(2)))
+        swapped = here / f"{FOURTH}.jsonl"
+        swapped.write_bytes(b"".join(session_lines(1, session=FOURTH)))
         daemon.start()
-        daemon.wait_archived(own)
-        status = assert_alive_over_rescans(daemon, rescans=2)
-        assert status["files_skipped"] == {"a symlink (not followed)": 2}
-        assert status["bytes_archived"] == own.stat().st_size
+        daemon.wait_archived(own, swapped)
+        link = swapped.with_suffix(".link")
+        link.symlink_to(secret)
+        os.replace(link, swapped)  # a tracked transcript's name now links to the secret
+        status = poll(
+            lambda: (s := daemon.fresh_status())["files_skipped"].get("a symlink (not followed)")
+            == 3 and s, "the links skipped")  # fmt: skip
+        assert status["bytes_archived"] == own.stat().st_size + len(b"".join(session_lines(1)))
         assert daemon.stop() == 0
-        paths = [p for (p,) in daemon.query("SELECT path FROM files")]
-        assert paths == [str(own)]
+        paths = dict(daemon.query("SELECT path, state FROM files"))
+        assert paths == {str(own): "active", str(swapped): "deleted"}
+        swapped.unlink()
         assert daemon.job(OTHER) is None and daemon.job(THIRD) is None
         dumped = cli(daemon, "export", SESSION).stdout
         assert marker.encode() not in dumped and b"root:" not in dumped
