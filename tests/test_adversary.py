@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_proc import DaemonProc, env, poll, take_inode
+from tests.daemon_proc import DaemonProc, env, poll, rewrite_on_same_inode, take_inode
 from tests.helpers import SESSION, assistant, dumps, expected_tokens, session_lines, user
 
 OTHER = "33333333-2222-4333-8444-555555555555"
@@ -139,17 +139,34 @@ def test_huge_integers_are_bad_values_not_a_crash_loop(daemon: DaemonProc) -> No
 # -- 2. inode reuse after a deletion while jobvault was stopped -------------------------------
 
 
-def reuse_inode(path: Path, data: bytes, inode: int) -> None:
-    """Create `path` holding `data` on the freed `inode`, or skip the test."""
-    if not take_inode(path, data, inode):
-        pytest.skip("this filesystem did not hand the freed inode to a new file")
+def new_session_on_freed_inode(daemon: DaemonProc, old: Path, how: str) -> tuple[Path, bytes]:
+    """Delete `old` (the daemon is stopped) and create a new session's file on its inode,
+    start the daemon and wait until the new file is archived.
+
+    "freed": the filesystem's allocator hands the freed inode to the new file (ext4 does at
+    once; skipped if it does not, or if another process took it first); "linked": the same
+    situation made deterministic (`rewrite_on_same_inode`)."""
+    new = project(daemon) / f"{OTHER}.jsonl"
+    new_bytes = b"".join(session_lines(3, session=OTHER, base=500))
+    inode = old.stat().st_ino
+    if how == "linked":
+        rewrite_on_same_inode(old, new, new_bytes)
+    else:
+        old.unlink()
+        if not take_inode(new, new_bytes, inode):
+            pytest.skip("the freed inode did not go to the new file (taken by another process?)")
+    assert new.stat().st_ino == inode
+    daemon.start()
+    daemon.wait_archived(new)
+    return new, new_bytes
 
 
 def export(daemon: DaemonProc, session: str) -> subprocess.CompletedProcess[bytes]:
     return cli(daemon, "export", session)
 
 
-def test_inode_reuse_after_an_archived_session_was_deleted(daemon: DaemonProc) -> None:
+@pytest.mark.parametrize("how", ["freed", "linked"])
+def test_inode_reuse_after_an_archived_session_was_deleted(daemon: DaemonProc, how: str) -> None:
     """Claude Code's cleanup, then a new session, while jobvault was stopped: the freed inode
     goes to the new file. The deleted session's job keeps its exact tokens and its file is
     `deleted` (never `truncated`); the new session is a file and a job of its own, exact."""
@@ -162,18 +179,11 @@ def test_inode_reuse_after_an_archived_session_was_deleted(daemon: DaemonProc) -
     before = daemon.job(SESSION)
     assert before is not None and before["input_tokens"] == expected_tokens(4)["input_tokens"]
 
-    inode = old.stat().st_ino
-    old.unlink()
-    new = project(daemon) / f"{OTHER}.jsonl"
-    new_bytes = b"".join(session_lines(3, session=OTHER, base=500))
-    reuse_inode(new, new_bytes, inode)
-
-    daemon.start()
-    daemon.wait_archived(new)
+    new, new_bytes = new_session_on_freed_inode(daemon, old, how)
     poll(lambda: daemon.query("SELECT state FROM files WHERE path = ?", (str(old),))
          == [("deleted",)], "the old file noted deleted")  # fmt: skip
     assert daemon.stop() == 0
-    assert daemon.job(SESSION) == {**before, "status": before["status"]}
+    assert daemon.job(SESSION) == before  # untouched by the new file on its inode
     assert_job_exact(daemon, SESSION, 4)
     assert_job_exact(daemon, OTHER, 3)
     states = daemon.query("SELECT path, state, job_key FROM files ORDER BY id")
@@ -182,8 +192,10 @@ def test_inode_reuse_after_an_archived_session_was_deleted(daemon: DaemonProc) -
     assert export(daemon, OTHER).stdout == new_bytes
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "kill-9"])
-def test_inode_reuse_of_a_file_with_nothing_archived(daemon: DaemonProc, stop: str) -> None:
+@pytest.mark.parametrize(("stop", "how"), [("sigterm", "freed"), ("kill-9", "linked")])
+def test_inode_reuse_of_a_file_with_nothing_archived(
+    daemon: DaemonProc, stop: str, how: str
+) -> None:
     """A tracked file with nothing archived yet (empty; or only half a line when the daemon
     was killed) is deleted while jobvault is stopped and its inode goes to a new session's
     file: that is no rename, the new lines are filed under the new session and `export`
@@ -201,14 +213,7 @@ def test_inode_reuse_of_a_file_with_nothing_archived(daemon: DaemonProc, stop: s
     else:
         daemon.kill()
 
-    inode = old.stat().st_ino
-    old.unlink()
-    new = project(daemon) / f"{OTHER}.jsonl"
-    new_bytes = b"".join(session_lines(3, session=OTHER, base=500))
-    reuse_inode(new, new_bytes, inode)
-
-    daemon.start()
-    daemon.wait_archived(new)
+    new, new_bytes = new_session_on_freed_inode(daemon, old, how)
     poll(lambda: daemon.job(OTHER), "the new session's record")
     assert daemon.stop() == 0
     rows = dict(daemon.query("SELECT path, job_key FROM files WHERE path = ?", (str(new),)))
