@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,11 @@ from typing import Any
 
 import pytest
 
+from jobvault.config import Config
+from jobvault.ingest import book
+from jobvault.ingest.engine import Engine
+from jobvault.store.db import open_writer
+from jobvault.store.writer import Store
 from tests.daemon_proc import DaemonProc, env, poll, rewrite_on_same_inode, take_inode
 from tests.helpers import SESSION, assistant, dumps, expected_tokens, session_lines, user
 
@@ -577,6 +583,54 @@ def test_jobs_whose_files_are_all_superseded_reach_a_final_status(
     assert_job_exact(daemon, OTHER, 1)
     done = cli(daemon, "status", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["sessions_active"] == 0
+
+
+def test_a_superseded_codex_session_whose_record_was_held_back_is_not_left_active(
+    tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kill -9 variant above, made deterministic on the engine the daemon runs: a Codex
+    rollout is rewritten with another session, so the first session has no current file; its
+    (now empty) record is held back by the write interval when the process dies. The next
+    start must finalize that session with its own adapter (Codex), which removes the record,
+    not leave it active for good."""
+    monkeypatch.setattr(book, "MIN_WRITE_INTERVAL", 3600.0)  # hold back every rewrite
+    root = tmp_path / "codex"
+    rollout = root / "sessions" / "2025" / "11" / "03" / "rollout-odd.jsonl"
+    rollout.parent.mkdir(parents=True)
+    rollout.write_bytes(codex_lines(CODEX_A, "first"))
+    config = Config(watch=(root,), db=db)
+    store = Store(open_writer(db))
+    engine = Engine(config, store)
+    engine.rescan([root])  # the first record of a session is written at once
+    with rollout.open("r+b") as fh:
+        fh.truncate(0)
+        fh.write(codex_lines(CODEX_B, "second"))
+    engine.rescan([root])  # the first session's generation retired; its record held back
+    for tracked in engine.by_id.values():  # kill -9: only committed transactions survive
+        if tracked.fd is not None:
+            os.close(tracked.fd)
+            tracked.fd = None
+    store.conn.close()
+    assert_statuses(db, {CODEX_A: "active", CODEX_B: "active"})
+
+    store = Store(open_writer(db))
+    engine = Engine(config, store)
+    try:
+        engine.recover()
+        engine.rescan([root])
+        engine.finalize_all()
+    finally:
+        engine.close()
+        store.close()
+    assert_statuses(db, {CODEX_B: "completed"})
+
+
+def assert_statuses(db: Path, want: dict[str, str]) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        assert dict(conn.execute("SELECT session_id, status FROM jobs")) == want
+    finally:
+        conn.close()
 
 
 # -- 7. a rename seen as delete-then-reappear while a line is half-written ------------------
