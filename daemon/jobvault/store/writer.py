@@ -283,6 +283,18 @@ class Store:
         )
         return [file_row(r) for r in rows]
 
+    def source_of_job(self, job_key: str) -> str | None:
+        """The source of a session's files, superseded ones too, else of its record."""
+        row = (
+            self.conn.execute(
+                "SELECT source FROM files WHERE job_key = ? ORDER BY id DESC LIMIT 1", (job_key,)
+            ).fetchone()
+            or self.conn.execute(
+                "SELECT source FROM jobs WHERE session_id = ? LIMIT 1", (job_key,)
+            ).fetchone()
+        )
+        return str(row[0]) if row else None
+
     def files_of_job(self, job_key: str) -> list[FileRow]:
         rows = self.conn.execute(
             f"SELECT {FILE_COLUMNS} FROM files WHERE job_key = ? "
