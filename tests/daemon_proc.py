@@ -69,7 +69,7 @@ class DaemonProc:
                 "--socket", str(self.sock)]  # fmt: skip
 
     def start(self, wrap: Sequence[str] = (), wait: bool = True) -> None:
-        """Start it (under `wrap`, e.g. setpriv) and wait until its socket answers `status`."""
+        """Start it (under `wrap`, e.g. setpriv) and wait until it is running."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         with self.stderr_path.open("ab") as err:
@@ -78,17 +78,17 @@ class DaemonProc:
             self.proc = subprocess.Popen([*wrap, *self.command()], env=env(), stderr=err,
                                          stdout=subprocess.DEVNULL)  # fmt: skip
         if wait:
-            poll(lambda: self._answers(), "the daemon answers on its socket")
+            poll(lambda: self._answers(), "the daemon running, answering on its socket")
 
     def _answers(self) -> bool:
+        """Its socket answers and its engine is up (`status` says "starting" until then)."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"the daemon exited ({self.proc.returncode}):\n{self.stderr()}")
         try:
-            self.status()
+            return self.status().get("state") == "running"
         except (DaemonUnavailable, OSError):
             return False
-        return True
 
     @property
     def running(self) -> bool:
