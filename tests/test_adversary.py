@@ -737,3 +737,30 @@ def test_a_quarantined_session_is_contained_and_its_job_does_not_stay_active(
     assert done.returncode == 0, done.stderr.decode()
     assert daemon.query("SELECT COUNT(*) FROM faults") == [(0,)]
     assert_job_exact(daemon, SESSION, 2, 1)
+
+
+def test_a_half_line_reported_when_idle_then_finished_is_no_bad_line_any_more(
+    tmp_path: Path,
+) -> None:
+    """A session that goes idle with half a line at its end is finalized with that tail
+    archived and reported (an unterminated line); when the writer finishes the line, the
+    report is withdrawn: `status` counts no bad line, the table holds none, the job is exact."""
+    daemon = DaemonProc(tmp_path, idle_timeout=0.5)
+    try:
+        path = project(daemon) / f"{SESSION}.jsonl"
+        whole = b"".join(session_lines(2))
+        last = b"".join(session_lines(1, base=300))
+        path.write_bytes(whole + last[:45])
+        daemon.start()
+        poll(lambda: daemon.fresh_status()["bad_lines"] == 1, "the tail reported when idle")
+        [(_name, offset, reason)] = bad_line_rows(daemon)
+        assert offset == len(whole) and reason.startswith("unterminated final line")
+        with path.open("ab") as fh:
+            fh.write(last[45:])
+        daemon.wait_archived(path)
+        poll(lambda: bad_line_rows(daemon) == [], "the report withdrawn")
+        assert daemon.fresh_status()["bad_lines"] == 0
+        assert daemon.stop() == 0
+        assert_job_exact(daemon, SESSION, 2, 1)
+    finally:
+        daemon.close()
