@@ -106,6 +106,10 @@ class DaemonProc:
         """A status whose engine figures were taken now (not the last snapshot)."""
         return poll(lambda: (s := self.status())["snapshot_fresh"] and s, "a fresh status")
 
+    def wait_skipped(self) -> dict[str, Any]:
+        """A fresh status once it counts a skipped path (`files_skipped`)."""
+        return poll(lambda: (s := self.fresh_status())["files_skipped"] and s, "a skip counted")
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM; the exit code (it must exit within `timeout`)."""
         assert self.proc is not None

@@ -256,7 +256,7 @@ def test_a_fifo_never_blocks_the_daemon(daemon: DaemonProc) -> None:
     first.write_bytes(b"".join(session_lines(2)))
     daemon.start()
     daemon.wait_archived(first)
-    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the FIFO skipped")
+    status = daemon.wait_skipped()
     assert status["files_skipped"] == {"a FIFO": 1}
     # A writer opens it (O_RDWR does not wait for a reader) and fills part of the pipe.
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
@@ -417,6 +417,18 @@ def without_read_override() -> list[str]:
     return wrap
 
 
+def start_beside_a_readable_file(daemon: DaemonProc, wrap: list[str]) -> dict[str, Any]:
+    """Start the daemon (under `wrap`) with a readable session beside the unreadable path:
+    that one is archived, the other is counted; return the status that counts it."""
+    readable = project(daemon) / f"{OTHER}.jsonl"
+    readable.write_bytes(b"".join(session_lines(1, session=OTHER)))
+    daemon.start(wrap)
+    daemon.wait_archived(readable)
+    status = daemon.wait_skipped()
+    assert status["files_skipped"] == {"unreadable": 1}
+    return status
+
+
 def test_an_unreadable_file_is_a_counted_error_retried_later(daemon: DaemonProc) -> None:
     """A transcript the daemon cannot open is a counted error in `status` (never a file
     tracked at offset 0 in silence), and is read once it is readable."""
@@ -424,12 +436,7 @@ def test_an_unreadable_file_is_a_counted_error_retried_later(daemon: DaemonProc)
     locked = project(daemon) / f"{SESSION}.jsonl"
     locked.write_bytes(b"".join(session_lines(2)))
     locked.chmod(0)
-    readable = project(daemon) / f"{OTHER}.jsonl"
-    readable.write_bytes(b"".join(session_lines(1, session=OTHER)))
-    daemon.start(wrap)
-    daemon.wait_archived(readable)
-    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip counted")
-    assert status["files_skipped"] == {"unreadable": 1}
+    status = start_beside_a_readable_file(daemon, wrap)
     assert str(locked) in (status["last_error"] or "") and "ermission" in status["last_error"]
     assert daemon.query("SELECT COUNT(*) FROM files WHERE path = ?", (str(locked),)) == [(0,)]
 
@@ -444,7 +451,7 @@ def test_an_unreadable_file_is_a_counted_error_retried_later(daemon: DaemonProc)
         fh.write(b"".join(session_lines(2, base=400)))
     locked.chmod(0)
     daemon.start(wrap)
-    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip counted")
+    status = daemon.wait_skipped()
     assert status["files_skipped"] == {"unreadable": 1}
     locked.chmod(0o600)
     daemon.wait_archived(locked)
@@ -462,12 +469,7 @@ def test_an_unreadable_directory_is_a_counted_error(daemon: DaemonProc) -> None:
     inside = hidden / f"{SESSION}.jsonl"
     inside.write_bytes(b"".join(session_lines(1)))
     hidden.chmod(0)
-    readable = project(daemon) / f"{OTHER}.jsonl"
-    readable.write_bytes(b"".join(session_lines(1, session=OTHER)))
-    daemon.start(wrap)
-    daemon.wait_archived(readable)
-    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip counted")
-    assert status["files_skipped"] == {"unreadable": 1}
+    start_beside_a_readable_file(daemon, wrap)
     hidden.chmod(0o700)
     daemon.wait_archived(inside)
     poll(lambda: daemon.fresh_status()["files_skipped"] == {}, "the skip cleared")
@@ -488,7 +490,7 @@ def test_a_file_left_with_unread_bytes_then_locked_is_a_counted_error(daemon: Da
     daemon.kill()  # (a clean stop would archive the half line as the file's tail)
     path.chmod(0)  # the size and time are unchanged
     daemon.start(wrap)
-    status = poll(lambda: (s := daemon.fresh_status())["files_skipped"] and s, "the skip")
+    status = daemon.wait_skipped()
     assert status["files_skipped"] == {"unreadable": 1}
     assert str(path) in (status["last_error"] or "")
     path.chmod(0o600)  # readable again, still unchanged
@@ -636,6 +638,16 @@ def assert_statuses(db: Path, want: dict[str, str]) -> None:
 # -- 7. a rename seen as delete-then-reappear while a line is half-written ------------------
 
 
+def half_written_session(daemon: DaemonProc) -> tuple[Path, bytes, bytes]:
+    """A transcript of two exchanges and the first 45 bytes of a third: (its path, the
+    complete lines, the whole third exchange, to be finished from byte 45)."""
+    path = project(daemon) / f"{SESSION}.jsonl"
+    whole = b"".join(session_lines(2))
+    last = b"".join(session_lines(1, base=300))
+    path.write_bytes(whole + last[:45])
+    return path, whole, last
+
+
 @pytest.mark.parametrize(
     ("finish", "back", "restart"),
     [
@@ -656,10 +668,7 @@ def test_a_move_seen_as_delete_then_reappear_mid_line_records_no_bad_line(
     it is away. No bad line is recorded, nothing is archived twice, and the job is exact."""
     daemon = DaemonProc(tmp_path)
     try:
-        path = project(daemon) / f"{SESSION}.jsonl"
-        whole = b"".join(session_lines(2))
-        last = b"".join(session_lines(1, base=300))
-        path.write_bytes(whole + last[:45])
+        path, whole, last = half_written_session(daemon)
         daemon.start()
         poll(lambda: daemon.archived_bytes(path) == len(whole), "the complete lines archived")
         away = tmp_path / "away.jsonl"  # outside the watched root
@@ -747,10 +756,7 @@ def test_a_half_line_reported_when_idle_then_finished_is_no_bad_line_any_more(
     report is withdrawn: `status` counts no bad line, the table holds none, the job is exact."""
     daemon = DaemonProc(tmp_path, idle_timeout=0.5)
     try:
-        path = project(daemon) / f"{SESSION}.jsonl"
-        whole = b"".join(session_lines(2))
-        last = b"".join(session_lines(1, base=300))
-        path.write_bytes(whole + last[:45])
+        path, whole, last = half_written_session(daemon)
         daemon.start()
         poll(lambda: daemon.fresh_status()["bad_lines"] == 1, "the tail reported when idle")
         [(_name, offset, reason)] = bad_line_rows(daemon)
