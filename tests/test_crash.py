@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from jobvault.paths import default_socket_path
-from tests.helpers import archived, archived_total, expected_tokens, session_lines
+from tests.daemon_proc import DaemonProc, poll, take_inode
+from tests.helpers import archived, archived_total, assistant, dumps, expected_tokens, session_lines
+from tests.recount import mismatches, recorded
 
 FILES = 300
 EXCHANGES = 40
@@ -111,6 +113,7 @@ def test_kill_9_during_import(tmp_path: Path, db: Path) -> None:
 # `make test` runs a short version; `make soak` sets these for the long one.
 SOAK_CYCLES = int(os.environ.get("JOBVAULT_SOAK_CYCLES", "5"))
 SOAK_SESSIONS = int(os.environ.get("JOBVAULT_SOAK_SESSIONS", "40"))
+SOAK_SEED = int(os.environ.get("JOBVAULT_SOAK_SEED", "1212"))
 
 
 def _line_counts(db: Path, plans: dict[Path, list[bytes]]) -> dict[str, int]:
@@ -197,3 +200,144 @@ def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
     assert counts["lost"] == 0 and counts["doubled"] == 0
     assert counts["lines archived"] == counts["lines written"]
     _check(db, dict.fromkeys(plans, 10))
+
+
+class _Soak:
+    """Sessions appended to, copied from, renamed, truncated, deleted and replaced by new
+    sessions (on the freed inode while the daemon is down), across kill -9 cycles."""
+
+    def __init__(self, root: Path, rng: random.Random) -> None:
+        self.rng = rng
+        self.dirs = [root / "-work-a", root / "-work-b"]
+        for d in self.dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        self.live: dict[str, Path] = {}  # session -> its file now
+        self.counter = 0
+        self.counts = dict.fromkeys(
+            ("appends", "copies", "renames", "truncations", "deletions", "inode reuses"), 0
+        )
+
+    def new_session(self, inode: int | None = None) -> None:
+        session = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        path = self.rng.choice(self.dirs) / f"{session}.jsonl"
+        first = self._line(session)
+        if inode is not None and take_inode(path, first, inode):
+            self.counts["inode reuses"] += 1
+        else:
+            path.write_bytes(first)
+        self.live[session] = path
+
+    def _line(self, session: str) -> bytes:
+        self.counter += 1
+        n = self.counter
+        tool = [{"type": "tool_use", "id": f"toolu_{n}", "name": "Bash", "input": {"c": n}}]
+        return dumps(assistant(f"msg_{n}", n % 3000, session=session, inp=n % 7 + 1,
+                               out=n, read=n % 5, content=tool))  # fmt: skip
+
+    def _copy(self, session: str) -> bytes:
+        """A copy of an earlier message (streamed, or history copied into a resumed session)."""
+        self.counter += 1
+        of = self.rng.randint(1, self.counter - 1)
+        return dumps(assistant(f"msg_{of}", self.counter % 3000, session=session, inp=of % 7 + 1,
+                               out=self.rng.randint(0, 2 * of), read=of % 5,
+                               isSidechain=self.rng.random() < 0.2))  # fmt: skip
+
+    def append(self, split: bool) -> None:
+        session = self.rng.choice(list(self.live))
+        copy = self.rng.random() < 0.25
+        line = self._copy(session) if copy else self._line(session)
+        self.counts["copies" if copy else "appends"] += 1
+        with self.live[session].open("ab") as fh:
+            if split:  # a line arriving in two writes
+                cut = self.rng.randint(1, len(line) - 1)
+                fh.write(line[:cut])
+                fh.flush()
+                line = line[cut:]
+            fh.write(line)
+
+    def rename(self) -> None:
+        session = self.rng.choice(list(self.live))
+        path = self.live[session]
+        target = next(d for d in self.dirs if d != path.parent) / path.name
+        path.rename(target)
+        self.live[session] = target
+        self.counts["renames"] += 1
+
+    def truncate(self) -> None:
+        session = self.rng.choice(list(self.live))
+        path = self.live[session]
+        lines = path.read_bytes().splitlines(keepends=True)
+        keep = self.rng.randint(0, max(0, len(lines) - 1))
+        os.truncate(path, sum(len(line) for line in lines[:keep]))
+        self.counts["truncations"] += 1
+
+    def delete(self, reuse: bool) -> None:
+        """Delete a session's file; a new session follows (on its inode, if `reuse`)."""
+        session = self.rng.choice(list(self.live))
+        path = self.live.pop(session)
+        inode = path.stat().st_ino
+        path.unlink()
+        self.counts["deletions"] += 1
+        self.new_session(inode if reuse else None)
+
+    def step(self, running: bool) -> None:
+        roll = self.rng.random()
+        if roll < 0.80:
+            self.append(split=running and self.rng.random() < 0.3)
+        elif roll < 0.87:
+            self.rename()
+        elif roll < 0.93:
+            self.truncate()
+        else:
+            self.delete(reuse=not running)
+
+
+@pytest.mark.slow
+def test_kill_9_soak_with_deletions_truncations_renames_and_inode_reuse(tmp_path: Path) -> None:
+    """The real daemon killed with SIGKILL at random moments while its sessions are appended
+    to (lines in two writes, copies of earlier messages), renamed, truncated, deleted and
+    replaced by new sessions, and while it is down deleted and replaced on the freed inode.
+    After a last start and a clean SIGTERM: every present file is archived byte for byte, no
+    chunk overlaps or leaves a gap, no bad line, every job's tokens equal an independent
+    recount of its archive (ccusage's rule for copies), and no job is left active."""
+    rng = random.Random(SOAK_SEED)
+    daemon = DaemonProc(tmp_path, rescan_interval=0.3, idle_timeout=1.0)
+    soak = _Soak(daemon.root, rng)
+    for _ in range(SOAK_SESSIONS):
+        soak.new_session()
+    try:
+        for _cycle in range(SOAK_CYCLES):
+            daemon.start()
+            deadline = time.monotonic() + rng.uniform(0.3, 1.3)
+            while time.monotonic() < deadline:
+                soak.step(running=True)
+                time.sleep(0.002)
+            daemon.kill()
+            for _ in range(rng.randint(0, 3)):  # while it is down: Claude Code's cleanup
+                soak.step(running=False)
+                soak.delete(reuse=True)
+        daemon.start()
+        poll(lambda: all(daemon.archived_bytes(p) == p.stat().st_size
+                         for p in soak.live.values()), "every file archived", 120)  # fmt: skip
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    for path in soak.live.values():
+        assert archived(daemon.db, path) == path.read_bytes(), path
+    overlaps = daemon.query(
+        "SELECT COUNT(*) FROM (SELECT file_id, offset, LAG(offset + length) OVER (PARTITION BY "
+        "file_id ORDER BY offset) AS prev_end FROM chunks) WHERE prev_end != offset"
+    )
+    assert overlaps == [(0,)]
+    assert daemon.query("SELECT COUNT(*) FROM bad_lines") == [(0,)]
+    assert mismatches(daemon.db) == []
+    records = recorded(daemon.db)
+    assert [job for job, (status, _) in records.items() if status == "active"] == []
+    assert daemon.query("SELECT COUNT(*) FROM jobs WHERE finalized_at IS NULL") == [(0,)]
+    states = dict(daemon.query("SELECT state, COUNT(*) FROM files GROUP BY state"))
+    summary = {"seed": SOAK_SEED, "cycles": SOAK_CYCLES, **soak.counts, "jobs": len(records),
+               **{f"files {state}": n for state, n in sorted(states.items())}}  # fmt: skip
+    width = max(len(k) for k in summary)
+    print("\nkill -9 soak with deletions, truncations, renames and inode reuse\n"
+          + "\n".join(f"  {k.ljust(width)}  {v:>8}" for k, v in summary.items()))  # fmt: skip
+    assert soak.counts["deletions"] and soak.counts["truncations"] and soak.counts["renames"]

@@ -1,6 +1,7 @@
 """A model-based property test of the tailer, archive and job records (hypothesis stateful).
 
-Random sequences of file operations (append a line, append half a line, finish it, truncate,
+Random sequences of file operations (append a line, append a copy of an earlier message,
+append half a line, finish it, truncate,
 replace in place or by a new inode, rename inside the tree, move out of the tree, delete) are
 applied to real files, interleaved with what the daemon does (a rescan), a clean restart and a
 crash (the engine dropped mid-flight without finalizing or closing, as kill -9 leaves it: only
@@ -11,7 +12,10 @@ finalization), the archive and the job records must agree with the model exactly
 * every file still present is archived byte for byte, in its current generation;
 * every generation's archive is a prefix of what that generation held (nothing doubled, nothing
   invented), and all of it when the engine held the file open when it disappeared;
-* each job counts one tool call per complete line in its current archive.
+* each job counts one tool call per complete line in its current archive;
+* each job's token totals equal an independent recount of its archive (tests/recount.py:
+  ccusage's rule for copies of a message, which the model appends within and across sessions),
+  and no job is left active after the final finalization.
 
 The engine is the daemon's core driven synchronously (the daemon calls these same methods from
 its worker thread), which keeps examples fast and deterministic; test_crash.py and
@@ -37,6 +41,7 @@ from jobvault.ingest.engine import Engine
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
 from tests.helpers import archived
+from tests.recount import mismatches, recorded
 
 NAMES = [f"{i:08d}-0000-4000-8000-00000000000{i}" for i in range(4)]
 
@@ -53,6 +58,20 @@ def _line(n: int, session: str) -> bytes:
         "requestId": f"req_{n}",
     }  # fmt: skip
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _copy_line(n: int, session: str, of: int, output: int, sidechain: bool) -> bytes:
+    """Another copy of message `of` (a streamed block, or history a resumed session copied)
+    with its own output count: ccusage's rule decides which copy counts, and where."""
+    obj = {
+        "type": "assistant", "sessionId": session, "uuid": f"c{n}", "isSidechain": sidechain,
+        "timestamp": f"2025-10-01T11:{n // 60 % 60:02d}:{n % 60:02d}.000Z",
+        "message": {"id": f"msg_{of}", "role": "assistant", "model": "claude-sonnet-4-20250514",
+                    "content": [{"type": "text", "text": f"copy {n}"}],
+                    "usage": {"input_tokens": 1, "output_tokens": output}},
+        "requestId": f"req_{of}",
+    }  # fmt: skip
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 @dataclass
@@ -132,6 +151,18 @@ class FileModel(RuleBasedStateMachine):
             return
         for _ in range(count):
             self._write(gen, self._next_line(gen))
+
+    @precondition(lambda self: self._live() and self.counter)
+    @rule(data=st.data(), output=st.integers(0, 40), sidechain=st.booleans())
+    def append_copy(self, data: st.DataObject, output: int, sidechain: bool) -> None:
+        """A copy of an earlier message, into this session or another one."""
+        index = data.draw(st.sampled_from(self._live()))
+        if index in self.partial:
+            return
+        gen = self.generations[index]
+        of = data.draw(st.integers(1, self.counter))
+        self.counter += 1
+        self._write(gen, _copy_line(self.counter, gen.name, of, output, sidechain))
 
     @precondition(lambda self: self._live())
     @rule(data=st.data(), cut=st.integers(1, 60))
@@ -310,9 +341,14 @@ class FileModel(RuleBasedStateMachine):
             if state not in ("active", "deleted"):
                 continue
             lines = current.setdefault(Path(path).stem, set())
-            lines.update(line for line in data.split(b"\n") if line.endswith(b"}"))
+            lines.update(line for line in data.split(b"\n")
+                         if line.endswith(b"}") and b'"tool_use"' in line)  # fmt: skip
         for name, lines in current.items():
             assert tool_calls.get(name, 0) == len(lines), (name, tool_calls.get(name), len(lines))
+        # Tokens: each job's totals equal a recount of its archived lines with ccusage's rule
+        # for copies of a message (within the job and across jobs), and no job is left active.
+        assert mismatches(self.db) == []
+        assert "active" not in {status for status, _tokens in recorded(self.db).values()}
 
 
 def _archive(db: Path, file_id: int) -> bytes:

@@ -13,7 +13,8 @@ from jobvault.config import Config
 from jobvault.ingest.engine import Engine
 from jobvault.store.db import open_writer
 from jobvault.store.writer import Store
-from tests.helpers import SESSION, archived, session_lines
+from tests.helpers import SESSION, archived, assistant, dumps, session_lines, user
+from tests.recount import mismatches
 
 
 @pytest.fixture
@@ -167,3 +168,44 @@ def test_many_files_do_not_exhaust_descriptors(tmp_path: Path, db: Path, project
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 300
     conn.close()
+
+
+def test_a_renamed_file_competes_for_shared_messages_under_its_new_path(
+    engine: Engine, project: Path, db: Path
+) -> None:
+    """Two sessions hold copies of one message with the same total: the copy with the smaller
+    (path, offset) counts. Once one file is renamed past the other, the count follows its new
+    path (as `rebuild` and a recount of the archive have it), and its record names that path."""
+    root = project.parent
+    other = "33333333-2222-4333-8444-555555555555"
+    first = root / "-a" / f"{SESSION}.jsonl"
+    second = root / "-b" / f"{other}.jsonl"
+    for path, session in ((first, SESSION), (second, other)):
+        path.parent.mkdir()
+        copy = dumps(assistant("msg_shared", 1, session=session, inp=7, out=3))
+        path.write_bytes(dumps(user("go", 0, session=session)) + copy)
+    engine.rescan([root])
+    engine.finalize_all()
+    assert _tokens(db) == {SESSION: 7, other: 0}  # -a/… sorts before -b/…
+    moved = root / "-c" / first.name
+    moved.parent.mkdir()
+    first.rename(moved)
+    engine.rescan([root])
+    engine.finalize_all()
+    assert _tokens(db) == {SESSION: 0, other: 7}  # -b/… sorts before -c/… now
+    assert mismatches(db) == []
+    conn = sqlite3.connect(db)
+    try:
+        [(source_path,)] = conn.execute("SELECT source_path FROM jobs WHERE session_id = ?",
+                                        (SESSION,)).fetchall()  # fmt: skip
+    finally:
+        conn.close()
+    assert source_path == str(moved)
+
+
+def _tokens(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT session_id, input_tokens FROM jobs"))
+    finally:
+        conn.close()

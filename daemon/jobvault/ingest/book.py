@@ -39,6 +39,8 @@ class ArchiveView(Protocol):
 
     def files_of_job(self, job_key: str) -> list[FileRow]: ...
 
+    def source_of_job(self, job_key: str) -> str | None: ...
+
     def iter_chunks(self, file_id: int) -> Iterator[tuple[int, bytes]]: ...
 
     def archived_job_keys(self) -> set[str]: ...
@@ -97,7 +99,12 @@ class SessionBook:
         if job is not None:
             return job.adapter
         rows = self.archive.files_of_job(key)
-        return ADAPTERS[rows[0].source if rows else "claude"]
+        if rows:
+            return ADAPTERS[rows[0].source]
+        # No current file (every one superseded): its record is still rewritten (removed,
+        # being empty) by its own adapter, under its own id.
+        source = self.archive.source_of_job(key)
+        return ADAPTERS[source if source in ADAPTERS else "claude"]
 
     def invalidate(self, key: str, adapter: Adapter | None = None) -> Job:
         """The session's accumulator may differ from the archive: rebuild it when needed."""

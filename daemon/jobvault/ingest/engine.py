@@ -262,12 +262,13 @@ class Engine:
         seen = set(paths)
         prefixes = tuple(os.path.abspath(str(r)).rstrip(os.sep) + os.sep for r in roots)
         files = {os.path.abspath(str(r)) for r in roots}
-        # Tracked files under the roots that the walk did not find: deleted or moved away.
+        # Tracked files under the roots that the walk did not find: deleted or moved away;
+        # and skipped paths that are gone (no longer counted as skipped in `status`).
         # (Files under a root removed from the configuration are left alone.)
         # (The walk found the paths it lists: only the others need a look for existence.)
         unseen = [
             p
-            for p in [*self.tracker.by_path, *self.tracker.limbo]
+            for p in [*self.tracker.by_path, *self.tracker.limbo, *self.tracker.skipped]
             if p not in seen and (p.startswith(prefixes) or p in files)
         ]
         gone = [p for p in unseen if not os.path.lexists(p)]
@@ -405,7 +406,24 @@ class Engine:
             }
             keys = [k for k in keys if k not in waiting]
         self.finalize_many(keys)
+        self._close_quarantined(
+            k
+            for k, j in self.book.jobs.items()
+            if not j.finalized and now - j.modified >= idle_timeout
+        )
         return keys
+
+    def _close_quarantined(self, keys: Iterable[str]) -> None:
+        """Quarantined sessions cannot be built: their records (if any) are made final as
+        they stand, with status 'error', so that no job stays active for good."""
+        closing = sorted(set(keys) & self.book.quarantined)
+        if closing:
+            self.store.close_records(closing)
+            for key in closing:
+                job = self.book.jobs.get(key)
+                if job is not None:
+                    job.finalized = True
+            log.info("quarantined_jobs_closed", count=len(closing), jobs=closing[:20])
 
     def finalize_all(self) -> None:
         """Archive every unterminated tail and finalize every open session (shutdown, import),
@@ -423,6 +441,7 @@ class Engine:
         self._run(tails, list(self.config.watch), final=True,
                   finalize=keys - self.book.quarantined)  # fmt: skip
         self._flush_deferred(None)
+        self._close_quarantined(keys)
 
     def flush(self) -> None:
         """Write every job whose record changed since it was last written."""
@@ -625,7 +644,7 @@ class Engine:
                 pending += unread
                 lag = max(lag, now - row.mtime_ns / 1e9)
         skipped: dict[str, int] = {}
-        for reason in self.tracker.skipped.values():
+        for reason in [*self.tracker.skipped.values(), *self.tracker.unlisted.values()]:
             label = reason.split(":")[0]
             skipped[label] = skipped.get(label, 0) + 1
         jobs = self.book.jobs.values()

@@ -247,6 +247,12 @@ class RoundReader:
                 rnd.work.append(Work("continue", t, row, action.source, final=final,
                                      force=True, fd=action.fd, action=action))  # fmt: skip
                 log.info("file_continues", file=action.path, old=t.row.path, file_id=t.row.id)
+                if action.path != t.row.path and t.row.job_key is not None:
+                    # Its lines were read under the old path, which ranks copies of a message
+                    # shared with another session (and names the record's file): rebuilt
+                    # from the archive under the new one, as `rebuild` would.
+                    rnd.invalidated.add(t.row.job_key)
+                    self.book.invalidate(t.row.job_key, t.adapter)
             elif isinstance(action, Retire):
                 t = action.tracked
                 planned.add(id(t))

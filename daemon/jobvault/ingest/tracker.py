@@ -202,6 +202,7 @@ class FileTracker:
         self.deleted_by_path: dict[str, Tracked] = {}
         self.open_count = 0
         self.skipped: dict[str, str] = {}  # path -> why it is not read (current)
+        self.unlisted: dict[str, str] = {}  # directories the last walk could not list, and why
         # New files whose row the database refused (full, read-only): their descriptors are
         # kept, so one deleted before the database recovers is still drained through it.
         self.limbo: dict[str, tuple[int, os.stat_result]] = {}
@@ -312,14 +313,19 @@ class FileTracker:
 
     def source(self, tracked: Tracked) -> Source | None:
         """The file's reader, opening its descriptor if needed (None: gone or unreadable)."""
+        try:
+            return self.open_source(tracked)
+        except OSError:
+            return None
+
+    def open_source(self, tracked: Tracked) -> Source | None:
+        """The file's reader, opening its descriptor if needed; None if its path holds
+        another inode now; OSError if it cannot be opened."""
         if tracked.source is not None:
             return tracked.source
         if self.open_count >= self.max_open:
             self.limit_open_files()
-        try:
-            fd, st = self._open_regular(tracked.row.path)
-        except OSError:
-            return None
+        fd, st = self._open_regular(tracked.row.path)
         if (st.st_dev, st.st_ino) != (tracked.row.dev, tracked.row.ino):
             os.close(fd)
             return None
@@ -347,18 +353,31 @@ class FileTracker:
     def scan(self, roots: Iterable[Path]) -> list[str]:
         """Every candidate transcript path under `roots` (files or directories), sorted."""
         found: list[str] = []
+        unlisted: dict[str, str] = {}
+
+        def unlistable(exc: OSError) -> None:
+            # A directory that cannot be listed hides its sessions: counted in `status`.
+            if exc.filename is not None and os.path.lexists(exc.filename):
+                unlisted[os.fsdecode(exc.filename)] = f"unreadable: {exc.strerror}"
+
         for root in roots:
             root_s = os.path.abspath(str(root))
             if os.path.isfile(root_s):
                 if self.classify(root_s) is not None:
                     found.append(root_s)
                 continue
-            for dirpath, dirnames, filenames in os.walk(root_s, followlinks=False):
+            for dirpath, dirnames, filenames in os.walk(
+                root_s, onerror=unlistable, followlinks=False
+            ):
                 dirnames.sort()
                 found.extend(
                     os.path.join(dirpath, name) for name in sorted(filenames)
                     if name.endswith(SUFFIXES)
                 )  # fmt: skip
+        for path, reason in unlisted.items():
+            if self.unlisted.get(path) != reason:
+                log.warning("directory_skipped", directory=path, reason=reason)
+        self.unlisted = unlisted
         return found
 
     @staticmethod
@@ -381,6 +400,7 @@ class FileTracker:
         try:
             lst = os.lstat(path)
         except FileNotFoundError:
+            self.skipped.pop(path, None)  # a skipped path that is gone is no longer skipped
             if held is not None and tracked is None:
                 create = self._create(path, held[1], held[0], codec_of(path), gone=True)
                 if create is not None:
@@ -395,10 +415,17 @@ class FileTracker:
         if held is not None:
             os.close(held[0])  # still there: opened again below
         if tracked is not None and self._unchanged(tracked, lst):
-            if tracked.source is None and self.open_count < self.max_open:
+            if tracked.source is None and (self.open_count < self.max_open or tracked.unread()):
                 # Hold every tracked file open while descriptors allow, so one deleted right
-                # after an append is still drained to its end.
-                self.source(tracked)
+                # after an append is still drained to its end. One that cannot be opened
+                # (its mode changed: that leaves its size and time alone) is reported.
+                try:
+                    self.open_source(tracked)
+                except FileNotFoundError:
+                    pass  # gone since the lstat: the next look says so
+                except OSError as exc:
+                    return [Skip(path, f"unreadable: {exc.strerror}")]
+            self.skipped.pop(path, None)
             return [Read(tracked)] if tracked.unread() else []
         try:
             fd, st = self._open_regular(path)
@@ -409,6 +436,7 @@ class FileTracker:
             return [*gone, Skip(path, exc.strerror or "not a regular file")]
         except OSError as exc:
             return [Skip(path, f"unreadable: {exc.strerror}")]
+        self.skipped.pop(path, None)  # a regular file, readable now: no longer skipped
         kept = False  # did the descriptor go to an action or to the tracked file?
         try:
             actions, kept = self._identify(path, tracked, fd, st)

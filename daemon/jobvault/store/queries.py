@@ -470,9 +470,11 @@ def _plain(value: Any) -> Any:
 
 def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
     """Counts and sizes read from the database alone."""
+    # Bad lines are the rows of their table (as `import` counts them): a file's own counter
+    # is not taken back when an unterminated tail it reported is continued by new bytes.
     files, active_files, lines, bad, lost = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(state = 'active'), 0), COALESCE(SUM(line_count), 0), "
-        "COALESCE(SUM(bad_lines), 0), COALESCE(SUM(lost_bytes), 0) FROM files"
+        "(SELECT COUNT(*) FROM bad_lines), COALESCE(SUM(lost_bytes), 0) FROM files"
     ).fetchone()
     archived = conn.execute("SELECT COALESCE(SUM(length), 0) FROM chunks").fetchone()[0]
     jobs, active = conn.execute(

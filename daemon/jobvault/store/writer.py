@@ -283,6 +283,18 @@ class Store:
         )
         return [file_row(r) for r in rows]
 
+    def source_of_job(self, job_key: str) -> str | None:
+        """The source of a session's files, superseded ones too, else of its record."""
+        row = (
+            self.conn.execute(
+                "SELECT source FROM files WHERE job_key = ? ORDER BY id DESC LIMIT 1", (job_key,)
+            ).fetchone()
+            or self.conn.execute(
+                "SELECT source FROM jobs WHERE session_id = ? LIMIT 1", (job_key,)
+            ).fetchone()
+        )
+        return str(row[0]) if row else None
+
     def files_of_job(self, job_key: str) -> list[FileRow]:
         rows = self.conn.execute(
             f"SELECT {FILE_COLUMNS} FROM files WHERE job_key = ? "
@@ -409,6 +421,18 @@ class Store:
     def clear_faults(self, kind: str) -> None:
         with self._transaction():
             self.conn.execute("DELETE FROM faults WHERE kind = ?", (kind,))
+
+    def close_records(self, sessions: Iterable[str]) -> None:
+        """Make the records of these sessions final as they stand, with status 'error' (a
+        quarantined session: its record cannot be rebuilt until `jobvault rebuild`)."""
+        now = now_iso()
+        with self._transaction():
+            self.conn.executemany(
+                "UPDATE jobs SET status = 'error', finalized_at = ?1, updated_at = ?1, "
+                "record = json_set(record, '$.status', 'error') "
+                "WHERE session_id = ?2 AND finalized_at IS NULL",
+                [(now, session) for session in sessions],
+            )
 
     def delete_job(self, session: str) -> None:
         """Remove a session's record (it has no current file left holding anything)."""
