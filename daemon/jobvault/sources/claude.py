@@ -232,6 +232,8 @@ class ClaudeJob:
         order: Order = (ts, ctx.file_id, offset)
         sidechain = bool(obj.get("isSidechain")) or ctx.role == "subagent"
         agent_id = ctx.agent_id or (obj.get("agentId") if sidechain else None)
+        if agent_id is not None and agent_id.__class__ is not str:
+            agent_id = None  # (a list or an object names no agent)
         if ts:
             if self.first_ts is None or ts < self.first_ts:
                 self.first_ts = ts
@@ -258,7 +260,7 @@ class ClaudeJob:
             # Inlined `slot.offer`: three per line add up over an import.
             if value and value.__class__ is str and (slot.order is None or order > slot.order):
                 slot.order, slot.value = order, value
-        if agent_id is not None and isinstance(agent_id, str):
+        if agent_id is not None:
             agent = self.agents.get(agent_id)
             if agent is None:
                 agent = self.agents[agent_id] = _Agent(ctx.layout or "sidechain")

@@ -152,6 +152,8 @@ class FileState:
         order: Order = (ts, self.file_id, offset)
         if isinstance(kind, str) and isinstance(payload, dict):
             sub = payload.get("type") if kind in ("response_item", "event_msg") else None
+            if sub is not None and not isinstance(sub, str):
+                sub = f"<{type(sub).__name__}>"  # (a list or an object is no kind we know)
             if not self._known(kind, sub):
                 self.skipped[f"{kind}/{sub}" if sub is not None else kind] += 1
                 if kind == "event_msg" and not self._in_replay(ts):
