@@ -110,6 +110,62 @@ def test_kill_9_during_import(tmp_path: Path, db: Path) -> None:
     _check(db, sizes)
 
 
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in out]
+        out.update(children)
+        todo.extend(children)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # (a zombie has exited: only its parent has not reaped it yet)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_kill_9_of_an_import_leaves_no_worker_behind(tmp_path: Path, db: Path) -> None:
+    """The worker processes (and the fork server) end with the process that started them:
+    before, they held each other's pipes open and lived on after a kill -9."""
+    _corpus(tmp_path / "projects", FILES, random.Random(9))
+    cmd = [sys.executable, "-m", "jobvault", "import", str(tmp_path / "projects"),
+           "--db", str(db), "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        family: set[int] = set()
+        while len(family) < 3 and proc.poll() is None:  # fork server, resource tracker, ...
+            assert time.monotonic() < deadline, "no worker process started"
+            family = _descendants(proc.pid)
+            time.sleep(0.01)
+        assert proc.poll() is None, "the import finished before its workers were seen"
+        workers = _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in workers):
+            assert time.monotonic() < deadline, [p for p in workers if _alive(p)]
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 # `make test` runs a short version; `make soak` sets these for the long one.
 SOAK_CYCLES = int(os.environ.get("JOBVAULT_SOAK_CYCLES", "5"))
 SOAK_SESSIONS = int(os.environ.get("JOBVAULT_SOAK_SESSIONS", "40"))

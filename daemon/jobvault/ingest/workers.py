@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import sqlite3
+import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -95,6 +97,9 @@ class _Setup:
     level: int
     follow_symlinks: bool
     machine_id: str | None
+    # The engine's process: a worker ends when it does (a kill -9 of the daemon or of an
+    # import, the OOM killer), instead of living on with the fork server.
+    parent: int = field(default_factory=os.getpid)
     # The engine's memory bounds (tests lower them): a worker spills as the engine would.
     spill_after: int = field(default_factory=lambda: spill.SPILL_AFTER)
     flush_every: int = field(default_factory=lambda: spill.FLUSH_EVERY)
@@ -106,8 +111,34 @@ _conn: sqlite3.Connection | None = None
 _compressor: zstandard.ZstdCompressor | None = None
 
 
+def _end_with(parent: int) -> None:
+    """Exit as soon as the engine's process is gone (a thread of each worker).
+
+    Nothing else would tell: a worker holds the fork server's end of the engine's pipes, so
+    neither notices the engine dying, and the pool's processes lived on after a kill -9.
+    Nothing is lost by leaving mid-unit: the engine commits only what came back.
+    """
+    try:
+        fd = os.pidfd_open(parent)  # Linux: wait without polling
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        select.select([fd], [], [])
+    else:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # (another user's process has the number now)
+                break
+    os._exit(0)
+
+
 def _init(setup: _Setup) -> None:
     global _setup, _compressor
+    threading.Thread(target=_end_with, args=(setup.parent,), daemon=True).start()
     # As in the engine's process: without it the read blocks, long lines and chunks of a
     # large session fragment the worker's heap (a 336 MB rollout held 267 MB, 70 MB now).
     memory.limit_fragmentation()
