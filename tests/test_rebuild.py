@@ -58,6 +58,34 @@ def _daily(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]
         conn.close()
 
 
+def _rollups(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """(the trigger-kept hourly usage and status counters, a recomputation of both)."""
+    conn = sqlite3.connect(db)
+    try:
+        kept = conn.execute(
+            "SELECT hour, source, model, messages, input_tokens, output_tokens, "
+            "cache_creation_tokens, cache_read_tokens, reasoning_tokens, ROUND(cost_usd, 6) "
+            "FROM usage_hourly ORDER BY 1, 2, 3"
+        ).fetchall()
+        fresh = conn.execute(
+            "SELECT u.hour, j.source, u.model, SUM(u.messages), SUM(u.input_tokens), "
+            "SUM(u.output_tokens), SUM(u.cache_creation_tokens), SUM(u.cache_read_tokens), "
+            "SUM(u.reasoning_tokens), ROUND(SUM(u.cost_usd), 6) FROM job_usage u "
+            "JOIN jobs j ON j.id = u.job_id GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        kept += conn.execute("SELECT * FROM status_counters").fetchall()
+        fresh += conn.execute(
+            "SELECT 1, (SELECT COUNT(*) FROM files), (SELECT SUM(state = 'active') FROM files), "
+            "(SELECT SUM(line_count) FROM files), (SELECT SUM(bad_lines) FROM files), "
+            "(SELECT SUM(lost_bytes) FROM files), (SELECT COUNT(*) FROM chunks), "
+            "(SELECT SUM(length) FROM chunks), (SELECT COUNT(*) FROM jobs), "
+            "(SELECT COALESCE(SUM(status = 'active'), 0) FROM jobs)"
+        ).fetchall()
+        return kept, fresh
+    finally:
+        conn.close()
+
+
 def _indexed(db: Path) -> bool:
     """Every job has exactly one full-text document and no document outlives its job."""
     conn = sqlite3.connect(db)
@@ -113,6 +141,8 @@ def test_rebuild_reproduces_every_record(
     assert _children(db) == children
     kept, fresh = _daily(db)
     assert kept == fresh and kept
+    kept, fresh = _rollups(db)
+    assert kept == fresh and len(kept) > 1
 
 
 @settings(
@@ -127,6 +157,8 @@ def test_daily_metrics_equal_recomputation_in_any_order(
     tmp_path_factory: pytest.TempPathFactory, order: list[int], seed: int, rebuild_after: set[int]
 ) -> None:
     """Finalize, update and rebuild jobs in random order; daily metrics always match.
+
+    So do the trigger-kept hourly usage rollup and the status counters (`m005_read_side`).
 
     The full-text index is checked alongside: exactly one document per job, whatever the
     order of writes, rewrites and rebuilds.
@@ -162,11 +194,15 @@ def test_daily_metrics_equal_recomputation_in_any_order(
         kept, fresh = _daily(db)
         assert kept == fresh
         assert _indexed(db)
+        kept, fresh = _rollups(db)
+        assert kept == fresh
     engine.finalize_all()
     kept, fresh = _daily(db)
     assert kept == fresh
     engine.rebuild()
     assert _daily(db) == (kept, fresh)
     assert _indexed(db)
+    kept, fresh = _rollups(db)
+    assert kept == fresh
     engine.close()
     store.close()

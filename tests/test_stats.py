@@ -160,12 +160,19 @@ def test_days_follow_the_time_zone(vault: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_daily_metrics_answer_like_the_hourly_rows(vault: Path) -> None:
-    """The UTC fast path (daily_metrics) and the hourly regrouping give the same report."""
+    """The UTC fast path (daily_metrics), the hourly rollup (usage_hourly) and the per-job
+    rows give the same report; so do the top sessions picked through the cost index."""
     conn = open_reader(vault)
     try:
         fast = stats.usage(conn, "day", timezone="UTC")
-        slow = stats.usage(conn, "day", timezone="Africa/Abidjan")  # UTC+0, not a UTC alias
-        assert fast["rows"] == slow["rows"] and fast["rows"]
+        rollup = stats.usage(conn, "day", timezone="Africa/Abidjan")  # UTC+0, not an alias
+        # A job filter that keeps every job reads the per-job rows instead of usage_hourly.
+        slow = stats.usage(conn, "day", timezone="Africa/Abidjan", filters={"min_cost": 0})
+        assert fast["rows"] == rollup["rows"] == slow["rows"] and fast["rows"]
+        for zone in ("Asia/Tokyo", "America/Los_Angeles"):
+            by_rollup = stats.usage(conn, "week", timezone=zone, top=3)
+            by_jobs = stats.usage(conn, "week", timezone=zone, top=3, filters={"min_cost": 0})
+            assert by_rollup == by_jobs and by_rollup["top_sessions"]
         for group in ("model", "project", "source"):
             report = stats.usage(conn, group)
             assert report["totals"]["total_tokens"] == fast["totals"]["total_tokens"]

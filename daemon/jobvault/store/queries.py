@@ -469,7 +469,30 @@ def _plain(value: Any) -> Any:
 
 
 def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
-    """Counts and sizes read from the database alone."""
+    """Counts and sizes read from the database alone.
+
+    The counts come from `status_counters`, which triggers keep exact (`m005_read_side`): one
+    row, however large the vault. A database not yet migrated to it is scanned instead.
+    """
+    try:
+        row = conn.execute(
+            "SELECT files_active, files_known, bytes_archived, lines_archived, bad_lines, "
+            "lost_bytes, jobs, jobs_active FROM status_counters"
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        row = _scan_counts(conn)
+    size = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size += os.stat(path + suffix).st_size
+    keys = ("files_tracked", "files_known", "bytes_archived", "lines_archived", "bad_lines",
+            "lost_bytes", "jobs", "sessions_active")  # fmt: skip
+    return {**dict(zip(keys, row, strict=True)), "db_path": path, "db_size_bytes": size}
+
+
+def _scan_counts(conn: sqlite3.Connection) -> tuple[int, ...]:
     # Bad lines are the rows of their table (as `import` counts them): a file's own counter
     # is not taken back when an unterminated tail it reported is continued by new bytes.
     files, active_files, lines, bad, lost = conn.execute(
@@ -480,19 +503,4 @@ def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
     jobs, active = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(status = 'active'), 0) FROM jobs"
     ).fetchone()
-    size = 0
-    for suffix in ("", "-wal"):
-        with contextlib.suppress(OSError):
-            size += os.stat(path + suffix).st_size
-    return {
-        "files_tracked": active_files,
-        "files_known": files,
-        "bytes_archived": archived,
-        "lines_archived": lines,
-        "bad_lines": bad,
-        "lost_bytes": lost,
-        "jobs": jobs,
-        "sessions_active": active,
-        "db_path": path,
-        "db_size_bytes": size,
-    }
+    return (active_files, files, archived, lines, bad, lost, jobs, active)

@@ -134,8 +134,11 @@ class _Scope:
 
     where: list[str]
     params: list[Any]
-    plain: bool  # no job filter but the source: daily_metrics can answer UTC day reports
+    plain: bool  # no job filter but the source: the rollups can answer period reports
     joined: bool  # a condition reads `jobs`: join it (else job_usage alone is read)
+    hours: tuple[str | None, str | None] = (None, None)  # the UTC hour range [low, high)
+    model: str | None = None
+    source: str | None = None
 
     @classmethod
     def of(
@@ -158,7 +161,8 @@ class _Scope:
             where.append("u.model = ?")
             params.append(model)
         job_keys = {k for k, v in filters.items() if v is not None and k not in ("model",)}
-        return cls(where, params, plain=job_keys <= {"source"}, joined=joined)
+        return cls(where, params, plain=job_keys <= {"source"}, joined=joined,
+                   hours=(low, high), model=model, source=filters.get("source"))  # fmt: skip
 
     def sql(self, join: bool = False) -> str:
         """FROM job_usage u (joined with jobs when needed or asked) and the conditions."""
@@ -261,13 +265,7 @@ def _periods(
             periods.add(period_of(date.fromisoformat(day), group_by), model, values)
     else:
         labels: dict[str, str] = {}
-        sql = (
-            f"SELECT u.hour, u.model, {_SUMS}"
-            + scope.sql()
-            + (" AND" if scope.where else " WHERE")
-            + " u.hour != 'unknown' GROUP BY u.hour, u.model"
-        )
-        for hour, model, *values in conn.execute(sql, scope.params):
+        for hour, model, *values in _hourly(conn, scope):
             if hour not in labels:
                 labels[hour] = period_of(_hour_time(hour).astimezone(tz).date(), group_by)
             periods.add(labels[hour], model, values)
@@ -311,6 +309,43 @@ def _nothing(sums: dict[str, Any]) -> bool:
     return sums["messages"] == 0 and not any(sums[k] for k in TOKEN_KEYS)
 
 
+def _hourly(conn: sqlite3.Connection, scope: _Scope) -> list[tuple[Any, ...]]:
+    """Usage per UTC hour and model in the scope, from the hourly rollup when it can answer.
+
+    `usage_hourly` (kept by triggers, `m005_read_side`) holds a few rows per hour however
+    many jobs there are; job filters other than the source need the per-job rows.
+    """
+    if scope.plain:
+        where, params = ["hour != 'unknown'"], []
+        for condition, value in (
+            ("hour >= ?", scope.hours[0]),
+            ("hour < ?", scope.hours[1]),
+            ("source = ?", scope.source),
+            ("model = ?", scope.model),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        try:
+            return conn.execute(
+                "SELECT hour, model, SUM(messages), SUM(input_tokens), SUM(output_tokens), "
+                "SUM(cache_creation_tokens), SUM(cache_read_tokens), SUM(reasoning_tokens), "
+                f"SUM(cost_usd) FROM usage_hourly WHERE {' AND '.join(where)} "
+                "GROUP BY hour, model",
+                params,
+            ).fetchall()
+        except sqlite3.OperationalError as exc:  # a database older than m005
+            if "no such table" not in str(exc):
+                raise
+    sql = (
+        f"SELECT u.hour, u.model, {_SUMS}"
+        + scope.sql()
+        + (" AND" if scope.where else " WHERE")
+        + " u.hour != 'unknown' GROUP BY u.hour, u.model"
+    )
+    return conn.execute(sql, scope.params).fetchall()
+
+
 def _by_key(conn: sqlite3.Connection, group_by: str, scope: _Scope) -> list[dict[str, Any]]:
     key = {"model": "u.model", "project": "COALESCE(jobs.project, '')", "source": "jobs.source",
            "machine": "COALESCE(jobs.machine_id, '')"}[group_by]  # fmt: skip
@@ -348,13 +383,28 @@ def job_models(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
 
 def top_sessions(conn: sqlite3.Connection, scope: _Scope, limit: int) -> list[dict[str, Any]]:
     """The jobs that cost most within the scope (their usage in range, not their lifetime)."""
+    sql, params = scope.sql(), list(scope.params)
+    if scope.plain and scope.hours == (None, None) and scope.model is None:
+        # A job's whole usage is its record's cost: only the jobs the `jobs_order_cost`
+        # index puts near the top can be in it (the record's cost is rounded to 6 places,
+        # hence the margin), so only their usage rows are summed, not every job's.
+        nth = conn.execute(
+            "SELECT cost_usd FROM jobs" + (" WHERE source = ?" if scope.source else "")
+            + " ORDER BY cost_usd DESC LIMIT 1 OFFSET ?",
+            (*([scope.source] if scope.source else []), limit - 1),
+        ).fetchone()  # fmt: skip
+        if nth is not None and nth[0] > 0:
+            sql += (" AND" if scope.where else " WHERE") + (
+                " u.job_id IN (SELECT id FROM jobs WHERE cost_usd >= ?)"
+            )
+            params.append(nth[0] - 1e-5)
     rows = conn.execute(
         "SELECT t.job_id, t.cost, t.tokens, jobs.session_id, jobs.source, jobs.project, "
         "jobs.model, jobs.started_at, jobs.prompt, jobs.machine_id FROM (SELECT u.job_id, "
         "SUM(u.cost_usd) AS cost, SUM(u.input_tokens + u.output_tokens + u.cache_creation_tokens + "
-        f"u.cache_read_tokens) AS tokens{scope.sql()} GROUP BY u.job_id ORDER BY 2 DESC, 1 "
+        f"u.cache_read_tokens) AS tokens{sql} GROUP BY u.job_id ORDER BY 2 DESC, 1 "
         "LIMIT ?) t JOIN jobs ON jobs.id = t.job_id ORDER BY t.cost DESC, t.job_id",
-        (*scope.params, limit),
+        (*params, limit),
     ).fetchall()
     return [top_item(row) for row in rows]
 
