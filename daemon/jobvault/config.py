@@ -61,9 +61,10 @@ class Config:
     synchronous: Synchronous = "FULL"
     log_level: LogLevel = "info"
     socket: Path = field(default_factory=paths.default_socket_path)
-    max_connections: int = 64
+    max_connections: int = 512
     max_request_bytes: int = 1024 * 1024
     request_timeout: float = 10.0
+    request_read_timeout: float = 5.0
     connection_idle_timeout: float = 300.0
     sql_time_limit: float = 5.0
     sql_max_rows: int = 10_000
@@ -77,6 +78,7 @@ class Config:
     sync_interval: float = 5.0
     sync_name: str | None = None
     sync_batch_rows: int = 20_000
+    sql_max_bytes: int = 8 * 1024 * 1024
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -215,6 +217,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "max_connections": lambda k, v: _as_int(k, v, 1),
     "max_request_bytes": lambda k, v: _as_int(k, v, 1024),
     "request_timeout": lambda k, v: _as_float(k, v, 0.01),
+    "request_read_timeout": lambda k, v: _as_float(k, v, 0.01),
     "connection_idle_timeout": lambda k, v: _as_float(k, v, 0.01),
     "sql_time_limit": lambda k, v: _as_float(k, v, 0.01),
     "sql_max_rows": lambda k, v: _as_int(k, v, 1),
@@ -226,6 +229,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "sync_interval": lambda k, v: _as_float(k, v, 0.05),
     "sync_name": _as_name,
     "sync_batch_rows": lambda k, v: _as_int(k, v, 1),
+    "sql_max_bytes": lambda k, v: _as_int(k, v, 1024),
 }
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
 assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"

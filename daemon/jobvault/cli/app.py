@@ -171,12 +171,11 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
 
     from jobvault.service import daemon as service
-    from jobvault.store.lock import WriterLock
 
-    with WriterLock(config.db):
-        memory.limit_fragmentation()
-        # SIGHUP re-reads the file and the environment; flags given here still win.
-        asyncio.run(service.main(config, lambda: _load_config(args), early_stop=early))
+    memory.limit_fragmentation()
+    # SIGHUP re-reads the file and the environment; flags given here still win. The daemon
+    # takes the writer lock itself (and again after putting a deleted database back).
+    asyncio.run(service.main(config, lambda: _load_config(args), early_stop=early))
     return ExitCode.OK
 
 

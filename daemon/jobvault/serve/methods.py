@@ -19,12 +19,14 @@ from jobvault.serve.protocol import (
     INTERNAL_ERROR,
     NOT_FOUND,
     REFUSED,
+    RESULT_TOO_LARGE,
     SQL_ERROR,
     TIMEOUT,
     RpcError,
     invalid_params,
 )
 from jobvault.store import queries, search, stats
+from jobvault.store import sql as user_sql
 
 MAX_PAGE = 1000
 
@@ -36,6 +38,7 @@ class Limits:
     request_timeout: float = 10.0
     sql_time_limit: float = 5.0
     sql_max_rows: int = 10_000
+    sql_max_bytes: int = 8 * 1024 * 1024
 
 
 def _params(params: dict[str, Any] | list[Any]) -> dict[str, Any]:
@@ -236,8 +239,13 @@ def make_sql(limits: Limits) -> Callable[[sqlite3.Connection, dict[str, Any] | l
         max_rows = _opt(params, "max_rows", int, limits.sql_max_rows)
         if not 1 <= max_rows <= limits.sql_max_rows:
             raise invalid_params(f"max_rows must be between 1 and {limits.sql_max_rows}")
-        return queries.run_sql(
-            conn, query, bind, max_rows=max_rows, time_limit=limits.sql_time_limit
+        return user_sql.run_sql(
+            conn,
+            query,
+            bind,
+            max_rows=max_rows,
+            max_bytes=limits.sql_max_bytes,
+            time_limit=limits.sql_time_limit,
         )
 
     return sql
@@ -268,8 +276,11 @@ def run_read(handler: Handler, conn: sqlite3.Connection, params: Any, timeout: f
         return handler(conn, params)
     except RpcError:
         raise
-    except queries.SqlRefused as exc:
+    except user_sql.SqlRefused as exc:
         raise RpcError(REFUSED, "sql_refused", str(exc)) from None
+    except user_sql.ResultTooLarge as exc:
+        raise RpcError(RESULT_TOO_LARGE, "result_too_large", str(exc), rows_read=exc.rows,
+                       max_bytes=exc.max_bytes) from None  # fmt: skip
     except NotFoundError as exc:
         raise RpcError(NOT_FOUND, "not_found", str(exc)) from None
     except UsageError as exc:

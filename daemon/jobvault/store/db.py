@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,13 +31,44 @@ def umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
-def ensure_private_dir(directory: Path) -> None:
-    """Create `directory` (0700) if missing; tighten it if we created it."""
-    if directory.is_dir():
-        return
-    with umask(0o077):
-        directory.mkdir(parents=True, exist_ok=True)
+def ensure_private_dir(directory: Path) -> int | None:
+    """Create the database's directory 0700, or make an existing one private.
+
+    Returns the former mode of a directory it tightened (None when nothing changed).
+
+    An existing directory of ours that others can enter is tightened to 0700 (the database,
+    its WAL and its scratch files are 0600, but their names, sizes and comings and goings
+    are not for others to see or change). One that is not ours and is open to others (such
+    as /tmp), or the home directory, is refused: choose a directory of its own.
+    """
+    if not directory.is_dir():
+        with umask(0o077):
+            directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        return None
+    st = directory.stat()
+    if not st.st_mode & 0o077:
+        return None
+    if st.st_mode & stat.S_ISVTX:
+        raise StoreError(
+            f"the database directory {directory} is a shared directory (like /tmp): put "
+            f"the database in a directory of its own, such as {directory / 'jobvault'}"
+        )
+    if st.st_uid != os.getuid():
+        raise StoreError(
+            f"the database directory {directory} belongs to another user (uid {st.st_uid}) "
+            f"and others can enter it: put the database in a directory of your own "
+            f"(for example {directory / f'jobvault-{os.getuid()}'})"
+        )
+    home = os.environ.get("HOME")
+    if home and os.path.realpath(home) == os.path.realpath(directory):
+        raise StoreError(
+            f"the database would sit directly in your home directory {directory}, which "
+            f"others can enter (mode {st.st_mode & 0o777:o}); jobvault keeps its database "
+            "in a private directory: choose one of its own, such as ~/.local/share/jobvault"
+        )
     directory.chmod(0o700)
+    return st.st_mode & 0o777
 
 
 def _set_pragmas(conn: sqlite3.Connection, synchronous: str) -> None:

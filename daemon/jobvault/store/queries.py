@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -388,84 +387,6 @@ def _chunks_from(
     for chunk_offset, data in iter_chunks(conn, file_id):
         if chunk_offset >= first:
             yield chunk_offset, data
-
-
-# -- the `sql` method ---------------------------------------------------------------------------
-
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                    getattr(sqlite3, "SQLITE_RECURSIVE", 33)}  # fmt: skip
-
-
-class SqlRefused(UsageError):
-    """The query is not a single read-only SELECT."""
-
-
-def run_sql(
-    conn: sqlite3.Connection,
-    query: str,
-    params: list[Any] | dict[str, Any] | None = None,
-    *,
-    max_rows: int = 1000,
-    time_limit: float = 5.0,
-) -> dict[str, Any]:
-    """Run one read-only SELECT with a time limit and a row cap.
-
-    SQLite's authorizer refuses every action but reading (so no write, ATTACH or PRAGMA can
-    run, whatever the text looks like), the connection is read-only besides, and a progress
-    handler interrupts the query once `time_limit` has passed.
-    """
-    if not sqlite3.complete_statement(query.strip().rstrip(";") + ";"):
-        raise SqlRefused("the query is not one complete SQL statement")
-    refused: list[str] = []
-
-    def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None,
-                  trigger: str | None) -> int:  # fmt: skip
-        if action in _ALLOWED_ACTIONS:
-            return sqlite3.SQLITE_OK
-        refused.append(f"action {action} ({arg1 or ''} {arg2 or ''})".strip())
-        return sqlite3.SQLITE_DENY
-
-    deadline = time.monotonic() + time_limit
-    conn.set_authorizer(authorize)
-    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-    try:
-        try:
-            cur = conn.execute(query, params or ())
-        except sqlite3.ProgrammingError as exc:
-            raise SqlRefused(str(exc)) from None
-        except sqlite3.DatabaseError:
-            if refused:
-                raise SqlRefused(
-                    "only SELECT queries are allowed (no writes, ATTACH or PRAGMA)"
-                ) from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the query ran longer than {time_limit:g}s") from None
-            raise
-        columns = [d[0] for d in cur.description or ()]
-        try:
-            rows = cur.fetchmany(max_rows + 1)
-        except sqlite3.OperationalError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the query ran longer than {time_limit:g}s") from None
-            raise
-    finally:
-        conn.set_progress_handler(None, 0)
-        conn.set_authorizer(None)
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    truncated = len(rows) > max_rows
-    rows = rows[:max_rows]
-    return {
-        "columns": columns,
-        "rows": [[_plain(v) for v in r] for r in rows],
-        "truncated": truncated,
-    }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"blob_bytes": len(value)}
-    return value
 
 
 def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
