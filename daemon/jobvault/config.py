@@ -7,7 +7,6 @@ value raises ConfigError naming the key (exit code CONFIG).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -125,7 +124,9 @@ def _as_bool(key: str, value: object) -> bool:
 def _as_path(key: str, value: object) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"expected a path, got {value!r}")
-    return Path(value).expanduser()
+    # Absolute from the start: a relative path means the directory jobvault was started in,
+    # for the whole life of the process (SQLite URIs and socket paths need it whole).
+    return Path(value).expanduser().absolute()
 
 
 def _as_paths(key: str, value: object) -> tuple[Path, ...]:
@@ -249,6 +250,8 @@ def _apply(base: Config, values: Mapping[str, object], origin: str) -> Config:
 
 def read_file(path: Path) -> dict[str, object]:
     """Read a TOML config file; keys may sit at the top level or under [jobvault]."""
+    import tomllib  # only when there is a file: it is slow to import for every command
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -294,7 +297,8 @@ def load(
     config = Config()
     explicit = config_path or (Path(env["JOBVAULT_CONFIG"]) if env.get("JOBVAULT_CONFIG") else None)
     if explicit is not None:
-        config = _apply(config, read_file(explicit.expanduser()), str(explicit))
+        explicit = explicit.expanduser().absolute()
+        config = _apply(config, read_file(explicit), str(explicit))
     elif paths.default_config_path().is_file():
         default = paths.default_config_path()
         config = _apply(config, read_file(default), str(default))

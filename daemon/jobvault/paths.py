@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -93,6 +92,8 @@ def runtime_dir() -> Path:
         return Path(xdg) / "jobvault"
     # macOS has no XDG runtime dir; its $TMPDIR is already per user. Elsewhere /tmp is shared,
     # so the directory carries the uid and is checked to be ours and 0700 before use.
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"jobvault-{os.getuid()}"
 
 

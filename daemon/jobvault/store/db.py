@@ -107,7 +107,7 @@ def open_writer(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 
 def open_reader(path: Path) -> sqlite3.Connection:
     """Open the database read-only; raise NotFoundError if it does not exist."""
-    path = path.expanduser()
+    path = path.expanduser().absolute()
     if not path.exists():
         raise NotFoundError(f"no database at {path} (run `jobvault import` or `jobvault run`)")
     try:

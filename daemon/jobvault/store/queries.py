@@ -61,7 +61,8 @@ ORDERS: dict[str, tuple[str, str]] = {
     "duration_ms": ("COALESCE(duration_ms, 0)", "ASC"),
 }
 FILTERS = ("since", "until", "source", "model", "status", "project", "cwd", "tool", "file",
-           "file_prefix", "file_glob", "min_cost", "max_cost", "machine")  # fmt: skip
+           "file_prefix", "file_glob", "min_cost", "max_cost", "min_duration_ms",
+           "max_duration_ms", "machine")  # fmt: skip
 
 
 def _like_prefix(text: str) -> str:
@@ -188,6 +189,12 @@ def job_filters(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
     if "max_cost" in f:
         where.append("jobs.cost_usd <= ?")
         params.append(float(f["max_cost"]))
+    if "min_duration_ms" in f:
+        where.append("jobs.duration_ms >= ?")
+        params.append(int(f["min_duration_ms"]))
+    if "max_duration_ms" in f:
+        where.append("jobs.duration_ms <= ?")
+        params.append(int(f["max_duration_ms"]))
     return where, params
 
 
