@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import sqlite3
 import struct
 import sys
 import time
@@ -218,6 +219,7 @@ class Server:
         self.requests = 0
         self.refused_peers = 0
         self.cut_off = 0  # connections closed because a request line did not arrive in time
+        self._last_db: dict[str, Any] = {}
 
     async def start(self, sock: socket.socket) -> None:
         # Room for every connection, the engine's open transcripts and SQLite's files.
@@ -420,7 +422,13 @@ class Server:
 
     async def status(self) -> dict[str, Any]:
         lane = self.readers.for_method("status")
-        db = await lane.run(lambda conn: queries.db_status(conn, str(self.db_path)))
+        try:
+            db = await lane.run(lambda conn: queries.db_status(conn, str(self.db_path)))
+            self._last_db = db
+        except sqlite3.Error as exc:
+            # The file is gone or unreadable (the guard says why): still answer, with the
+            # last counts read and the reason, rather than an internal error.
+            db = {**self._last_db, "db_path": str(self.db_path), "db_error": str(exc)}
         return {
             "version": __version__,
             "pid": os.getpid(),

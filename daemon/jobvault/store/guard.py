@@ -74,7 +74,13 @@ class DatabaseGuard:
             self._known[""] = (held.st_dev, held.st_ino)
 
     def changed(self) -> bool:
-        """Whether the path names another file than the one recorded (cheap: stat only)."""
+        """Whether the path names another file than the one recorded, or the lock file is
+        gone (cheap: stat only; `check` says what happened)."""
+        if self.lock is not None and not self.lock.intact():
+            return True
+        return self._moved()
+
+    def _moved(self) -> bool:
         return any(
             known is not None and _identity(str(self.path) + suffix) != known
             for suffix, known in self._known.items()
@@ -84,7 +90,7 @@ class DatabaseGuard:
         """Re-create a deleted lock file; report what happened to the database, if anything."""
         if self.lock is not None and self.lock.verify():
             self.lock_restored += 1
-        if not self.changed():
+        if not self._moved():
             return None
         now = _identity(str(self.path))
         known = self._known.get("")
@@ -149,10 +155,16 @@ class DatabaseGuard:
         Returns where it went: the database path (deleted, moved, WAL lost), or a new name
         beside the file that replaced it (or beside a file that appeared meanwhile).
         """
-        if incident["kind"] != "replaced":
-            for suffix in ("-wal", "-shm"):  # the old file's, whose content the copy holds
+        # SQLite leaves the -wal and -shm of a moved database at the path when it closes it
+        # (deleting them by name could hit another file's): a reader would apply them to
+        # whatever file is at the path now. Their content is in the copy: remove them (only
+        # ours, when another file took the path).
+        for suffix in ("-wal", "-shm"):
+            name = str(self.path) + suffix
+            if incident["kind"] != "replaced" or _identity(name) == self._known.get(suffix):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(str(self.path) + suffix)
+                    os.unlink(name)
+        if incident["kind"] != "replaced":
             try:
                 if incident["kind"] == "wal_deleted":
                     os.replace(copy, self.path)

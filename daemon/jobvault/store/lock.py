@@ -136,12 +136,16 @@ class WriterLock(LockFile):
         """The database file this lock holds open (None where it holds none), even unlinked."""
         return None if self._db_fd is None else os.fstat(self._db_fd)
 
+    def intact(self) -> bool:
+        """Whether the lock file at the path is still the one this lock holds (stat only)."""
+        return self._fd is None or _same_file(self._fd, self.path)
+
     def verify(self) -> bool:
         """Re-create the lock file if it was deleted or replaced; True if it had to be.
 
         Raises LockedError when the new file is already locked by someone else.
         """
-        if self._fd is None or _same_file(self._fd, self.path):
+        if self.intact():
             return False
         ensure_private_dir(self.path.parent)
         fd = self._open_locked()
