@@ -145,12 +145,12 @@ class WriterLock(LockFile):
 
         Raises LockedError when the new file is already locked by someone else.
         """
-        if self.intact():
+        old = self._fd
+        if old is None or self.intact():
             return False
         ensure_private_dir(self.path.parent)
-        fd = self._open_locked()
-        os.close(self._fd)
-        self._fd = fd
+        self._fd = self._open_locked()
+        os.close(old)
         return True
 
     def release(self) -> None:
