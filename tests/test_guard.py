@@ -88,7 +88,10 @@ async def test_database_deleted_under_the_daemon_is_put_back(tmp_path: Path, rem
         with second.open("ab") as fh:
             fh.write(b"".join(session_lines(1, session=OTHER, base=2000)))
         while True:
-            status = await _status(config.socket)
+            try:
+                status = await _status(config.socket)
+            except OSError:  # the socket is re-bound while the daemon starts again
+                status = {}
             if status.get("db_incident"):
                 break
             assert time.monotonic() - started < 35, "the deletion did not show in status"
@@ -96,6 +99,7 @@ async def test_database_deleted_under_the_daemon_is_put_back(tmp_path: Path, rem
         incident = status["db_incident"]
         assert incident["kind"] == ("moved" if remove == "move" else "deleted")
         assert "deleted" in status["last_error"] or "moved" in status["last_error"]
+        await eventually(lambda: daemon.incidents == 1 and daemon.ready.is_set(), 30)
         assert db.exists()
         # The daemon serves the database at the path again, with everything archived.
         await eventually(

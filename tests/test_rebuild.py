@@ -78,8 +78,7 @@ def _rollups(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...
             "SELECT 1, (SELECT COUNT(*) FROM files), (SELECT SUM(state = 'active') FROM files), "
             "(SELECT SUM(line_count) FROM files), (SELECT SUM(bad_lines) FROM files), "
             "(SELECT SUM(lost_bytes) FROM files), (SELECT COUNT(*) FROM chunks), "
-            "(SELECT SUM(length) FROM chunks), (SELECT COUNT(*) FROM jobs), "
-            "(SELECT COALESCE(SUM(status = 'active'), 0) FROM jobs)"
+            "(SELECT SUM(length) FROM chunks)"
         ).fetchall()
         return kept, fresh
     finally:

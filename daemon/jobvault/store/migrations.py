@@ -482,18 +482,22 @@ def m008_fidelity(conn: sqlite3.Connection) -> None:
 
 
 def m005_read_side(conn: sqlite3.Connection) -> None:
-    """Counters for `status` and an hourly usage rollup, both kept by triggers.
+    """What `status` and the period reports read instead of scanning tables.
 
-    * `status_counters`: one row with the figures `status` used to scan `files`, `chunks`
-      and `jobs` for (31 ms at 10,000 sessions); triggers on those tables keep it exact in
-      the transaction of every write, whichever code path writes.
+    * `status_counters`: one row with the file and archive figures `status` used to scan
+      `files` and `chunks` for (31 ms at 10,000 sessions), kept exact by triggers on those
+      tables in the transaction of every write. Jobs are counted at read time instead: an
+      index walk, plus the partial index `jobs_active` for the active ones (a trigger on
+      `jobs` would cost each record write a statement journal inside the writer's savepoint,
+      about 0.15 ms, 10 % of an import).
     * `usage_hourly`: tokens and cost per UTC hour, source and model, so that period reports
       in any whole-hour time zone read a few thousand rows instead of every job's usage.
-      A job's usage is subtracted just before its row is deleted (the foreign-key cascade
-      deletes `job_usage` after the parent is gone, when its source can no longer be
-      looked up) and added as its `job_usage` rows are inserted; a `job_usage` row deleted
-      or changed on its own, its job still there, is handled by that table's triggers.
-      Rows whose counts all return to zero are removed, like `daily_metrics`' rows.
+      The writer adds a job's rows as it writes them (`Store._add_hourly`, like
+      `daily_metrics`); a trigger subtracts them just before the job's row is deleted (the
+      foreign-key cascade deletes `job_usage` after the parent is gone, when its source can
+      no longer be looked up), whichever code path deletes it; a `job_usage` row deleted or
+      changed on its own, its job still there, is handled by that table's triggers. Rows
+      whose counts all return to zero are removed, like `daily_metrics`' rows.
     """
     kinds = ("messages", "input_tokens", "output_tokens", "cache_creation_tokens",
              "cache_read_tokens", "reasoning_tokens", "cost_usd")  # fmt: skip
@@ -511,14 +515,14 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
             f"                ON CONFLICT (hour, source, model) DO UPDATE SET {added};"
         )
 
-    def prune(row: str, source: str) -> str:
+    def prune(row: str) -> str:
         return (
             f"DELETE FROM usage_hourly WHERE hour = {row}.hour AND model = {row}.model\n"
-            f"                AND source = {source} AND {zero};"
+            f"                AND source = (SELECT source FROM jobs WHERE id = {row}.job_id)"
+            f" AND {zero};"
         )
 
     of_job = "FROM jobs j WHERE j.id = {}.job_id"
-    source_of = "(SELECT source FROM jobs WHERE id = {}.job_id)"
     run_script(
         conn,
         """
@@ -530,9 +534,7 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
             bad_lines      INTEGER NOT NULL,
             lost_bytes     INTEGER NOT NULL,
             chunks         INTEGER NOT NULL,
-            bytes_archived INTEGER NOT NULL,
-            jobs           INTEGER NOT NULL,
-            jobs_active    INTEGER NOT NULL
+            bytes_archived INTEGER NOT NULL
         ) STRICT;
         INSERT INTO status_counters SELECT 1,
             (SELECT COUNT(*) FROM files),
@@ -541,9 +543,7 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
             (SELECT COALESCE(SUM(bad_lines), 0) FROM files),
             (SELECT COALESCE(SUM(lost_bytes), 0) FROM files),
             (SELECT COUNT(*) FROM chunks),
-            (SELECT COALESCE(SUM(length), 0) FROM chunks),
-            (SELECT COUNT(*) FROM jobs),
-            (SELECT COALESCE(SUM(status = 'active'), 0) FROM jobs);
+            (SELECT COALESCE(SUM(length), 0) FROM chunks);
 
         CREATE TRIGGER counters_files_insert AFTER INSERT ON files BEGIN
             UPDATE status_counters SET files_known = files_known + 1,
@@ -576,18 +576,7 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
             UPDATE status_counters
             SET chunks = chunks - 1, bytes_archived = bytes_archived - old.length;
         END;
-        CREATE TRIGGER counters_jobs_insert AFTER INSERT ON jobs BEGIN
-            UPDATE status_counters
-            SET jobs = jobs + 1, jobs_active = jobs_active + (new.status = 'active');
-        END;
-        CREATE TRIGGER counters_jobs_update AFTER UPDATE OF status ON jobs BEGIN
-            UPDATE status_counters
-            SET jobs_active = jobs_active + (new.status = 'active') - (old.status = 'active');
-        END;
-        CREATE TRIGGER counters_jobs_delete AFTER DELETE ON jobs BEGIN
-            UPDATE status_counters
-            SET jobs = jobs - 1, jobs_active = jobs_active - (old.status = 'active');
-        END;
+        CREATE INDEX jobs_active ON jobs (status) WHERE status = 'active';
 
         CREATE TABLE usage_hourly (
             hour                  TEXT    NOT NULL,
@@ -619,18 +608,15 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
             DELETE FROM usage_hourly WHERE source = old.source AND {zero}
                 AND (hour, model) IN (SELECT hour, model FROM job_usage WHERE job_id = old.id);
         END;
-        CREATE TRIGGER usage_hourly_insert AFTER INSERT ON job_usage BEGIN
-            {upsert("new", "j.source", of_job.format("new"))}
-        END;
         CREATE TRIGGER usage_hourly_delete AFTER DELETE ON job_usage
         WHEN EXISTS (SELECT 1 FROM jobs WHERE id = old.job_id) BEGIN
             {upsert("old", "j.source", of_job.format("old"), "-")}
-            {prune("old", source_of.format("old"))}
+            {prune("old")}
         END;
         CREATE TRIGGER usage_hourly_update AFTER UPDATE ON job_usage BEGIN
             {upsert("old", "j.source", of_job.format("old"), "-")}
             {upsert("new", "j.source", of_job.format("new"))}
-            {prune("old", source_of.format("old"))}
+            {prune("old")}
         END;
         """,
     )

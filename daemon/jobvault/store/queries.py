@@ -399,13 +399,15 @@ def _chunks_from(
 def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
     """Counts and sizes read from the database alone.
 
-    The counts come from `status_counters`, which triggers keep exact (`m005_read_side`): one
-    row, however large the vault. A database not yet migrated to it is scanned instead.
+    The file and archive counts come from `status_counters`, which triggers keep exact
+    (`m005_read_side`): one row, however large the vault; jobs are counted on an index (the
+    active ones on the partial index `jobs_active`). A database not yet migrated is scanned.
     """
     try:
         row = conn.execute(
             "SELECT files_active, files_known, bytes_archived, lines_archived, bad_lines, "
-            "lost_bytes, jobs, jobs_active FROM status_counters"
+            "lost_bytes, (SELECT COUNT(*) FROM jobs), "
+            "(SELECT COUNT(*) FROM jobs WHERE status = 'active') FROM status_counters"
         ).fetchone()
     except sqlite3.OperationalError as exc:
         if "no such table" not in str(exc):
