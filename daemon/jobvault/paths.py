@@ -99,3 +99,28 @@ def runtime_dir() -> Path:
 
 def default_socket_path() -> Path:
     return runtime_dir() / "jobvault.sock"
+
+
+def local_zone_name() -> str:
+    """This machine's IANA zone name ($TZ, else /etc/localtime's target), else UTC.
+
+    Here rather than with the reports so that `jobvault stats` can name the zone without
+    importing them (the daemon, or the reports, check the name).
+    """
+    candidate = os.environ.get("TZ", "").lstrip(":")
+    if candidate:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(candidate)
+            return candidate
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        target = os.path.realpath("/etc/localtime")
+    except OSError:
+        return "UTC"
+    marker = "zoneinfo/"
+    if marker in target:
+        return target.split(marker, 1)[1]
+    return "UTC"

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jobvault.errors import NotFoundError, StoreError
-from jobvault.store.migrations import migrate
 
 BUSY_TIMEOUT_MS = 10_000
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -95,6 +94,8 @@ def open_writer(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the database at {path}: {exc}") from exc
+    from jobvault.store.migrations import migrate  # writers only: readers never migrate
+
     try:
         with umask(0o077):  # the -wal and -shm files are created 0600 too
             _set_pragmas(conn, synchronous)
