@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _socket
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +18,8 @@ import orjson
 
 from jobvault.errors import ExitCode, JobvaultError
 from jobvault.serve.protocol import RpcError
+
+CONNECT_WAIT = 10.0  # seconds a connection may wait for room in the daemon's accept queue
 
 
 class DaemonUnavailable(JobvaultError):
@@ -33,12 +36,34 @@ class Client:
         self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
-            self._sock.connect(str(path))
+            self._connect(str(path), min(timeout, CONNECT_WAIT))
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
             self._sock.close()
             raise DaemonUnavailable(f"no daemon listening on {path}: {exc.strerror}") from None
+        except BaseException:
+            self._sock.close()
+            raise
         self._buffer = b""
         self._ids = itertools.count(1)
+
+    def _connect(self, path: str, wait: float) -> None:
+        """Connect, waiting while the daemon's accept queue is full.
+
+        A Unix socket with a timeout is non-blocking, and its connect fails at once with
+        EAGAIN when the listener's backlog is full (a blocking one would wait): try again
+        for a moment, as a blocking connect would, rather than report the daemon missing.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._sock.connect(path)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DaemonUnavailable(
+                        f"the daemon on {path} accepts no connection (its queue is full)"
+                    ) from None
+                time.sleep(0.005)
 
     def call(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> Any:
         """Send one request and return its result; raise RpcError for an error answer."""

@@ -121,7 +121,7 @@ def bind_socket(path: Path) -> socket.socket:
         sock.bind(str(path))
     finally:
         os.umask(old)
-    sock.listen(min(socket.SOMAXCONN, 4096))
+    sock.listen(4096)  # the kernel caps it at net.core.somaxconn
     sock.setblocking(False)
     return sock
 
@@ -433,8 +433,10 @@ class Server:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 3),
-            **db,
             **(await self.status_provider()),
+            # The database's committed counts win over the engine's snapshot, which is taken
+            # after each round and may be one round behind what a reader already sees.
+            **db,
             "connections": len(self.registry.peers),
             "max_connections": self.registry.limit,
             "connections_evicted": self.registry.evicted,
