@@ -10,9 +10,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from jobvault import paths, pricing
+from jobvault import paths
+
+if TYPE_CHECKING:
+    from jobvault import pricing
 from jobvault.errors import ConfigError
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -156,6 +159,14 @@ def _as_port(key: str, value: object) -> int:
     return port
 
 
+def _pricing_overrides(key: str, value: object) -> object:
+    # Imported here: the price table is only needed when the configuration has prices (it
+    # would cost every CLI command's start a few milliseconds).
+    from jobvault import pricing
+
+    return pricing.parse_overrides(value, key)
+
+
 def _as_choice(key: str, value: object, choices: tuple[str, ...], upper: bool = False) -> str:
     text = str(value).upper() if upper else str(value).lower()
     if text not in choices:
@@ -222,7 +233,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "connection_idle_timeout": lambda k, v: _as_float(k, v, 0.01),
     "sql_time_limit": lambda k, v: _as_float(k, v, 0.01),
     "sql_max_rows": lambda k, v: _as_int(k, v, 1),
-    "pricing": lambda k, v: pricing.parse_overrides(v, k),
+    "pricing": lambda k, v: _pricing_overrides(k, v),
     "dashboard": _as_bool,
     "dashboard_port": lambda k, v: _as_port(k, v),
     "sync_url": _as_sync_url,
