@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import ordinary_history
-from benchmarks.daemon import Daemon, sandbox_env
+from benchmarks.daemon import Daemon, caught_up, sandbox_env
 from benchmarks.import_bench import ccusage_bin, ccusage_daily, jobvault_import
 from benchmarks.measure import percentile, run
 from benchmarks.rpc import Client
@@ -46,17 +46,6 @@ def _timed(client: Client, method: str, params: dict[str, Any], n: int) -> dict[
         client.call(method, params)
         times.append(1000 * (time.perf_counter() - start))
     return {"p50": statistics.median(times), "p99": percentile(times, 99), "n": n}
-
-
-def _caught_up(socket: Path, files: int, timeout: float = 600) -> float:
-    start = time.monotonic()
-    with Client(socket) as client:
-        while time.monotonic() - start < timeout:
-            status = client.call("status")
-            if status.get("files_tracked", 0) >= files and not status.get("pending_bytes"):
-                return time.monotonic() - start
-            time.sleep(0.2)
-    raise TimeoutError("the daemon did not catch up")
 
 
 def _history(tmp: Path, sessions: int, log: Any) -> tuple[Path, Path, dict[str, Any]]:
@@ -100,7 +89,7 @@ def measure(
             walls.setdefault(f"{name} (database)", []).append(result.seconds)
     log("read side: whole processes and the socket, daemon running")
     with Daemon(tmp, db, [root]) as daemon:
-        res["catch_up_seconds"] = _caught_up(daemon.socket, small)
+        res["catch_up_seconds"] = caught_up(daemon.socket, small)
         for _ in range(repeats):
             if exe is not None:
                 walls["ccusage"].append(ccusage_daily(exe, root.parent, tmp)["wall"])
@@ -134,7 +123,7 @@ def measure(
     root, db, shape = _history(tmp, large, log)
     res["large_history"] = shape
     with Daemon(tmp, db, [root]) as daemon:
-        res["large_catch_up_seconds"] = _caught_up(daemon.socket, large)
+        res["large_catch_up_seconds"] = caught_up(daemon.socket, large)
         with Client(daemon.socket) as client:
             res["large_socket"] = {
                 "status": _timed(client, "status", {}, 500),

@@ -11,6 +11,8 @@ import json
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -77,6 +79,14 @@ def test_half_open_connections_never_lock_the_owner_out(
             assert code == 0
             assert json.loads(capsys.readouterr().out)["pid"] == daemon.pid
         assert max(times) < 0.5, times  # every time, within half a second
+        # And as the process a user runs (its start-up is most of its time).
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "jobvault", "status", "--socket", str(daemon.socket)],
+            capture_output=True, text=True, timeout=60, env=daemon.env,
+        )  # fmt: skip
+        assert done.returncode == 0 and f"pid {daemon.pid}" in done.stdout, done.stderr
+        assert time.perf_counter() - started < 5
         status = daemon.status()
         assert status["connections_evicted"] > 0  # the longest idle made room
         assert status["connections"] <= status["max_connections"] == 512
