@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -75,10 +76,10 @@ def _rollups(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...
         ).fetchall()
         kept += conn.execute("SELECT * FROM status_counters").fetchall()
         fresh += conn.execute(
-            "SELECT 1, (SELECT COUNT(*) FROM files), (SELECT SUM(state = 'active') FROM files), "
-            "(SELECT SUM(line_count) FROM files), (SELECT SUM(bad_lines) FROM files), "
-            "(SELECT SUM(lost_bytes) FROM files), (SELECT COUNT(*) FROM chunks), "
-            "(SELECT SUM(length) FROM chunks)"
+            "SELECT 1, (SELECT COUNT(*) FROM files), (SELECT TOTAL(state = 'active') FROM files), "
+            "(SELECT TOTAL(line_count) FROM files), (SELECT TOTAL(bad_lines) FROM files), "
+            "(SELECT TOTAL(lost_bytes) FROM files), (SELECT COUNT(*) FROM chunks), "
+            "(SELECT TOTAL(length) FROM chunks)"
         ).fetchall()
         return kept, fresh
     finally:
@@ -204,4 +205,38 @@ def test_daily_metrics_equal_recomputation_in_any_order(
     kept, fresh = _rollups(db)
     assert kept == fresh
     engine.close()
+    store.close()
+
+
+def test_hourly_rollup_follows_live_writes(tmp_path: Path) -> None:
+    """A live record written by what changed (rows replaced, added and removed), then
+    written whole, then deleted: usage_hourly equals a recomputation at every step."""
+    import dataclasses
+
+    from benchmarks.synth import detail
+
+    from jobvault.records import JobDetail, UsageRow
+
+    store = Store(open_writer(tmp_path / "v.db"))
+    base = detail(1, random.Random(3))
+    job = dataclasses.replace(base, record=dataclasses.replace(base.record, status="active"))
+
+    def usage(*rows: tuple[str, int]) -> JobDetail:
+        return dataclasses.replace(
+            job, usage=[UsageRow(hour, "m", n, n, n, 0, 0, 0, n / 100) for hour, n in rows]
+        )
+
+    states: dict[str, Any] = {}
+    for step in (usage(("2025-01-01T10", 5), ("2025-01-01T11", 7)),
+                 usage(("2025-01-01T10", 6), ("2025-01-01T12", 1)),  # changed, gone, new
+                 usage(("2025-01-01T12", 2))):  # fmt: skip
+        store.write_jobs([(step, False)], states)
+        kept, fresh = _rollups(tmp_path / "v.db")
+        assert kept == fresh and kept
+    store.write_jobs([(usage(("2025-01-01T09", 3)), True)], states)  # finalized: written whole
+    kept, fresh = _rollups(tmp_path / "v.db")
+    assert kept == fresh
+    store.delete_orphan_jobs([])
+    kept, fresh = _rollups(tmp_path / "v.db")
+    assert kept == fresh
     store.close()
