@@ -30,7 +30,7 @@ from typing import Any
 from benchmarks.corpus import ordinary_history
 from benchmarks.daemon import Daemon, caught_up, sandbox_env
 from benchmarks.import_bench import ccusage_bin, ccusage_daily, jobvault_import
-from benchmarks.measure import percentile, run
+from benchmarks.measure import cpu_seconds, percentile, run
 from benchmarks.rpc import Client
 
 # The installed console script, as a user runs it (`python -m jobvault` adds runpy's cost).
@@ -46,6 +46,18 @@ def _timed(client: Client, method: str, params: dict[str, Any], n: int) -> dict[
         client.call(method, params)
         times.append(1000 * (time.perf_counter() - start))
     return {"p50": statistics.median(times), "p99": percentile(times, 99), "n": n}
+
+
+def settled(pid: int, timeout: float = 120.0) -> float:
+    """Wait until the daemon's start-up work is over (under 2 % of a core for a second):
+    the figures are of a daemon at rest, as a user's is between sessions."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < 0.02:
+            break
+    return time.monotonic() - start
 
 
 def _history(tmp: Path, sessions: int, log: Any) -> tuple[Path, Path, dict[str, Any]]:
@@ -90,6 +102,7 @@ def measure(
     log("read side: whole processes and the socket, daemon running")
     with Daemon(tmp, db, [root]) as daemon:
         res["catch_up_seconds"] = caught_up(daemon.socket, small)
+        res["settled_seconds"] = settled(daemon.pid)
         for _ in range(repeats):
             if exe is not None:
                 walls["ccusage"].append(ccusage_daily(exe, root.parent, tmp)["wall"])
@@ -124,6 +137,7 @@ def measure(
     res["large_history"] = shape
     with Daemon(tmp, db, [root]) as daemon:
         res["large_catch_up_seconds"] = caught_up(daemon.socket, large)
+        res["large_settled_seconds"] = settled(daemon.pid)
         with Client(daemon.socket) as client:
             res["large_socket"] = {
                 "status": _timed(client, "status", {}, 500),
@@ -221,7 +235,9 @@ def rows(res: dict[str, Any]) -> list[str]:
         "",
         f"The daemon tracked {res['large_files_tracked']:,} files at {res['large_sessions']:,} "
         f"sessions ({res['large_history']['bytes'] / 1e6:,.0f} MB; caught up "
-        f"{res['large_catch_up_seconds']:.1f} s after start). Daily totals: jobvault "
+        f"{res['large_catch_up_seconds']:.1f} s after start, at rest "
+        f"{res.get('large_settled_seconds', 0):.0f} s later, when the figures were taken). "
+        "Daily totals: jobvault "
         f"{jv['days']} days, {jv['output_tokens']:,} output tokens"
         + (
             f"; ccusage {cc['days']} days, {cc['output_tokens']:,} (peak RSS {cc['rss_mb']:.0f} "
