@@ -74,9 +74,10 @@ def socket_rows(sockets: dict[int, dict[str, Any]]) -> list[str]:
             for clients, f in figures.items():
                 if clients == "params":
                     continue
+                errors = ", ".join(f"{n} {kind}" for kind, n in f.get("errors", {}).items())
                 rows.append(
                     f"| `{name}` | {jobs:,} | {clients} | {_f(f['p50'])} | "
-                    f"{_f(f['p99'])} | {f['n']:,} |"
+                    f"{_f(f['p99'])} | {f['n']:,}{f' ({errors})' if errors else ''} |"
                 )
     return rows
 

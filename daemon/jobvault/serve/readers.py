@@ -43,7 +43,7 @@ class LaneSpec:
 LANES: dict[LaneName, LaneSpec] = {
     "status": LaneSpec(threads=1, queue_limit=256),
     "read": LaneSpec(threads=4, queue_limit=256),
-    "heavy": LaneSpec(threads=2, queue_limit=32),
+    "heavy": LaneSpec(threads=4, queue_limit=32),
     "sql": LaneSpec(threads=2, queue_limit=16, user_sql=True),
     "web": LaneSpec(threads=4, queue_limit=256),  # the dashboard's pages (serve/web)
 }
