@@ -63,8 +63,9 @@ class DaemonProcess:
             assert self.proc.poll() is None, f"the daemon exited with {self.proc.returncode}"
             try:
                 status = rpc(self.socket, "status", timeout=2.0)
-                if status.get("result", {}).get("pid") == self.proc.pid:
-                    return status["result"]
+                result: dict[str, Any] = status.get("result", {})
+                if result.get("pid") == self.proc.pid:
+                    return result
             except (OSError, ValueError):
                 pass
             assert time.monotonic() < deadline, "the daemon did not start"

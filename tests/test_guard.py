@@ -63,8 +63,9 @@ async def _status(path: Path) -> dict[str, Any]:
     try:
         writer.write(b'{"jsonrpc": "2.0", "id": 1, "method": "status"}\n')
         await writer.drain()
-        result: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 10))
-        return result["result"]
+        answer = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        result: dict[str, Any] = answer["result"]
+        return result
     finally:
         writer.close()
 
