@@ -268,7 +268,7 @@ def test_words_in_the_right_number_and_unknown_costs_marked(
     one = tmp_path / "one" / "projects" / "-p"
     one.mkdir(parents=True)
     (one / f"{SESSION}.jsonl").write_bytes(b"".join(session_lines(1)))
-    code, out = run(capsys, "import", str(one), "--db", str(tmp_path / "one" / "v.db"),
+    code, out = run(capsys, "import", str(one), "--db", str(tmp_path / "one" / "vault" / "v.db"),
                     "--no-progress")  # fmt: skip
     assert code == 0 and "imported 1 file:" in out and "1 job " in out
 

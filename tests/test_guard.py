@@ -219,7 +219,21 @@ def test_database_directory_is_made_private_or_refused(
     open_dir.mkdir(mode=0o755)
     open_dir.chmod(0o755)
     assert main(["import", str(project), "--db", str(open_dir / "v.db"), "--no-progress"]) == 0
-    assert open_dir.stat().st_mode & 0o777 == 0o700
+    assert open_dir.stat().st_mode & 0o777 == 0o700  # only the vault's files: tightened
+    crowded = tmp_path / "crowded"  # other files (like /var/lib for root): never chmodded
+    crowded.mkdir()
+    (crowded / "notes.txt").write_text("not the vault's\n")
+    crowded.chmod(0o755)
+    capsys.readouterr()
+    assert main(["import", str(project), "--db", str(crowded / "v.db"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "holds more than the vault" in err
+    assert f"chmod 700 {crowded}" in err
+    assert crowded.stat().st_mode & 0o777 == 0o755
+    assert (crowded / "v.db").stat().st_mode & 0o777 == 0o600
+    crowded.chmod(0o700)  # made private by its user: no warning
+    assert main(["import", str(project), "--db", str(crowded / "v.db"), "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)  # like /tmp

@@ -378,7 +378,9 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
     for root in roots:
         if not root.exists():
             raise NotFoundError(f"no such file or directory: {root}")
-    with WriterLock(config.db):
+    with WriterLock(config.db) as lock:
+        if lock.open_note:  # the directory was left open to others (store/db.py)
+            print(f"warning: {lock.open_note}", file=sys.stderr)
         memory.limit_fragmentation()
         store = Store(open_writer(config.db, config.synchronous), config.compression_level)
         store.bulk()
@@ -597,7 +599,9 @@ def cmd_rebuild(config: Config, args: argparse.Namespace) -> int:
     _configure_logging(args.log_level or "warning")
     if not config.db.expanduser().exists():
         raise NotFoundError(f"no database at {config.db}")
-    with WriterLock(config.db):
+    with WriterLock(config.db) as lock:
+        if lock.open_note:  # the directory was left open to others (store/db.py)
+            print(f"warning: {lock.open_note}", file=sys.stderr)
         memory.limit_fragmentation()
         store = Store(open_writer(config.db, config.synchronous), config.compression_level)
         store.bulk()

@@ -183,6 +183,8 @@ async def _serve_once(daemon: Daemon) -> Incident | None:
         if writer_lock.tightened is not None:
             log.warning("db_dir_tightened", directory=str(config.db.parent),
                         old_mode=f"{writer_lock.tightened:o}", mode="700")  # fmt: skip
+        if writer_lock.open_note is not None:
+            log.warning("db_dir_open", message=writer_lock.open_note)
         store = Store(
             await _on_worker(executor, open_writer, config.db, config.synchronous),
             config.compression_level,

@@ -130,7 +130,7 @@ class DatabaseGuard:
         Call it on the writer's thread, between rounds. The copy is 0600, in the database's
         directory (re-created 0700 if it was deleted too), and fsynced before it is used.
         """
-        ensure_private_dir(self.path.parent)
+        ensure_private_dir(self.path.parent, self.path.name)
         copy = self.path.with_name(f"{self.path.name}.restoring-{os.getpid()}")
         for suffix in SUFFIXES:
             with contextlib.suppress(FileNotFoundError):

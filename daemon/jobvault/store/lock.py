@@ -20,9 +20,10 @@ import os
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from jobvault.errors import LockedError
-from jobvault.store.db import ensure_private_dir, umask
+from jobvault.store.db import ensure_private_dir, open_note, umask
 
 # flock on the database file is safe beside SQLite only where the two lock kinds are
 # independent; elsewhere the lock file (re-checked every round) is the guard.
@@ -57,7 +58,7 @@ class LockFile:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> LockFile:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 
@@ -107,9 +108,11 @@ class WriterLock(LockFile):
         )
         self._db_fd: int | None = None
         self.tightened: int | None = None  # the directory's former mode, if made private
+        self.open_note: str | None = None  # why the directory was left open to others
 
     def acquire(self) -> None:
-        self.tightened = ensure_private_dir(self.db.parent)
+        self.tightened = ensure_private_dir(self.db.parent, self.db.name)
+        self.open_note = open_note(self.db.parent, self.db.name)
         super().acquire()
         try:
             self._db_fd = self._lock_database()
@@ -148,7 +151,7 @@ class WriterLock(LockFile):
         old = self._fd
         if old is None or self.intact():
             return False
-        ensure_private_dir(self.path.parent)
+        ensure_private_dir(self.db.parent, self.db.name)
         self._fd = self._open_locked()
         os.close(old)
         return True
