@@ -77,7 +77,7 @@ def _rollups(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...
         kept += conn.execute("SELECT * FROM status_counters").fetchall()
         fresh += conn.execute(
             "SELECT 1, (SELECT COUNT(*) FROM files), (SELECT TOTAL(state = 'active') FROM files), "
-            "(SELECT TOTAL(line_count) FROM files), (SELECT TOTAL(bad_lines) FROM files), "
+            "(SELECT TOTAL(line_count) FROM files), (SELECT COUNT(*) FROM bad_lines), "
             "(SELECT TOTAL(lost_bytes) FROM files), (SELECT COUNT(*) FROM chunks), "
             "(SELECT TOTAL(length) FROM chunks)"
         ).fetchall()

@@ -486,7 +486,8 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
 
     * `status_counters`: one row with the file and archive figures `status` used to scan
       `files` and `chunks` for (31 ms at 10,000 sessions), kept exact by triggers on those
-      tables in the transaction of every write. Jobs are counted at read time instead: an
+      tables and on `bad_lines` (whose rows are the bad lines) in the transaction of every
+      write. Jobs are counted at read time instead: an
       index walk, plus the partial index `jobs_active` for the active ones (a trigger on
       `jobs` would cost each record write a statement journal inside the writer's savepoint,
       about 0.15 ms, 10 % of an import).
@@ -540,7 +541,7 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
             (SELECT COUNT(*) FROM files),
             (SELECT COALESCE(SUM(state = 'active'), 0) FROM files),
             (SELECT COALESCE(SUM(line_count), 0) FROM files),
-            (SELECT COALESCE(SUM(bad_lines), 0) FROM files),
+            (SELECT COUNT(*) FROM bad_lines),
             (SELECT COALESCE(SUM(lost_bytes), 0) FROM files),
             (SELECT COUNT(*) FROM chunks),
             (SELECT COALESCE(SUM(length), 0) FROM chunks);
@@ -549,21 +550,28 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
             UPDATE status_counters SET files_known = files_known + 1,
                 files_active = files_active + (new.state = 'active'),
                 lines_archived = lines_archived + new.line_count,
-                bad_lines = bad_lines + new.bad_lines, lost_bytes = lost_bytes + new.lost_bytes;
+                lost_bytes = lost_bytes + new.lost_bytes;
         END;
         CREATE TRIGGER counters_files_update
-        AFTER UPDATE OF state, line_count, bad_lines, lost_bytes ON files BEGIN
+        AFTER UPDATE OF state, line_count, lost_bytes ON files BEGIN
             UPDATE status_counters
             SET files_active = files_active + (new.state = 'active') - (old.state = 'active'),
                 lines_archived = lines_archived + new.line_count - old.line_count,
-                bad_lines = bad_lines + new.bad_lines - old.bad_lines,
                 lost_bytes = lost_bytes + new.lost_bytes - old.lost_bytes;
         END;
         CREATE TRIGGER counters_files_delete AFTER DELETE ON files BEGIN
             UPDATE status_counters SET files_known = files_known - 1,
                 files_active = files_active - (old.state = 'active'),
                 lines_archived = lines_archived - old.line_count,
-                bad_lines = bad_lines - old.bad_lines, lost_bytes = lost_bytes - old.lost_bytes;
+                lost_bytes = lost_bytes - old.lost_bytes;
+        END;
+        -- Bad lines are the rows of their table (as `import` and db_status count them): the
+        -- files' own counter is not taken back when a reported unterminated tail continues.
+        CREATE TRIGGER counters_bad_lines_insert AFTER INSERT ON bad_lines BEGIN
+            UPDATE status_counters SET bad_lines = bad_lines + 1;
+        END;
+        CREATE TRIGGER counters_bad_lines_delete AFTER DELETE ON bad_lines BEGIN
+            UPDATE status_counters SET bad_lines = bad_lines - 1;
         END;
         CREATE TRIGGER counters_chunks_insert AFTER INSERT ON chunks BEGIN
             UPDATE status_counters
