@@ -90,6 +90,20 @@ class Daemon:
         self.stop()
 
 
+def caught_up(socket: Path, files: int, timeout: float = 600) -> float:
+    """Wait until the daemon tracks `files` files and has nothing pending; return the wait."""
+    from benchmarks.rpc import Client
+
+    start = time.monotonic()
+    with Client(socket) as client:
+        while time.monotonic() - start < timeout:
+            status = client.call("status")
+            if status.get("files_tracked", 0) >= files and not status.get("pending_bytes"):
+                return time.monotonic() - start
+            time.sleep(0.1)
+    raise TimeoutError("the daemon did not catch up with the corpus")
+
+
 def wait_idle(client_path: Path, timeout: float = 300.0) -> None:
     """Wait until the daemon has read everything it knows of (pending_bytes 0)."""
     from benchmarks.rpc import Client

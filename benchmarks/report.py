@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks import read_bench
+
 BEGIN = "<!-- bench:begin (written by `make bench`; edit outside these markers) -->"
 END = "<!-- bench:end -->"
 MB = 1_000_000
@@ -72,9 +74,10 @@ def socket_rows(sockets: dict[int, dict[str, Any]]) -> list[str]:
             for clients, f in figures.items():
                 if clients == "params":
                     continue
+                errors = ", ".join(f"{n} {kind}" for kind, n in f.get("errors", {}).items())
                 rows.append(
                     f"| `{name}` | {jobs:,} | {clients} | {_f(f['p50'])} | "
-                    f"{_f(f['p99'])} | {f['n']:,} |"
+                    f"{_f(f['p99'])} | {f['n']:,}{f' ({errors})' if errors else ''} |"
                 )
     return rows
 
@@ -123,6 +126,7 @@ def targets(res: dict[str, Any]) -> list[str]:
             if usage99 is not None
             else "absent in this version | n/a |"
         ),
+        *(read_bench.target_rows(res["read_side"]) if res.get("read_side") else []),
     ]
     if res.get("scale"):
         from benchmarks import scale_bench
@@ -223,6 +227,16 @@ def section(res: dict[str, Any]) -> str:
         *(
             ["### The dashboard and the statusline", "", *dashboard_rows(res["dashboard"]), ""]
             if res.get("dashboard")
+            else []
+        ),
+        *(
+            [
+                "### The read side: reports beside ccusage, and `status`",
+                "",
+                *read_bench.rows(res["read_side"]),
+                "",
+            ]
+            if res.get("read_side")
             else []
         ),
         END,

@@ -15,7 +15,12 @@ class RpcFailure(Exception):
 
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(error.get("message", "error"))
+        self.error = error
         self.kind = str(error.get("data", {}).get("kind", ""))
+
+    def __reduce__(self) -> tuple[type[RpcFailure], tuple[dict[str, Any]]]:
+        # Raised in a client process of a multiprocessing pool: picklable as it was built.
+        return (RpcFailure, (self.error,))
 
 
 class Client:

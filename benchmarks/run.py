@@ -24,15 +24,15 @@ from benchmarks import (
     corpus,
     import_bench,
     latency,
+    read_bench,
     report,
     scale_bench,
     socket_bench,
     synth,
     web_bench,
 )
-from benchmarks.daemon import Daemon
+from benchmarks.daemon import Daemon, caught_up
 from benchmarks.measure import machine
-from benchmarks.rpc import Client
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,12 @@ class Plan:
     import_repeats: int  # each import figure is the median of this many interleaved runs
     histories: tuple[int, int]  # ordinary histories (sessions) for the scale figures
     trickle_seconds: float
+    read_sessions: tuple[int, int] = (3000, 10000)  # ordinary histories of the read side
+    read_repeats: int = 7  # whole-process runs of each report, interleaved with ccusage
 
 
 FULL = Plan(250, 1000, 80, 60, (10_000, 100_000), (1, 16), 400, 40.0, 15.0, 3, (3000, 10000), 30)
-QUICK = Plan(25, 0, 10, 10, (2_000,), (1, 16), 100, 8.0, 2.0, 1, (300, 1000), 10)
-
-
-def caught_up(socket: Path, files: int, timeout: float = 300) -> float:
-    """Wait until the daemon tracks `files` files and has nothing pending; return the wait."""
-    start = time.monotonic()
-    with Client(socket) as client:
-        while time.monotonic() - start < timeout:
-            status = client.call("status")
-            if status.get("files_tracked", 0) >= files and not status.get("pending_bytes"):
-                return time.monotonic() - start
-            time.sleep(0.1)
-    raise TimeoutError("the daemon did not catch up with the corpus")
+QUICK = Plan(25, 0, 10, 10, (2_000,), (1, 16), 100, 8.0, 2.0, 1, (300, 1000), 10, (300, 1000), 2)
 
 
 def log(message: str) -> None:
@@ -127,6 +117,10 @@ def run_all(plan: Plan, work: Path, seed: int) -> dict[str, Any]:
         res["dashboard"] = web_bench.measure(tmp, db)
         log("team vault: first push, incremental push, team reports (PostgreSQL)")
         res["team"] = bench_team.measure(tmp, quick=plan is QUICK)
+        log("read side: reports as processes and on the socket, status, beside ccusage")
+        res["read_side"] = read_bench.measure(
+            tmp, work / "ccusage", plan.read_sessions, plan.read_repeats, log
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res

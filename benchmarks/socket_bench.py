@@ -10,7 +10,7 @@ from typing import Any
 
 from benchmarks.import_bench import DAILY_SQL
 from benchmarks.measure import percentile
-from benchmarks.rpc import Client, first_working
+from benchmarks.rpc import Client, RpcFailure, first_working
 from benchmarks.synth import job_id
 
 # Each method with the parameter shapes to try (the first the daemon accepts is used).
@@ -38,22 +38,34 @@ def _params(method: str, params: dict[str, Any], rng: random.Random, jobs: int) 
     return params
 
 
-def _client(args: tuple[str, str, dict[str, Any], int, int, int, float]) -> list[float]:
+def _client(
+    args: tuple[str, str, dict[str, Any], int, int, int, float],
+) -> tuple[list[float], list[str]]:
+    """One client's latencies, and the kinds of the error answers it got (a `timeout` or a
+    `busy` under 16 clients is a figure too, not a reason to stop the run)."""
     socket, method, params, jobs, requests, seed, budget = args
     rng = random.Random(seed)
-    times = []
+    times: list[float] = []
+    errors: list[str] = []
     with Client(Path(socket)) as client:
         for _ in range(3):  # warm the connection and the reader's page cache
-            client.call(method, _params(method, params, rng, jobs))
+            try:
+                client.call(method, _params(method, params, rng, jobs))
+            except RpcFailure as exc:
+                errors.append(exc.kind)
         deadline = time.perf_counter() + budget  # a slow method gets fewer samples, not hours
         for done in range(requests):
             if done >= 5 and time.perf_counter() > deadline:
                 break
             p = _params(method, params, rng, jobs)
             start = time.perf_counter()
-            client.call(method, p)
+            try:
+                client.call(method, p)
+            except RpcFailure as exc:
+                errors.append(exc.kind)
+                continue
             times.append(time.perf_counter() - start)
-    return times
+    return times, errors
 
 
 def measure(
@@ -74,10 +86,13 @@ def measure(
             per_client = max(requests // n, 20)
             args = [(str(socket), method, params, jobs, per_client, i, budget) for i in range(n)]
             with ctx.Pool(n) as pool:
-                times = [t for chunk in pool.map(_client, args) for t in chunk]
+                results = pool.map(_client, args)
+            times = [t for chunk, _ in results for t in chunk]
+            errors = [kind for _, kinds in results for kind in kinds]
             out[name][n] = {
                 "p50": 1000 * percentile(times, 50),
                 "p99": 1000 * percentile(times, 99),
                 "n": len(times),
+                "errors": {kind: errors.count(kind) for kind in sorted(set(errors))},
             }
     return out

@@ -38,8 +38,16 @@ def test_export_is_byte_identical_after_delete(
     out = tmp_path / "restored.jsonl"
     assert run(capsys, "export", SESSION, "--db", str(db), "-o", str(out))[0] == 0
     assert sha256(out) == digests[main_file]
-    assert run(capsys, "export", other.stem, "--db", str(db), "-o", str(out))[0] == 0
+    # An existing file is never overwritten silently...
+    from jobvault.cli import main
+
+    assert main(["export", other.stem, "--db", str(db), "-o", str(out)]) == 64
+    assert "exists: use --force" in capsys.readouterr().err
+    assert sha256(out) == digests[main_file]
+    # ...but on request, and the copy stays private.
+    assert run(capsys, "export", other.stem, "--db", str(db), "-o", str(out), "--force")[0] == 0
     assert sha256(out) == digests[other]
+    assert out.stat().st_mode & 0o777 == 0o600
 
     restore = tmp_path / "restore"
     assert run(capsys, "export", SESSION, "--db", str(db), "--dir", str(restore))[0] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -52,6 +53,33 @@ def _daily(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]
             "SUM(u.input_tokens), SUM(u.output_tokens), SUM(u.cache_creation_tokens), "
             "SUM(u.cache_read_tokens), ROUND(SUM(u.cost_usd), 6) FROM job_usage u "
             "JOIN jobs j ON j.id = u.job_id GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        return kept, fresh
+    finally:
+        conn.close()
+
+
+def _rollups(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """(the trigger-kept hourly usage and status counters, a recomputation of both)."""
+    conn = sqlite3.connect(db)
+    try:
+        kept = conn.execute(
+            "SELECT hour, source, model, messages, input_tokens, output_tokens, "
+            "cache_creation_tokens, cache_read_tokens, reasoning_tokens, ROUND(cost_usd, 6) "
+            "FROM usage_hourly ORDER BY 1, 2, 3"
+        ).fetchall()
+        fresh = conn.execute(
+            "SELECT u.hour, j.source, u.model, SUM(u.messages), SUM(u.input_tokens), "
+            "SUM(u.output_tokens), SUM(u.cache_creation_tokens), SUM(u.cache_read_tokens), "
+            "SUM(u.reasoning_tokens), ROUND(SUM(u.cost_usd), 6) FROM job_usage u "
+            "JOIN jobs j ON j.id = u.job_id GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        kept += conn.execute("SELECT * FROM status_counters").fetchall()
+        fresh += conn.execute(
+            "SELECT 1, (SELECT COUNT(*) FROM files), (SELECT TOTAL(state = 'active') FROM files), "
+            "(SELECT TOTAL(line_count) FROM files), (SELECT COUNT(*) FROM bad_lines), "
+            "(SELECT TOTAL(lost_bytes) FROM files), (SELECT COUNT(*) FROM chunks), "
+            "(SELECT TOTAL(length) FROM chunks)"
         ).fetchall()
         return kept, fresh
     finally:
@@ -113,6 +141,8 @@ def test_rebuild_reproduces_every_record(
     assert _children(db) == children
     kept, fresh = _daily(db)
     assert kept == fresh and kept
+    kept, fresh = _rollups(db)
+    assert kept == fresh and len(kept) > 1
 
 
 @settings(
@@ -127,6 +157,8 @@ def test_daily_metrics_equal_recomputation_in_any_order(
     tmp_path_factory: pytest.TempPathFactory, order: list[int], seed: int, rebuild_after: set[int]
 ) -> None:
     """Finalize, update and rebuild jobs in random order; daily metrics always match.
+
+    So do the trigger-kept hourly usage rollup and the status counters (`m005_read_side`).
 
     The full-text index is checked alongside: exactly one document per job, whatever the
     order of writes, rewrites and rebuilds.
@@ -162,11 +194,49 @@ def test_daily_metrics_equal_recomputation_in_any_order(
         kept, fresh = _daily(db)
         assert kept == fresh
         assert _indexed(db)
+        kept, fresh = _rollups(db)
+        assert kept == fresh
     engine.finalize_all()
     kept, fresh = _daily(db)
     assert kept == fresh
     engine.rebuild()
     assert _daily(db) == (kept, fresh)
     assert _indexed(db)
+    kept, fresh = _rollups(db)
+    assert kept == fresh
     engine.close()
+    store.close()
+
+
+def test_hourly_rollup_follows_live_writes(tmp_path: Path) -> None:
+    """A live record written by what changed (rows replaced, added and removed), then
+    written whole, then deleted: usage_hourly equals a recomputation at every step."""
+    import dataclasses
+
+    from benchmarks.synth import detail
+
+    from jobvault.records import JobDetail, UsageRow
+
+    store = Store(open_writer(tmp_path / "v.db"))
+    base = detail(1, random.Random(3))
+    job = dataclasses.replace(base, record=dataclasses.replace(base.record, status="active"))
+
+    def usage(*rows: tuple[str, int]) -> JobDetail:
+        return dataclasses.replace(
+            job, usage=[UsageRow(hour, "m", n, n, n, 0, 0, 0, n / 100) for hour, n in rows]
+        )
+
+    states: dict[str, Any] = {}
+    for step in (usage(("2025-01-01T10", 5), ("2025-01-01T11", 7)),
+                 usage(("2025-01-01T10", 6), ("2025-01-01T12", 1)),  # changed, gone, new
+                 usage(("2025-01-01T12", 2))):  # fmt: skip
+        store.write_jobs([(step, False)], states)
+        kept, fresh = _rollups(tmp_path / "v.db")
+        assert kept == fresh and kept
+    store.write_jobs([(usage(("2025-01-01T09", 3)), True)], states)  # finalized: written whole
+    kept, fresh = _rollups(tmp_path / "v.db")
+    assert kept == fresh
+    store.delete_orphan_jobs([])
+    kept, fresh = _rollups(tmp_path / "v.db")
+    assert kept == fresh
     store.close()

@@ -160,12 +160,19 @@ def test_days_follow_the_time_zone(vault: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_daily_metrics_answer_like_the_hourly_rows(vault: Path) -> None:
-    """The UTC fast path (daily_metrics) and the hourly regrouping give the same report."""
+    """The UTC fast path (daily_metrics), the hourly rollup (usage_hourly) and the per-job
+    rows give the same report; so do the top sessions picked through the cost index."""
     conn = open_reader(vault)
     try:
         fast = stats.usage(conn, "day", timezone="UTC")
-        slow = stats.usage(conn, "day", timezone="Africa/Abidjan")  # UTC+0, not a UTC alias
-        assert fast["rows"] == slow["rows"] and fast["rows"]
+        rollup = stats.usage(conn, "day", timezone="Africa/Abidjan")  # UTC+0, not an alias
+        # A job filter that keeps every job reads the per-job rows instead of usage_hourly.
+        slow = stats.usage(conn, "day", timezone="Africa/Abidjan", filters={"min_cost": 0})
+        assert fast["rows"] == rollup["rows"] == slow["rows"] and fast["rows"]
+        for zone in ("Asia/Tokyo", "America/Los_Angeles"):
+            by_rollup = stats.usage(conn, "week", timezone=zone, top=3)
+            by_jobs = stats.usage(conn, "week", timezone=zone, top=3, filters={"min_cost": 0})
+            assert by_rollup == by_jobs and by_rollup["top_sessions"]
         for group in ("model", "project", "source"):
             report = stats.usage(conn, group)
             assert report["totals"]["total_tokens"] == fast["totals"]["total_tokens"]
@@ -241,3 +248,49 @@ def test_blocks_active_burn_rate_and_projection(
     assert [b["id"] for b in only["blocks"]] == ["2025-01-03T12:00:00.000Z"]
     later = stats.blocks(open_reader(db), now=datetime(2025, 1, 3, 18, tzinfo=UTC))
     assert not any(b["is_active"] for b in later["blocks"])
+
+
+ZONES = ("Europe/Paris", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu",
+         "Australia/Lord_Howe", "Pacific/Chatham", "UTC")  # fmt: skip
+
+
+def test_local_periods_across_offset_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Days, weeks and months summed by SQLite per stretch of constant offset equal the
+    rule applied hour by hour (each UTC hour on the local day its start falls in), across
+    daylight-saving changes and in :30 and :45 zones, from the rollup and the per-job rows."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    session = "44444444-2222-4333-8444-555555555555"
+    lines = [dumps({**assistant("m0", 0, session=session), "timestamp": "2025-03-29T00:10:00Z"})]
+    for start in ("2025-03-29T12:00", "2025-10-25T12:00", "2025-11-01T12:00"):
+        moment = datetime.fromisoformat(start + "+00:00")
+        for i in range(96):  # every 30 minutes for two days
+            stamp = (moment + timedelta(minutes=30 * i)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            lines.append(dumps({**assistant(f"m{start}{i}", 0, session=session, inp=i + 1),
+                                "timestamp": stamp}))  # fmt: skip
+    project = tmp_path / "projects" / "-p"
+    project.mkdir(parents=True)
+    (project / f"{session}.jsonl").write_bytes(b"".join(lines))
+    db = tmp_path / "v.db"
+    assert run(capsys, "import", str(project), "--db", str(db), "--no-progress")[0] == 0
+    conn = open_reader(db)
+    try:
+        hours = conn.execute(
+            "SELECT hour, SUM(input_tokens) FROM job_usage GROUP BY hour"
+        ).fetchall()
+        for name in ZONES:
+            for group in ("day", "week", "month"):
+                expected: dict[str, int] = {}
+                for hour, tokens in hours:
+                    local = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+                    label = stats.period_of(local.astimezone(ZoneInfo(name)).date(), group)
+                    expected[label] = expected.get(label, 0) + tokens
+                for filters in ({}, {"min_cost": 0}):  # the rollup, then the per-job rows
+                    report = stats.usage(conn, group, timezone=name, filters=filters)
+                    got = {r["period"]: r["input_tokens"] for r in report["rows"]}
+                    assert got == expected, (name, group, filters)
+    finally:
+        conn.close()

@@ -7,13 +7,15 @@ value raises ConfigError naming the key (exit code CONFIG).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from jobvault import paths, pricing
+from jobvault import paths
+
+if TYPE_CHECKING:
+    from jobvault import pricing
 from jobvault.errors import ConfigError
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -61,9 +63,10 @@ class Config:
     synchronous: Synchronous = "FULL"
     log_level: LogLevel = "info"
     socket: Path = field(default_factory=paths.default_socket_path)
-    max_connections: int = 64
+    max_connections: int = 512
     max_request_bytes: int = 1024 * 1024
     request_timeout: float = 10.0
+    request_read_timeout: float = 5.0
     connection_idle_timeout: float = 300.0
     sql_time_limit: float = 5.0
     sql_max_rows: int = 10_000
@@ -77,6 +80,7 @@ class Config:
     sync_interval: float = 5.0
     sync_name: str | None = None
     sync_batch_rows: int = 20_000
+    sql_max_bytes: int = 8 * 1024 * 1024
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -123,7 +127,9 @@ def _as_bool(key: str, value: object) -> bool:
 def _as_path(key: str, value: object) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"expected a path, got {value!r}")
-    return Path(value).expanduser()
+    # Absolute from the start: a relative path means the directory jobvault was started in,
+    # for the whole life of the process (SQLite URIs and socket paths need it whole).
+    return Path(value).expanduser().absolute()
 
 
 def _as_paths(key: str, value: object) -> tuple[Path, ...]:
@@ -151,6 +157,14 @@ def _as_port(key: str, value: object) -> int:
     if port > 65535:
         raise ConfigError(key, f"must be a TCP port (0 to 65535), got {port}")
     return port
+
+
+def _pricing_overrides(key: str, value: object) -> object:
+    # Imported here: the price table is only needed when the configuration has prices (it
+    # would cost every CLI command's start a few milliseconds).
+    from jobvault import pricing
+
+    return pricing.parse_overrides(value, key)
 
 
 def _as_choice(key: str, value: object, choices: tuple[str, ...], upper: bool = False) -> str:
@@ -215,10 +229,11 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "max_connections": lambda k, v: _as_int(k, v, 1),
     "max_request_bytes": lambda k, v: _as_int(k, v, 1024),
     "request_timeout": lambda k, v: _as_float(k, v, 0.01),
+    "request_read_timeout": lambda k, v: _as_float(k, v, 0.01),
     "connection_idle_timeout": lambda k, v: _as_float(k, v, 0.01),
     "sql_time_limit": lambda k, v: _as_float(k, v, 0.01),
     "sql_max_rows": lambda k, v: _as_int(k, v, 1),
-    "pricing": lambda k, v: pricing.parse_overrides(v, k),
+    "pricing": lambda k, v: _pricing_overrides(k, v),
     "dashboard": _as_bool,
     "dashboard_port": lambda k, v: _as_port(k, v),
     "sync_url": _as_sync_url,
@@ -226,6 +241,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "sync_interval": lambda k, v: _as_float(k, v, 0.05),
     "sync_name": _as_name,
     "sync_batch_rows": lambda k, v: _as_int(k, v, 1),
+    "sql_max_bytes": lambda k, v: _as_int(k, v, 1024),
 }
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
 assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"
@@ -245,6 +261,8 @@ def _apply(base: Config, values: Mapping[str, object], origin: str) -> Config:
 
 def read_file(path: Path) -> dict[str, object]:
     """Read a TOML config file; keys may sit at the top level or under [jobvault]."""
+    import tomllib  # only when there is a file: it is slow to import for every command
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -290,7 +308,8 @@ def load(
     config = Config()
     explicit = config_path or (Path(env["JOBVAULT_CONFIG"]) if env.get("JOBVAULT_CONFIG") else None)
     if explicit is not None:
-        config = _apply(config, read_file(explicit.expanduser()), str(explicit))
+        explicit = explicit.expanduser().absolute()
+        config = _apply(config, read_file(explicit), str(explicit))
     elif paths.default_config_path().is_file():
         default = paths.default_config_path()
         config = _apply(config, read_file(default), str(default))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -93,8 +92,35 @@ def runtime_dir() -> Path:
         return Path(xdg) / "jobvault"
     # macOS has no XDG runtime dir; its $TMPDIR is already per user. Elsewhere /tmp is shared,
     # so the directory carries the uid and is checked to be ours and 0700 before use.
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"jobvault-{os.getuid()}"
 
 
 def default_socket_path() -> Path:
     return runtime_dir() / "jobvault.sock"
+
+
+def local_zone_name() -> str:
+    """This machine's IANA zone name ($TZ, else /etc/localtime's target), else UTC.
+
+    Here rather than with the reports so that `jobvault stats` can name the zone without
+    importing them (the daemon, or the reports, check the name).
+    """
+    candidate = os.environ.get("TZ", "").lstrip(":")
+    if candidate:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(candidate)
+            return candidate
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        target = os.path.realpath("/etc/localtime")
+    except OSError:
+        return "UTC"
+    marker = "zoneinfo/"
+    if marker in target:
+        return target.split(marker, 1)[1]
+    return "UTC"

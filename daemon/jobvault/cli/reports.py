@@ -13,9 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from jobvault.cli import render
 from jobvault.errors import ExitCode, UsageError
 
 Call = Callable[[str, Any], Any]
@@ -32,17 +29,16 @@ _GROUP_BY = {
 }
 
 
-def add_parsers(
-    sub: Any,
-    common: Callable[[argparse.ArgumentParser], None],
-    socket: Callable[[argparse.ArgumentParser], None],
-) -> None:
+Adder = Callable[[argparse.ArgumentParser], None]
+
+
+def add_parsers(sub: Any, common: Adder, socket: Adder, formats: Adder, filters: Adder) -> None:
     """Add the three commands to the CLI's subparsers."""
     p = sub.add_parser("stats", help="usage and cost by period, model, project, tool; blocks")
     common(p)
     socket(p)
     p.add_argument("report", nargs="?", default="daily", choices=STATS_REPORTS)
-    p.add_argument("--json", action="store_true", help="print the JSON result")
+    formats(p)
     p.add_argument(
         "--timezone",
         "-z",
@@ -74,15 +70,7 @@ def add_parsers(
     )
     p.add_argument("--json", action="store_true", help="print the JSON result")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20, at most 200)")
-    p.add_argument("--since", help="started at or after (ISO date/time, or an age: 7d, 12h)")
-    p.add_argument("--until", help="started before (ISO date/time, or an age)")
-    for name in ("source", "model", "project", "status", "cwd", "tool"):
-        p.add_argument(f"--{name}", help=f"only jobs with this {name}")
-    p.add_argument(
-        "--file",
-        metavar="PATH",
-        help="modified this file: an exact path, a prefix ending in /, or a glob",
-    )
+    filters(p)
 
     p = sub.add_parser("replay", help="show a session's transcript from the archive")
     common(p)
@@ -91,12 +79,8 @@ def add_parsers(
     p.add_argument("--no-pager", action="store_true", help="never page the output")
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
 def cmd_stats(args: argparse.Namespace, call: Call, db: Path) -> int:
-    from jobvault.store.stats import local_zone_name
+    from jobvault.paths import local_zone_name
 
     timezone = args.timezone or local_zone_name()
     params: dict[str, Any] = {"timezone": timezone}
@@ -117,35 +101,40 @@ def cmd_stats(args: argparse.Namespace, call: Call, db: Path) -> int:
         top = max(0, args.top) if group_by in ("day", "week", "month") else 0
         result = call("stats.usage", {**params, **filters, "group_by": group_by, "top": top})
     if args.json:
-        _print_json(result)
-    elif args.report == "blocks":
-        render.blocks_table(result, timezone, active_only=args.active)
-    elif args.report == "tools":
-        render.tools_table(result)
+        from jobvault.cli.output import print_json
+
+        print_json(result)
+    elif args.csv:
+        from jobvault.cli.output import print_csv
+
+        print_csv(result["blocks"] if args.report == "blocks" else result["rows"])
     else:
-        render.usage_table(result)
+        from jobvault.cli import tables
+
+        if args.report == "blocks":
+            tables.blocks_table(result, timezone, active_only=args.active)
+        elif args.report == "tools":
+            tables.tools_table(result)
+        else:
+            tables.usage_table(result)
     return ExitCode.OK
 
 
 def cmd_search(args: argparse.Namespace, call: Call, db: Path) -> int:
+    from jobvault.cli.app import job_filter_params
+
     params: dict[str, Any] = {"query": args.query, "limit": args.limit}
-    for key in ("since", "until", "source", "model", "project", "status", "cwd", "tool"):
-        if getattr(args, key):
-            params[key] = getattr(args, key)
-    if args.file:
-        # One flag for the three ways of naming files; the socket method spells them out.
-        if any(ch in args.file for ch in "*?["):
-            params["file_glob"] = args.file
-        elif args.file.endswith("/"):
-            params["file_prefix"] = args.file
-        else:
-            params["file"] = args.file
+    params.update(job_filter_params(args))
     if not args.query.strip() and len(params) == 2:
         raise UsageError("give a QUERY, or a filter such as --file or --tool")
     result = call("search", params)
     if args.json:
-        _print_json(result)
+        from jobvault.cli.output import print_json
+
+        print_json(result)
     else:
+        from jobvault.cli import render
+
         render.search_results(result)
     return ExitCode.OK
 
@@ -162,8 +151,12 @@ def cmd_replay(args: argparse.Namespace, call: Call, db: Path) -> int:
     finally:
         conn.close()
     if args.json:
-        _print_json(result)
+        from jobvault.cli.output import print_json
+
+        print_json(result)
         return ExitCode.OK
+    from jobvault.cli import render
+
     console = render.console
     if not args.no_pager and sys.stdout.isatty() and len(result["events"]) > console.height:
         with console.pager(styles=True):

@@ -9,14 +9,12 @@ comes from the flag, else `JOBVAULT_SYNC_URL`, else `[sync] url`.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from jobvault.cli import render
 from jobvault.config import Config
 from jobvault.errors import ExitCode, TeamError, UsageError
 
@@ -79,7 +77,12 @@ def _wrapped(url: str, fn: Callable[[], Any]) -> Any:
 
 
 def cmd_sync(config: Config, args: argparse.Namespace) -> int:
+    # rich (the progress bar) and socket here, not at the top: importing this module must stay
+    # cheap, it adds `--team` to `jobs` and `stats`, whose start-up is most of their time.
+    import socket
+
     import jobvault
+    from jobvault.cli import render
     from jobvault.team import connect
     from jobvault.team.sync import Settings, push
     from jobvault.team.vault import Vault

@@ -19,12 +19,17 @@ from jobvault.serve.protocol import (
     INTERNAL_ERROR,
     NOT_FOUND,
     REFUSED,
+    RESULT_TOO_LARGE,
     SQL_ERROR,
     TIMEOUT,
     RpcError,
     invalid_params,
 )
-from jobvault.store import queries, search, stats
+from jobvault.store import queries
+from jobvault.store.sql import ResultTooLarge, SqlRefused
+
+# The report and search modules are imported by the methods that use them: the CLI's
+# `jobs` should not pay for loading them (command start-up is most of its time).
 
 MAX_PAGE = 1000
 
@@ -36,6 +41,7 @@ class Limits:
     request_timeout: float = 10.0
     sql_time_limit: float = 5.0
     sql_max_rows: int = 10_000
+    sql_max_bytes: int = 8 * 1024 * 1024
 
 
 def _params(params: dict[str, Any] | list[Any]) -> dict[str, Any]:
@@ -87,7 +93,11 @@ def _job_filters(params: dict[str, Any]) -> dict[str, Any]:
     """The `jobs.list` filters other than the time range, validated."""
     filters: dict[str, Any] = {}
     for key in JOB_FILTERS:
-        kind: type | tuple[type, ...] = (int, float) if key.endswith("_cost") else str
+        kind: type | tuple[type, ...] = str
+        if key.endswith("_cost"):
+            kind = (int, float)
+        elif key.endswith("_ms"):
+            kind = int
         filters[key] = _opt(params, key, kind)
     return filters
 
@@ -130,6 +140,8 @@ def jobs_transcript(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -
 
 
 def _local_range(params: dict[str, Any], timezone: str) -> tuple[str | None, str | None]:
+    from jobvault.store import stats
+
     tz = stats.zone(timezone)
     bounds = []
     for key in ("since", "until"):
@@ -147,6 +159,8 @@ def _bounded(params: dict[str, Any], name: str, default: int, low: int, high: in
 
 def usage_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
     """The validated parameters of `stats.usage` (shared with the team reports)."""
+    from jobvault.store import stats
+
     params = _params(raw)
     _check_unknown(params, ("group_by", "timezone", "since", "until", "top", *JOB_FILTERS))
     group_by = _opt(params, "group_by", str, "day")
@@ -165,6 +179,8 @@ def usage_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
 
 
 def stats_usage(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    from jobvault.store import stats
+
     return stats.usage(conn, **usage_args(raw))
 
 
@@ -182,6 +198,8 @@ def tools_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
 
 
 def stats_tools(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    from jobvault.store import stats
+
     return stats.tools(conn, **tools_args(raw))
 
 
@@ -208,10 +226,14 @@ def blocks_args(raw: dict[str, Any] | list[Any]) -> dict[str, Any]:
 
 
 def stats_blocks(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    from jobvault.store import stats
+
     return stats.blocks(conn, **blocks_args(raw))
 
 
 def search_jobs(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+    from jobvault.store import search
+
     params = _params(raw)
     _check_unknown(params, ("query", *queries.FILTERS, "limit", "offset"))
     filters = _job_filters(params)
@@ -229,6 +251,8 @@ def search_jobs(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> An
 
 def make_sql(limits: Limits) -> Callable[[sqlite3.Connection, dict[str, Any] | list[Any]], Any]:
     def sql(conn: sqlite3.Connection, raw: dict[str, Any] | list[Any]) -> Any:
+        from jobvault.store import sql as user_sql
+
         params = _params(raw)
         _check_unknown(params, ("query", "params", "max_rows"))
         query = _req(params, "query", str)
@@ -236,8 +260,13 @@ def make_sql(limits: Limits) -> Callable[[sqlite3.Connection, dict[str, Any] | l
         max_rows = _opt(params, "max_rows", int, limits.sql_max_rows)
         if not 1 <= max_rows <= limits.sql_max_rows:
             raise invalid_params(f"max_rows must be between 1 and {limits.sql_max_rows}")
-        return queries.run_sql(
-            conn, query, bind, max_rows=max_rows, time_limit=limits.sql_time_limit
+        return user_sql.run_sql(
+            conn,
+            query,
+            bind,
+            max_rows=max_rows,
+            max_bytes=limits.sql_max_bytes,
+            time_limit=limits.sql_time_limit,
         )
 
     return sql
@@ -268,8 +297,11 @@ def run_read(handler: Handler, conn: sqlite3.Connection, params: Any, timeout: f
         return handler(conn, params)
     except RpcError:
         raise
-    except queries.SqlRefused as exc:
+    except SqlRefused as exc:
         raise RpcError(REFUSED, "sql_refused", str(exc)) from None
+    except ResultTooLarge as exc:
+        raise RpcError(RESULT_TOO_LARGE, "result_too_large", str(exc), rows_read=exc.rows,
+                       max_bytes=exc.max_bytes) from None  # fmt: skip
     except NotFoundError as exc:
         raise RpcError(NOT_FOUND, "not_found", str(exc)) from None
     except UsageError as exc:

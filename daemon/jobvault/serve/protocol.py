@@ -27,6 +27,7 @@ REFUSED: Final = -32005
 SQL_ERROR: Final = -32006
 DROPPED: Final = -32007
 UNAVAILABLE: Final = -32008
+RESULT_TOO_LARGE: Final = -32009
 
 
 class RpcError(JobvaultError):

@@ -5,11 +5,14 @@ exists (bound under a tight umask); every connection's peer uid is checked and a
 is refused. One instance at a time: a lock file beside the socket is held for the daemon's
 life, so a socket left by a crash is known to be stale and replaced.
 
-Each connection is its own task and answers its requests in order; a slow or malicious client
-(half a line, no newline for megabytes, never reading its answers) only ever waits on its own
-timeouts and is cut off. Reads run on a small pool of reader threads, each with its own
-read-only connection, under a per-request deadline; subscribers get notifications through a
-bounded queue and are dropped, with a last notice, when they fall behind.
+It always answers its owner. Each connection is its own task and answers its requests in
+order; a request line must arrive whole within `request_read_timeout` of its first byte (a
+half-sent line is cut off), a silent connection is closed after `idle_timeout`, and at
+`max_connections` the connection idle longest makes room for the new one
+(`connections.py`). Methods run on reader lanes (`readers.py`) sized by what they cost, so
+`status`, `jobs.*` and the reports never wait behind `sql` or `search`. Subscribers get
+notifications through a bounded queue and are dropped, with a last notice, when they fall
+behind.
 """
 
 from __future__ import annotations
@@ -21,10 +24,8 @@ import socket
 import sqlite3
 import struct
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import structlog
 
 from jobvault import __version__
 from jobvault.errors import ConfigError, LockedError
+from jobvault.serve.connections import Full, Peer, Registry
 from jobvault.serve.methods import Limits, read_methods, run_read
 from jobvault.serve.protocol import (
     DROPPED,
@@ -50,8 +52,10 @@ from jobvault.serve.protocol import (
     invalid_params,
     parse_request,
 )
+from jobvault.serve.readers import Lane, Readers
 from jobvault.store import queries
-from jobvault.store.db import BUSY_TIMEOUT_MS
+
+Reader = Lane  # the name serve/web knows a pool of reader threads by
 
 log = structlog.get_logger("jobvault.server")
 
@@ -61,11 +65,11 @@ EVENTS = ("job.updated", "job.finalized")
 @dataclass(frozen=True)
 class ServerLimits(Limits):
     max_request_bytes: int = 1024 * 1024
-    max_connections: int = 64
+    max_connections: int = 512
     idle_timeout: float = 300.0
+    request_read_timeout: float = 5.0  # from a request line's first byte to its newline
     write_timeout: float = 10.0
     subscriber_queue: int = 1000
-    reader_threads: int = 4
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -117,47 +121,9 @@ def bind_socket(path: Path) -> socket.socket:
         sock.bind(str(path))
     finally:
         os.umask(old)
-    sock.listen(128)
+    sock.listen(4096)  # the kernel caps it at net.core.somaxconn
     sock.setblocking(False)
     return sock
-
-
-class Reader:
-    """A small pool of threads, each with its own read-only connection."""
-
-    def __init__(self, db_path: Path, threads: int) -> None:
-        self.db_path = db_path
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jobvault-read")
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                f"{self.db_path.absolute().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA query_only = ON")
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
-        return conn
-
-    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._conn()))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
 
 
 @dataclass(eq=False)
@@ -211,6 +177,23 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         await asyncio.wait_for(discard(), 1.0)
 
 
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft limit on open files toward `wanted` (within the hard limit); return it.
+
+    Every connection is a descriptor, and so is every transcript the engine keeps open; the
+    usual soft limit of 1024 would be reached before `max_connections`.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return int(soft)
+
+
 class Server:
     def __init__(
         self,
@@ -225,15 +208,27 @@ class Server:
         self.limits = limits
         self.status_provider = status
         self.hub = hub
-        self.reader = Reader(db_path, limits.reader_threads)
+        self.readers = Readers(db_path)
+        # The dashboard's reads (serve/web) have a lane of their own: its pages never delay
+        # the socket's methods, nor they its pages.
+        self.reader: Reader = self.readers.lanes["web"]
         self.methods = read_methods(limits)
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self.registry = Registry(limits.max_connections)
         self.started = time.time()
         self.requests = 0
         self.refused_peers = 0
+        self.cut_off = 0  # connections closed because a request line did not arrive in time
+        self._last_db: dict[str, Any] = {}
 
     async def start(self, sock: socket.socket) -> None:
+        # Room for every connection, the engine's open transcripts and SQLite's files.
+        soft = raise_fd_limit(self.limits.max_connections + 2048)
+        room = soft - 1024
+        if room < self.limits.max_connections:
+            log.warning("connection_limit_lowered", wanted=self.limits.max_connections,
+                        allowed=max(16, room), open_files_limit=soft)  # fmt: skip
+            self.registry.limit = max(16, room)
         self._server = await asyncio.start_unix_server(
             self._accept, sock=sock, limit=self.limits.max_request_bytes
         )
@@ -242,27 +237,30 @@ class Server:
         """Stop accepting, close every connection, release the readers."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
+        tasks = [p.task for p in self.registry.peers if p.task is not None]
+        for task in tasks:
             task.cancel()
-        if self._connections:
-            await asyncio.wait(self._connections, timeout=timeout)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout)
-        await asyncio.get_running_loop().run_in_executor(None, self.reader.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.readers.close)
+
+    def reopen_readers(self) -> None:
+        """After the database file was replaced: every reader opens the new one (thread-safe)."""
+        self.readers.reopen()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+        peer = Peer(writer, asyncio.current_task())
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, peer)
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:  # never let one connection take the server down
             log.exception("connection_failed")
         finally:
-            self._connections.discard(task)
+            self.registry.leave(peer)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -273,7 +271,55 @@ class Server:
             # A client that never reads its answers blocks here only, then is cut off.
             await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _admit(self, peer: Peer) -> bool:
+        """Make room for `peer` (closing the connection idle longest); False if all are busy."""
+        try:
+            victim = self.registry.admit(peer)
+        except Full:
+            return False
+        if victim is not None:
+            log.info("connection_evicted", idle_seconds=round(time.monotonic() -
+                     victim.last_active, 1), subscribed=victim.subscribed)  # fmt: skip
+            notice = RpcError(
+                OVERLOADED,
+                "connection_evicted",
+                "closed to make room for a new connection (it was idle longest)",
+            )
+            with contextlib.suppress(Exception):
+                victim.writer.write(encode_error(None, notice))  # no wait: it may not read
+            victim.writer.close()
+            if victim.task is not None:
+                victim.task.cancel()
+        return True
+
+    async def _read_line(self, reader: asyncio.StreamReader) -> bytes | None:
+        """The next request line; None when the connection should close.
+
+        Waiting for a line to start is bounded by the idle timeout; once its first byte has
+        come, the rest must follow within `request_read_timeout` (slowloris: a line sent a
+        byte at a time, or half a line and then nothing, holds no connection for long).
+        """
+        try:
+            first = await asyncio.wait_for(reader.read(1), self.limits.idle_timeout)
+        except TimeoutError:
+            return None  # idle: close
+        if not first:
+            return None  # end of stream
+        if first == b"\n":
+            return first
+        try:
+            rest = await asyncio.wait_for(reader.readline(), self.limits.request_read_timeout)
+        except TimeoutError:
+            self.cut_off += 1
+            return None
+        line = first + rest
+        if not line.endswith(b"\n"):
+            return None  # end of stream in a line: a final partial line is not a request
+        return line
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
         lock = asyncio.Lock()
         sock = writer.get_extra_info("socket")
         uid = peer_uid(sock) if sock is not None else None
@@ -284,17 +330,16 @@ class Server:
             with contextlib.suppress(Exception):
                 await self._send(writer, lock, encode_error(None, error))
             return
-        if len(self._connections) > self.limits.max_connections:
-            error = RpcError(OVERLOADED, "too_many_connections", "too many connections; retry")
+        if not self._admit(peer):
+            error = RpcError(OVERLOADED, "too_many_connections",
+                             "every connection is busy with a request; retry")  # fmt: skip
             await self._send(writer, lock, encode_error(None, error))
             return
         forwarders: list[asyncio.Task[None]] = []
         try:
             while True:
                 try:
-                    line = await asyncio.wait_for(reader.readline(), self.limits.idle_timeout)
-                except TimeoutError:
-                    return  # idle (or stalled mid-line): close
+                    line = await self._read_line(reader)
                 except (ValueError, asyncio.LimitOverrunError):
                     error = RpcError(
                         TOO_LARGE, "request_too_large",
@@ -303,13 +348,17 @@ class Server:
                     await self._send(writer, lock, encode_error(None, error))
                     await _linger(reader, writer)
                     return
-                if not line or not line.endswith(b"\n"):
-                    return  # end of stream (a final partial line is not a request)
+                if line is None:
+                    return
                 if not line.strip():
                     continue
-                reply = await self._handle(line, writer, lock, forwarders)
-                if reply is not None:
-                    await self._send(writer, lock, reply)
+                peer.started()
+                try:
+                    reply = await self._handle(line, writer, lock, forwarders, peer)
+                    if reply is not None:
+                        await self._send(writer, lock, reply)
+                finally:
+                    peer.finished()
         finally:
             for task in forwarders:
                 task.cancel()
@@ -320,6 +369,7 @@ class Server:
         writer: asyncio.StreamWriter,
         lock: asyncio.Lock,
         forwarders: list[asyncio.Task[None]],
+        peer: Peer,
     ) -> bytes | None:
         self.requests += 1
         try:
@@ -328,7 +378,7 @@ class Server:
             return encode_error(error_id(exc), exc)
         try:
             result = await asyncio.wait_for(
-                self._dispatch(request.method, request.params, writer, lock, forwarders),
+                self._dispatch(request.method, request.params, writer, lock, forwarders, peer),
                 self.limits.request_timeout,
             )
         except RpcError as exc:
@@ -351,11 +401,14 @@ class Server:
         writer: asyncio.StreamWriter,
         lock: asyncio.Lock,
         forwarders: list[asyncio.Task[None]],
+        peer: Peer,
     ) -> Any:
         if method == "status":
             return await self.status()
         if method == "subscribe":
-            return self._subscribe(params, writer, lock, forwarders)
+            result = self._subscribe(params, writer, lock, forwarders)
+            peer.subscribed = True
+            return result
         own = self.loop_methods.get(method)
         if own is not None:
             return await own(params)
@@ -364,19 +417,33 @@ class Server:
             known = ", ".join(sorted([*self.methods, *self.loop_methods, "status", "subscribe"]))
             raise RpcError(METHOD_NOT_FOUND, "method_not_found", f"no method {method!r} ({known})")
         timeout = self.limits.request_timeout
-        return await self.reader.run(lambda conn: run_read(handler, conn, params, timeout))
+        lane = self.readers.for_method(method)
+        return await lane.run(lambda conn: run_read(handler, conn, params, timeout))
 
     async def status(self) -> dict[str, Any]:
-        db = await self.reader.run(lambda conn: queries.db_status(conn, str(self.db_path)))
+        lane = self.readers.for_method("status")
+        try:
+            db = await lane.run(lambda conn: queries.db_status(conn, str(self.db_path)))
+            self._last_db = db
+        except sqlite3.Error as exc:
+            # The file is gone or unreadable (the guard says why): still answer, with the
+            # last counts read and the reason, rather than an internal error.
+            db = {**self._last_db, "db_path": str(self.db_path), "db_error": str(exc)}
         return {
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 3),
-            **db,
             **(await self.status_provider()),
-            "connections": len(self._connections),
+            # The database's committed counts win over the engine's snapshot, which is taken
+            # after each round and may be one round behind what a reader already sees.
+            **db,
+            "connections": len(self.registry.peers),
+            "max_connections": self.registry.limit,
+            "connections_evicted": self.registry.evicted,
+            "connections_cut_off": self.cut_off,
             "subscribers": len(self.hub.subscribers),
             "requests": self.requests,
+            "lanes": self.readers.stats(),
         }
 
     def _subscribe(

@@ -4,12 +4,19 @@ All engine work runs on one worker thread (so SQLite has exactly one writer); th
 only decides *when*: watchdog hints and the periodic rescan mark files dirty, an idle timer
 finalizes sessions. Signal handlers only set events.
 
-Start-up: instance lock → database and migrations → socket (bound, or passed by systemd) →
-dashboard (127.0.0.1, if enabled) → READY=1 → backfill (STATUS= reports progress). Shutdown,
-in a fixed order with a bound: STOPPING=1 → stop intake (watcher; the read in progress ends
-after its batch) → close the dashboard, then the socket server → finalize every session with
-what was read → close the database → remove the socket file (unless systemd owns it) →
-release the lock.
+Start-up: instance lock → writer lock → database and migrations → socket (bound, or passed
+by systemd) → dashboard (127.0.0.1, if enabled) → READY=1 → backfill (STATUS= reports
+progress). Shutdown, in a fixed order with a bound: STOPPING=1 → stop intake (watcher; the
+read in progress ends after its batch) → close the dashboard, then the socket server →
+finalize every session with what was read → close the database → remove the socket file
+(unless systemd owns it) → release the locks.
+
+After every round the worker checks that the database path still names the open file
+(`store/guard.py`) and takes the snapshot `status` reads, so `status` never waits for the
+engine. When the database was deleted or moved, the daemon shuts down without writing
+another byte into the lost file, puts the open copy back at the path and starts again on it
+(`serve` runs one such cycle after another); when it was replaced, it saves its copy beside
+it and exits with code 74.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from jobvault.serve.server import Hub, Server, ServerLimits, bind_socket, prepar
 from jobvault.service import dashboard
 from jobvault.service.systemd import Notifier, listen_socket, watchdog_interval
 from jobvault.store.db import open_writer
-from jobvault.store.lock import InstanceLock
+from jobvault.store.guard import DatabaseGuard, Incident
+from jobvault.store.lock import InstanceLock, WriterLock
 from jobvault.store.writer import Store
 from jobvault.team.pusher import Pusher
 
@@ -48,7 +56,7 @@ T = TypeVar("T")
 SHUTDOWN_BOUND = 60.0
 MAX_BACKOFF = 30.0
 STATUS_EVERY = 5.0
-STATUS_WAIT = 0.2  # seconds `status` waits for the engine's own snapshot before the counters
+GUARD_EVERY = 2.0  # seconds between the loop's stat of the database path
 
 
 @dataclass
@@ -70,6 +78,15 @@ class Daemon:
     _rescan_dirs: set[str] = field(default_factory=set)
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
     _executor: ThreadPoolExecutor | None = None
+    # What `status` shows of the engine: its last snapshot, taken at the end of each round.
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    snapshot_at: float = 0.0
+    in_round: bool = False  # a round is under way: the snapshot is the previous round's
+    guard: DatabaseGuard | None = None
+    incident: Incident | None = None  # the last thing that happened to the database file
+    incidents: int = 0
+    incident_pending: Incident | None = None  # found by the guard, not yet acted on
+    _stop_requested: bool = False
 
     async def on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the engine's thread (the only thread that may touch the writer)."""
@@ -77,11 +94,32 @@ class Daemon:
         return await _on_worker(self._executor, fn, *args)
 
     def stop(self) -> None:
+        self._stop_requested = True
+        self._halt()
+
+    def _halt(self) -> None:
         self.stopping.set()
         self._wake.set()
         if self.engine is not None:
             # Let a long backlog read end after the batch in progress (thread-safe Event).
             self.engine.stopping.set()
+
+    def after_round(self) -> None:
+        """On the worker, once per round: check the database file, then take the snapshot.
+
+        The hook an engine loop calls between rounds (never during one): the guard compares
+        the database path with the open file (and re-creates a deleted lock file); an
+        incident stops the daemon before anything else is written.
+        """
+        engine = self.engine
+        if self.guard is not None and self.incident_pending is None:
+            incident = self.guard.check()
+            if incident is not None:
+                self.incident_pending = incident
+        if engine is not None:
+            self.snapshot = engine.snapshot()
+            self.snapshot_at = time.time()
+        self.in_round = False
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -102,10 +140,29 @@ async def _on_worker(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: 
 
 
 async def serve(daemon: Daemon) -> None:
-    """Run the daemon until `daemon.stop()`; always shuts down in order."""
+    """Run the daemon until `daemon.stop()`; always shuts down in order.
+
+    A cycle ends early when the database file was deleted or moved under it: its open copy
+    is put back, and the next cycle starts on it (a replaced file ends the daemon instead).
+    """
+    while True:
+        incident = await _serve_once(daemon)
+        if incident is None or daemon._stop_requested:
+            return
+        if incident["kind"] == "replaced":
+            raise StoreError(f"{incident['message']}; {incident['action']}")
+        daemon.stopping.clear()
+        daemon.ready.clear()  # set again once the next cycle serves
+        daemon._wake.clear()
+        log.warning("daemon_restarting", reason=incident["kind"])
+
+
+async def _serve_once(daemon: Daemon) -> Incident | None:
+    """One cycle: start, run until stopped, shut down in order; the incident that ended it."""
     config = daemon.config
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobvault-ingest")
     daemon._executor = executor
+    daemon.incident_pending = None
     loop = asyncio.get_running_loop()
     notifier = Notifier()
     watcher: Watcher | None = None
@@ -114,23 +171,33 @@ async def serve(daemon: Daemon) -> None:
     server: Server | None = None
     web: dashboard.WebServer | None = None
     instance = InstanceLock(config.socket)
+    writer_lock = WriterLock(config.db)
     owned_socket: Path | None = None
     hub = Hub()
     helpers: list[asyncio.Task[None]] = []
+    incident: Incident | None = None
     try:
         prepare_socket_dir(config.socket)
         instance.acquire()  # one instance at a time: fail before touching anything
+        writer_lock.acquire()  # one writer per database, the lock file deleted or not
+        if writer_lock.tightened is not None:
+            log.warning("db_dir_tightened", directory=str(config.db.parent),
+                        old_mode=f"{writer_lock.tightened:o}", mode="700")  # fmt: skip
+        if writer_lock.open_note is not None:
+            log.warning("db_dir_open", message=writer_lock.open_note)
         store = Store(
             await _on_worker(executor, open_writer, config.db, config.synchronous),
             config.compression_level,
         )
         pricing.configure(config.pricing)
+        daemon.guard = DatabaseGuard(config.db, writer_lock)
+        daemon.guard.record()
         sock = listen_socket()  # systemd socket activation: serve it, never unlink it
         if sock is None:
             sock = bind_socket(config.socket)
             owned_socket = config.socket
         own = dashboard.socket_methods(daemon, lambda: store, lambda: web)
-        server = Server(config.db, _limits(config), _status_provider(daemon, executor), hub, own)
+        server = Server(config.db, _limits(config), _status_provider(daemon), hub, own)
         # The socket answers at once (`status` says "starting" until the engine is up): the
         # engine loads every tracked file, and the dashboard imports its web stack, meanwhile.
         await server.start(sock)
@@ -159,9 +226,11 @@ async def serve(daemon: Daemon) -> None:
         recovered = await _on_worker(executor, engine.recover)
         if recovered:
             log.info("sessions_recovered", count=len(recovered))
+        await _on_worker(executor, daemon.after_round)
         daemon.ready.set()
         notifier.ready("database open, socket listening; reading transcripts")
         helpers.append(asyncio.create_task(_report_status(daemon, engine, notifier)))
+        helpers.append(asyncio.create_task(_watch_database(daemon)))
         daemon.pusher = Pusher(lambda: daemon.config)  # idle unless [sync] url is set
         helpers.append(asyncio.create_task(daemon.pusher.run()))
         interval = watchdog_interval()
@@ -169,6 +238,7 @@ async def serve(daemon: Daemon) -> None:
             helpers.append(asyncio.create_task(_watchdog(notifier, interval)))
         await _loop(daemon, engine, executor, watcher)
     finally:
+        incident = daemon.incident_pending
         notifier.stopping()
         if daemon.pusher is not None:
             daemon.pusher.stop()  # between batches; the query in flight is cancelled
@@ -181,29 +251,42 @@ async def serve(daemon: Daemon) -> None:
         if server is not None:
             await server.close()
         if engine is not None:
-            try:
-                await asyncio.wait_for(_on_worker(executor, _final_pass, engine), SHUTDOWN_BOUND)
-            except (TimeoutError, JobvaultError) as exc:
-                log.error("shutdown_incomplete", error=str(exc) or type(exc).__name__)
+            if incident is None:
+                try:
+                    await asyncio.wait_for(
+                        _on_worker(executor, _final_pass, engine), SHUTDOWN_BOUND
+                    )
+                except (TimeoutError, JobvaultError) as exc:
+                    log.error("shutdown_incomplete", error=str(exc) or type(exc).__name__)
+            # After an incident nothing more is written into the lost file; the sessions
+            # read so far are finalized by the next start's recovery, from the archive.
             await _on_worker(executor, engine.close)
+        copy = None
         if store is not None:
+            if incident is not None and daemon.guard is not None:
+                copy = await _on_worker(executor, daemon.guard.preserve, store.conn)
             await _on_worker(executor, store.close)
+        if incident is not None and copy is not None and daemon.guard is not None:
+            where = daemon.guard.put_back(copy, incident)
+            daemon.incident, daemon.incidents = incident, daemon.incidents + 1
+            log.error("database_incident", kind=incident["kind"], message=incident["message"],
+                      action=incident["action"], copy=str(where))  # fmt: skip
         executor.shutdown(wait=True)
         if owned_socket is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_socket.unlink()
+        writer_lock.release()
         instance.release()
         notifier.close()
         log.info("daemon_stopped")
+    return incident
 
 
-def _status_provider(daemon: Daemon, executor: ThreadPoolExecutor) -> Callable[[], Any]:
-    last: dict[str, Any] = {}
-
+def _status_provider(daemon: Daemon) -> Callable[[], Any]:
     async def status() -> dict[str, Any]:
-        nonlocal last
-        engine = daemon.engine
+        """The engine's snapshot of its last round and its live counters; never waits."""
         roots = list(daemon.config.watch)
+        engine = daemon.engine
         if engine is None:  # the socket answers while the engine loads its files
             return {
                 "state": "starting",
@@ -211,27 +294,50 @@ def _status_provider(daemon: Daemon, executor: ThreadPoolExecutor) -> Callable[[
                 "watch": [str(r) for r in roots],
                 "idle_timeout": daemon.config.idle_timeout,
                 "socket": str(daemon.config.socket),
+                "db_incident": daemon.incident,
+                "db_incidents": daemon.incidents,
             }
-        try:
-            last = await asyncio.wait_for(_on_worker(executor, engine.snapshot), STATUS_WAIT)
-            fresh = True
-        except TimeoutError:
-            # The engine's thread is in a long round (a backfill, a huge session): answer at
-            # once with the counters it keeps, which it updates as it goes.
-            last = {**last, **engine.counters()}
-            fresh = False
+        snapshot = dict(daemon.snapshot)
+        age = max(0.0, time.time() - daemon.snapshot_at) if daemon.snapshot_at else 0.0
+        if snapshot.get("pending_bytes"):  # the oldest unread line has aged since
+            snapshot["ingest_lag_seconds"] = round(snapshot["ingest_lag_seconds"] + age, 3)
+        # What the engine updates as it goes, safe to read from the loop: current even in the
+        # middle of a long round (a backfill, a huge session).
+        snapshot.update(engine.counters())
+        snapshot["snapshot_fresh"] = not daemon.in_round
+        incident = daemon.incident_pending or daemon.incident
+        if incident is not None:
+            snapshot["last_error"] = f"{incident['message']}; {incident['action']}"
+            snapshot["last_error_at"] = incident["detected_at"]
+        guard = daemon.guard
         return {
-            **last,
+            **snapshot,
             "state": "stopping" if daemon.stopping.is_set() else "running",
-            "snapshot_fresh": fresh,
+            "snapshot_age_seconds": round(age, 3),
             "watch": [str(r) for r in roots],
             "watch_existing": [str(r) for r in roots if r.is_dir()],
             "idle_timeout": daemon.config.idle_timeout,
             "socket": str(daemon.config.socket),
+            "db_incident": incident,
+            "db_incidents": daemon.incidents,
+            "writer_lock_restored": guard.lock_restored if guard is not None else 0,
             "sync": daemon.pusher.status() if daemon.pusher is not None else None,
         }
 
     return status
+
+
+async def _watch_database(daemon: Daemon) -> None:
+    """Stat the database path every few seconds; wake the loop when it names another file.
+
+    The guard's own check runs on the worker after every round; this only makes sure a
+    round comes soon even when nothing else would wake the loop for up to 30 s.
+    """
+    while True:
+        await asyncio.sleep(GUARD_EVERY)
+        guard = daemon.guard
+        if guard is not None and guard.changed():
+            daemon._wake.set()
 
 
 def _limits(config: Config) -> ServerLimits:
@@ -239,9 +345,11 @@ def _limits(config: Config) -> ServerLimits:
         request_timeout=config.request_timeout,
         sql_time_limit=config.sql_time_limit,
         sql_max_rows=config.sql_max_rows,
+        sql_max_bytes=config.sql_max_bytes,
         max_request_bytes=config.max_request_bytes,
         max_connections=config.max_connections,
         idle_timeout=config.connection_idle_timeout,
+        request_read_timeout=config.request_read_timeout,
     )
 
 
@@ -321,7 +429,13 @@ async def _loop(
                 next_rescan = 0.0  # pick up new roots now
         config = daemon.config
         roots = list(config.watch)
+        if daemon.guard is not None and daemon.guard.changed():
+            # Never write into a file that is no longer the database: check before the round.
+            await _on_worker(executor, daemon.after_round)
+            if daemon.incident_pending is not None:
+                break
         now = time.monotonic()
+        daemon.in_round = True  # until after_round
         try:
             paths: list[str] | None = []
             if now >= next_rescan or daemon._rescan_dirs:
@@ -345,6 +459,9 @@ async def _loop(
             engine.record_fault(str(exc))
             log.error("store_error_retrying", error=str(exc), retry_in=backoff)
             next_rescan = time.monotonic() + backoff
+        await _on_worker(executor, daemon.after_round)  # the guard and `status`'s snapshot
+        if daemon.incident_pending is not None:
+            break
         timeout = max(0.0, min(next_rescan - time.monotonic(), _idle_check(config)))
         if write_due is not None:  # a record held back by the write interval
             timeout = min(timeout, write_due)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import zstandard
+
+if TYPE_CHECKING:
+    import zstandard
 
 from jobvault.errors import StoreError
 
@@ -67,7 +69,11 @@ def iter_chunks(
     conn: sqlite3.Connection, file_id: int, decompressor: zstandard.ZstdDecompressor | None = None
 ) -> Iterator[tuple[int, bytes]]:
     """Yield (offset, raw bytes) of a file's chunks in offset order, one chunk in memory."""
-    dctx = decompressor or zstandard.ZstdDecompressor()
+    if decompressor is None:
+        import zstandard  # here, not at the top: most commands never read the archive
+
+        decompressor = zstandard.ZstdDecompressor()
+    dctx = decompressor
     ids = [
         r[0]
         for r in conn.execute("SELECT id FROM chunks WHERE file_id = ? ORDER BY offset", (file_id,))

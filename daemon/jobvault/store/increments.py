@@ -83,8 +83,13 @@ def write_changes(
     ],
     insert: dict[str, str],
     daily: Callable[[str, dict[tuple[str, str], list[Any]]], None],
+    hourly: Callable[[str, dict[tuple[str, str], list[Any]]], None] | None = None,
 ) -> Written:
-    """Write what differs from `prev`; return the new state. The caller gives the SQL."""
+    """Write what differs from `prev`; return the new state. The caller gives the SQL.
+
+    `daily` gets the usage deltas per (day, model); `hourly` those per (hour, model) of the
+    rows written (`usage_hourly_delete`, a trigger of m005_read_side, subtracts a row deleted).
+    """
     rec = detail.record
     upsert_job()
     tools = tool_rows(detail)
@@ -108,6 +113,7 @@ def write_changes(
             conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (rec.id,))
             conn.executemany(insert[table], rows)
     deltas: dict[tuple[str, str], list[Any]] = {}
+    hours: dict[tuple[str, str], list[Any]] = {}
     for key in prev.usage.keys() | usage.keys():
         new, old = usage.get(key), prev.usage.get(key)
         if new == old:
@@ -126,8 +132,12 @@ def write_changes(
         day = deltas.setdefault((hour[:10], model), [0] * 7)
         for i in range(7):
             day[i] += new_values[i] - old_values[i]
+        if new is not None:  # (a row deleted is subtracted by usage_hourly's own trigger)
+            hours[key] = [n - o for n, o in zip(new_values, old_values, strict=True)]
     if deltas:
         daily(rec.source, deltas)
+    if hours and hourly is not None:
+        hourly(rec.source, hours)
     text = text_of(detail)
     if hash(text) != prev.text:
         conn.execute(

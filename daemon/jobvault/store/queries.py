@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,7 +61,8 @@ ORDERS: dict[str, tuple[str, str]] = {
     "duration_ms": ("COALESCE(duration_ms, 0)", "ASC"),
 }
 FILTERS = ("since", "until", "source", "model", "status", "project", "cwd", "tool", "file",
-           "file_prefix", "file_glob", "min_cost", "max_cost", "machine")  # fmt: skip
+           "file_prefix", "file_glob", "min_cost", "max_cost", "min_duration_ms",
+           "max_duration_ms", "machine")  # fmt: skip
 
 
 def _like_prefix(text: str) -> str:
@@ -189,6 +189,12 @@ def job_filters(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
     if "max_cost" in f:
         where.append("jobs.cost_usd <= ?")
         params.append(float(f["max_cost"]))
+    if "min_duration_ms" in f:
+        where.append("jobs.duration_ms >= ?")
+        params.append(int(f["min_duration_ms"]))
+    if "max_duration_ms" in f:
+        where.append("jobs.duration_ms <= ?")
+        params.append(int(f["max_duration_ms"]))
     return where, params
 
 
@@ -390,86 +396,33 @@ def _chunks_from(
             yield chunk_offset, data
 
 
-# -- the `sql` method ---------------------------------------------------------------------------
-
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                    getattr(sqlite3, "SQLITE_RECURSIVE", 33)}  # fmt: skip
-
-
-class SqlRefused(UsageError):
-    """The query is not a single read-only SELECT."""
-
-
-def run_sql(
-    conn: sqlite3.Connection,
-    query: str,
-    params: list[Any] | dict[str, Any] | None = None,
-    *,
-    max_rows: int = 1000,
-    time_limit: float = 5.0,
-) -> dict[str, Any]:
-    """Run one read-only SELECT with a time limit and a row cap.
-
-    SQLite's authorizer refuses every action but reading (so no write, ATTACH or PRAGMA can
-    run, whatever the text looks like), the connection is read-only besides, and a progress
-    handler interrupts the query once `time_limit` has passed.
-    """
-    if not sqlite3.complete_statement(query.strip().rstrip(";") + ";"):
-        raise SqlRefused("the query is not one complete SQL statement")
-    refused: list[str] = []
-
-    def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None,
-                  trigger: str | None) -> int:  # fmt: skip
-        if action in _ALLOWED_ACTIONS:
-            return sqlite3.SQLITE_OK
-        refused.append(f"action {action} ({arg1 or ''} {arg2 or ''})".strip())
-        return sqlite3.SQLITE_DENY
-
-    deadline = time.monotonic() + time_limit
-    conn.set_authorizer(authorize)
-    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-    try:
-        try:
-            cur = conn.execute(query, params or ())
-        except sqlite3.ProgrammingError as exc:
-            raise SqlRefused(str(exc)) from None
-        except sqlite3.DatabaseError:
-            if refused:
-                raise SqlRefused(
-                    "only SELECT queries are allowed (no writes, ATTACH or PRAGMA)"
-                ) from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the query ran longer than {time_limit:g}s") from None
-            raise
-        columns = [d[0] for d in cur.description or ()]
-        try:
-            rows = cur.fetchmany(max_rows + 1)
-        except sqlite3.OperationalError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the query ran longer than {time_limit:g}s") from None
-            raise
-    finally:
-        conn.set_progress_handler(None, 0)
-        conn.set_authorizer(None)
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    truncated = len(rows) > max_rows
-    rows = rows[:max_rows]
-    return {
-        "columns": columns,
-        "rows": [[_plain(v) for v in r] for r in rows],
-        "truncated": truncated,
-    }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"blob_bytes": len(value)}
-    return value
-
-
 def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
-    """Counts and sizes read from the database alone."""
+    """Counts and sizes read from the database alone.
+
+    The file and archive counts come from `status_counters`, which triggers keep exact
+    (`m005_read_side`): one row, however large the vault; jobs are counted on an index (the
+    active ones on the partial index `jobs_active`). A database not yet migrated is scanned.
+    """
+    try:
+        row = conn.execute(
+            "SELECT files_active, files_known, bytes_archived, lines_archived, bad_lines, "
+            "lost_bytes, (SELECT COUNT(*) FROM jobs), "
+            "(SELECT COUNT(*) FROM jobs WHERE status = 'active') FROM status_counters"
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        row = _scan_counts(conn)
+    size = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size += os.stat(path + suffix).st_size
+    keys = ("files_tracked", "files_known", "bytes_archived", "lines_archived", "bad_lines",
+            "lost_bytes", "jobs", "sessions_active")  # fmt: skip
+    return {**dict(zip(keys, row, strict=True)), "db_path": path, "db_size_bytes": size}
+
+
+def _scan_counts(conn: sqlite3.Connection) -> tuple[int, ...]:
     # Bad lines are the rows of their table (as `import` counts them): a file's own counter
     # is not taken back when an unterminated tail it reported is continued by new bytes.
     files, active_files, lines, bad, lost = conn.execute(
@@ -480,19 +433,4 @@ def db_status(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
     jobs, active = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(status = 'active'), 0) FROM jobs"
     ).fetchone()
-    size = 0
-    for suffix in ("", "-wal"):
-        with contextlib.suppress(OSError):
-            size += os.stat(path + suffix).st_size
-    return {
-        "files_tracked": active_files,
-        "files_known": files,
-        "bytes_archived": archived,
-        "lines_archived": lines,
-        "bad_lines": bad,
-        "lost_bytes": lost,
-        "jobs": jobs,
-        "sessions_active": active,
-        "db_path": path,
-        "db_size_bytes": size,
-    }
+    return (active_files, files, archived, lines, bad, lost, jobs, active)

@@ -53,6 +53,12 @@ DESCRIPTIONS = {
     "one row per reading whose values changed, for limit history. `resets_at` is ISO 8601 UTC.",
     "empty_sessions": "Finalized sessions with no user or assistant message (summary-only, "
     "attachment-only or snapshot-only files): archived and counted by `status`, never a job.",
+    "status_counters": "One row of running totals for `status` (files, archived bytes and "
+    "lines, bad lines, lost bytes), kept exact by triggers on `files` and `chunks` in the "
+    "same transaction as every write, so `status` never scans a table.",
+    "usage_hourly": "Usage per UTC hour, source and model: added by the writer with each "
+    "job's usage rows, subtracted by triggers when they go; period reports without job "
+    "filters read it in any whole-hour time zone.",
     "search_docs": "A stable integer id per job: the rowid of its full-text document. The "
     "trigger `jobs_search_delete` drops the document whenever the job row is deleted.",
     "search_fts": "The full-text index (FTS5, unicode61 without diacritics, 2- and "

@@ -52,28 +52,9 @@ def zone(name: str) -> ZoneInfo:
 
 def local_zone_name() -> str:
     """This machine's IANA zone name ($TZ, else /etc/localtime's target), else UTC."""
-    import os
+    from jobvault.paths import local_zone_name as name
 
-    candidate = os.environ.get("TZ", "").lstrip(":")
-    if candidate:
-        try:
-            ZoneInfo(candidate)
-            return candidate
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    try:
-        target = os.path.realpath("/etc/localtime")
-    except OSError:
-        return "UTC"
-    marker = "zoneinfo/"
-    if marker in target:
-        name = target.split(marker, 1)[1]
-        try:
-            ZoneInfo(name)
-            return name
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return "UTC"
+    return name()
 
 
 def parse_local_time(value: str, tz: ZoneInfo) -> str:
@@ -134,8 +115,11 @@ class _Scope:
 
     where: list[str]
     params: list[Any]
-    plain: bool  # no job filter but the source: daily_metrics can answer UTC day reports
+    plain: bool  # no job filter but the source: the rollups can answer period reports
     joined: bool  # a condition reads `jobs`: join it (else job_usage alone is read)
+    hours: tuple[str | None, str | None] = (None, None)  # the UTC hour range [low, high)
+    model: str | None = None
+    source: str | None = None
 
     @classmethod
     def of(
@@ -158,7 +142,8 @@ class _Scope:
             where.append("u.model = ?")
             params.append(model)
         job_keys = {k for k, v in filters.items() if v is not None and k not in ("model",)}
-        return cls(where, params, plain=job_keys <= {"source"}, joined=joined)
+        return cls(where, params, plain=job_keys <= {"source"}, joined=joined,
+                   hours=(low, high), model=model, source=filters.get("source"))  # fmt: skip
 
     def sql(self, join: bool = False) -> str:
         """FROM job_usage u (joined with jobs when needed or asked) and the conditions."""
@@ -228,6 +213,17 @@ def _utc_days(since: str | None, until: str | None) -> bool:
     return all(t is None or t[10:] in ("T00:00:00.000Z", "") for t in (since, until))
 
 
+_FIELDS = ("messages", *TOKEN_KEYS, "cost_usd")
+
+
+def _figures(values: list[Any]) -> dict[str, Any]:
+    """A row's figures from its sums (the keys and order of `_empty` then `_finish`)."""
+    row = dict(zip(_FIELDS, values, strict=True))
+    row["cost_usd"] = round(float(row["cost_usd"]), 6)
+    row["total_tokens"] = values[1] + values[2] + values[3] + values[4]
+    return row
+
+
 def _periods(
     conn: sqlite3.Connection,
     group_by: str,
@@ -257,47 +253,49 @@ def _periods(
             + (" WHERE " + " AND ".join(where) if where else "")
             + " GROUP BY day, model"
         )
-        for day, model, *values in conn.execute(sql, params):
-            periods.add(period_of(date.fromisoformat(day), group_by), model, values)
+        found: Iterable[tuple[Any, ...]] = conn.execute(sql, params)
     else:
-        labels: dict[str, str] = {}
-        sql = (
-            f"SELECT u.hour, u.model, {_SUMS}"
-            + scope.sql()
-            + (" AND" if scope.where else " WHERE")
-            + " u.hour != 'unknown' GROUP BY u.hour, u.model"
-        )
-        for hour, model, *values in conn.execute(sql, scope.params):
-            if hour not in labels:
-                labels[hour] = period_of(_hour_time(hour).astimezone(tz).date(), group_by)
-            periods.add(labels[hour], model, values)
+        found = _local_days(conn, scope, tz)
+    labels: dict[str, str] = {}
+    for day, model, *values in found:
+        label = labels.get(day)
+        if label is None:
+            label = labels[day] = period_of(date.fromisoformat(day), group_by)
+        periods.add(label, model, values)
     return periods.rows()
 
 
 class PeriodTotals:
     """Usage summed per period and model; `rows` gives the report's rows (shared with the
     team reports, which also subtract duplicates: a model or period left with nothing is
-    dropped)."""
+    dropped). The sums are lists (a row per day and model comes in, a dict per period and
+    model goes out; this loop is most of a report's time)."""
 
     def __init__(self) -> None:
-        self.buckets: dict[str, dict[str, Any]] = {}
-        self.models: dict[str, dict[str, dict[str, Any]]] = {}
+        self.sums: dict[str, dict[str, list[Any]]] = {}
 
     def add(self, label: str, model: str, values: Iterable[Any]) -> None:
-        values = list(values)
-        _add(self.buckets.setdefault(label, _empty()), values)
-        _add(self.models.setdefault(label, {}).setdefault(model, _empty()), values)
+        per = self.sums.get(label)
+        if per is None:
+            per = self.sums[label] = {}
+        current = per.get(model)
+        if current is None:
+            per[model] = [v or 0 for v in values]
+        else:
+            for i, value in enumerate(values):
+                if value:
+                    current[i] += value
 
     def rows(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         previous: float | None = None
-        for label in sorted(self.buckets):
-            if _nothing(self.buckets[label]):
+        for label in sorted(self.sums):
+            per = self.sums[label]
+            total = [sum(column) for column in zip(*per.values(), strict=True)]
+            if _nothing_in(total):
                 continue
-            row = _finish(self.buckets[label])
-            breakdown = [
-                _finish({"model": m, **v}) for m, v in self.models[label].items() if not _nothing(v)
-            ]
+            row = _figures(total)
+            breakdown = [{"model": m, **_figures(v)} for m, v in per.items() if not _nothing_in(v)]
             breakdown.sort(key=lambda b: (-b["cost_usd"], b["model"]))
             change = None
             if previous:
@@ -309,6 +307,112 @@ class PeriodTotals:
 
 def _nothing(sums: dict[str, Any]) -> bool:
     return sums["messages"] == 0 and not any(sums[k] for k in TOKEN_KEYS)
+
+
+def _nothing_in(values: list[Any]) -> bool:
+    """`_nothing` for sums in the order of `_FIELDS`."""
+    return values[0] == 0 and not any(values[1 : 1 + len(TOKEN_KEYS)])
+
+
+def _offsets(tz: ZoneInfo, low: str, high: str) -> list[tuple[str, str, int]]:
+    """[(first hour, hour after the last, UTC offset in minutes)] covering [low, high].
+
+    The zone's offset changes a few times a year: the range is walked a day at a time and
+    each change found to its hour, so a year of hours costs a few hundred offset lookups.
+    """
+
+    def minutes(moment: datetime) -> int:
+        offset = moment.astimezone(tz).utcoffset()
+        return int(offset.total_seconds() // 60) if offset is not None else 0
+
+    start, end = _hour_time(low), _hour_time(high) + timedelta(hours=1)
+    day, hour = timedelta(days=1), timedelta(hours=1)
+    segments: list[tuple[str, str, int]] = []
+    begin, current, moment = start, minutes(start), start
+    while moment < end:
+        step = min(moment + day, end)
+        if minutes(step - hour) != current:  # the offset changed within this day: find when
+            while minutes(moment) == current:
+                moment += hour
+            segments.append((begin.strftime("%Y-%m-%dT%H"), moment.strftime("%Y-%m-%dT%H"),
+                             current))  # fmt: skip
+            begin, current = moment, minutes(moment)
+            continue
+        moment = step
+    segments.append((begin.strftime("%Y-%m-%dT%H"), end.strftime("%Y-%m-%dT%H"), current))
+    return segments
+
+
+def _day_shift(minutes: int) -> tuple[str, str]:
+    """For a UTC offset: (first UTC hour still on the local day, first one on the next).
+
+    A UTC hour H of day D starts at local D + (60 H + offset) minutes, on local day D - 1,
+    D or D + 1; the two returned hours ("00".."24") are where those ranges meet.
+    """
+    back = next((h for h in range(24) if (60 * h + minutes) // 1440 >= 0), 24)
+    ahead = next((h for h in range(24) if (60 * h + minutes) // 1440 >= 1), 24)
+    return f"{back:02d}", f"{ahead:02d}"
+
+
+def _local_days(conn: sqlite3.Connection, scope: _Scope, tz: ZoneInfo) -> list[tuple[Any, ...]]:
+    """Usage per local day (of `tz`) and model in the scope, summed by SQLite.
+
+    Each UTC hour counts on the local day its start falls in. Within a stretch of constant
+    offset that day is the hour's UTC day, or the one before or after it depending only on
+    the hour of day: SQLite groups by (UTC day, which of the three, model) with string
+    comparisons, so Python sees a few rows per day, not one per hour. The hourly rollup
+    `usage_hourly` (`m005_read_side`) answers when there is no job filter but the source;
+    other filters read the per-job rows.
+    """
+    rollup = scope.plain
+    span: Any = None
+    if rollup:
+        where, params = ["hour != 'unknown'"], []
+        for condition, value in (
+            ("hour >= ?", scope.hours[0]),
+            ("hour < ?", scope.hours[1]),
+            ("source = ?", scope.source),
+            ("model = ?", scope.model),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        try:
+            span = conn.execute(
+                "SELECT MIN(hour), MAX(hour) FROM usage_hourly WHERE hour != 'unknown'"
+            ).fetchone()
+        except sqlite3.OperationalError as exc:  # a database older than m005
+            if "no such table" not in str(exc):
+                raise
+            rollup = False
+    if rollup:
+        sums = ("SUM(messages), SUM(input_tokens), SUM(output_tokens), "
+                "SUM(cache_creation_tokens), SUM(cache_read_tokens), SUM(reasoning_tokens), "
+                "SUM(cost_usd)")  # fmt: skip
+        source = f" FROM usage_hourly WHERE {' AND '.join(where)}"
+        hour, model = "hour", "model"
+    else:
+        span = conn.execute(
+            "SELECT MIN(hour), MAX(hour) FROM job_usage WHERE hour != 'unknown'"
+        ).fetchone()
+        sums, params = _SUMS, list(scope.params)
+        source = scope.sql() + (" AND" if scope.where else " WHERE") + " u.hour != 'unknown'"
+        hour, model = "u.hour", "u.model"
+    if span is None or span[0] is None:
+        return []
+    outer = ", ".join(f"SUM(v{i})" for i in range(7))
+    inner = ", ".join(f"{expr} AS v{i}" for i, expr in enumerate(sums.split(", ")))
+    rows: list[tuple[Any, ...]] = []
+    for first, stop, minutes in _offsets(tz, span[0], span[1]):
+        back, ahead = _day_shift(minutes)
+        rows += conn.execute(
+            f"SELECT date(d, s || ' days') AS day, m, {outer} FROM ("
+            f"SELECT substr({hour}, 1, 10) AS d, CASE WHEN substr({hour}, 12, 2) < ? THEN -1 "
+            f"WHEN substr({hour}, 12, 2) >= ? THEN 1 ELSE 0 END AS s, {model} AS m, {inner}"
+            f"{source} AND {hour} >= ? AND {hour} < ? GROUP BY d, s, m) GROUP BY day, m",
+            (back, ahead, *params, first, stop),
+        ).fetchall()
+    return rows
 
 
 def _by_key(conn: sqlite3.Connection, group_by: str, scope: _Scope) -> list[dict[str, Any]]:
@@ -348,13 +452,28 @@ def job_models(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
 
 def top_sessions(conn: sqlite3.Connection, scope: _Scope, limit: int) -> list[dict[str, Any]]:
     """The jobs that cost most within the scope (their usage in range, not their lifetime)."""
+    sql, params = scope.sql(), list(scope.params)
+    if scope.plain and scope.hours == (None, None) and scope.model is None:
+        # A job's whole usage is its record's cost: only the jobs the `jobs_order_cost`
+        # index puts near the top can be in it (the record's cost is rounded to 6 places,
+        # hence the margin), so only their usage rows are summed, not every job's.
+        nth = conn.execute(
+            "SELECT cost_usd FROM jobs" + (" WHERE source = ?" if scope.source else "")
+            + " ORDER BY cost_usd DESC LIMIT 1 OFFSET ?",
+            (*([scope.source] if scope.source else []), limit - 1),
+        ).fetchone()  # fmt: skip
+        if nth is not None and nth[0] > 0:
+            sql += (" AND" if scope.where else " WHERE") + (
+                " u.job_id IN (SELECT id FROM jobs WHERE cost_usd >= ?)"
+            )
+            params.append(nth[0] - 1e-5)
     rows = conn.execute(
         "SELECT t.job_id, t.cost, t.tokens, jobs.session_id, jobs.source, jobs.project, "
         "jobs.model, jobs.started_at, jobs.prompt, jobs.machine_id FROM (SELECT u.job_id, "
         "SUM(u.cost_usd) AS cost, SUM(u.input_tokens + u.output_tokens + u.cache_creation_tokens + "
-        f"u.cache_read_tokens) AS tokens{scope.sql()} GROUP BY u.job_id ORDER BY 2 DESC, 1 "
+        f"u.cache_read_tokens) AS tokens{sql} GROUP BY u.job_id ORDER BY 2 DESC, 1 "
         "LIMIT ?) t JOIN jobs ON jobs.id = t.job_id ORDER BY t.cost DESC, t.job_id",
-        (*scope.params, limit),
+        (*params, limit),
     ).fetchall()
     return [top_item(row) for row in rows]
 

@@ -653,6 +653,7 @@ class Store:
                 self.conn, detail, prev,
                 upsert_job=lambda: self.conn.execute(_UPSERT_JOB, job_row),
                 children=self._children, insert=_INSERT, daily=self._daily_deltas,
+                hourly=self._hourly_deltas,
             )  # fmt: skip
             if not finalized and states is not None:
                 states[rec.session_id] = state
@@ -688,6 +689,7 @@ class Store:
         self.conn.executemany(_INSERT["job_usage"], list(usage.values()))
         self.conn.executemany(_INSERT["job_rate_limits"], rates)
         self._add_daily(rec.source, detail)
+        self._add_hourly(rec.source, detail)
         self._index_job(detail)
         if keep:
             assert states is not None and tools is not None
@@ -734,6 +736,46 @@ class Store:
             _DAILY_ADD,
             [_ints((day, source, model, *values)) for (day, model), values in days.items()],
         )
+
+    def _add_hourly(self, source: str, detail: JobDetail) -> None:
+        """Add a job's usage rows to `usage_hourly` (m005_read_side), from memory.
+
+        The hourly rollup the period reports read in any time zone. A trigger subtracts the
+        rows when the job's row is deleted (a whole write deletes it first); adding them here
+        rather than in a trigger on `job_usage` spares each record write a statement journal
+        inside the `jobs` savepoint.
+        """
+        self._hourly_deltas(
+            source,
+            {(u.hour, u.model): [u.messages, u.input_tokens, u.output_tokens,
+                                 u.cache_creation_tokens, u.cache_read_tokens,
+                                 u.reasoning_tokens, u.cost_usd] for u in detail.usage},
+        )  # fmt: skip
+
+    def _hourly_deltas(self, source: str, deltas: dict[tuple[str, str], list[Any]]) -> None:
+        """Add usage (or its changes, for a live write) per (hour, model) to `usage_hourly`;
+        rows whose counts all come back to zero are removed."""
+        self.conn.executemany(
+            "INSERT INTO usage_hourly (hour, source, model, messages, input_tokens, "
+            "output_tokens, cache_creation_tokens, cache_read_tokens, reasoning_tokens, "
+            "cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (hour, source, model) DO UPDATE "
+            "SET messages = messages + excluded.messages, "
+            "input_tokens = input_tokens + excluded.input_tokens, "
+            "output_tokens = output_tokens + excluded.output_tokens, "
+            "cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens, "
+            "cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, "
+            "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, "
+            "cost_usd = cost_usd + excluded.cost_usd",
+            [_ints((hour, source, model, *values)) for (hour, model), values in deltas.items()],
+        )
+        if any(v < 0 for values in deltas.values() for v in values):
+            self.conn.executemany(
+                "DELETE FROM usage_hourly WHERE hour = ? AND source = ? AND model = ? "
+                "AND messages = 0 AND input_tokens = 0 AND output_tokens = 0 "
+                "AND cache_creation_tokens = 0 AND cache_read_tokens = 0 "
+                "AND reasoning_tokens = 0",
+                [(hour, source, model) for hour, model in deltas],
+            )
 
     def _retract_usage(self, job_id: str) -> None:
         row = self.conn.execute("SELECT source FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -58,7 +58,7 @@ def token_path(db: Path) -> Path:
 def load_token(db: Path) -> str:
     """Read the install's secret, creating it (0600, 256 random bits) the first time."""
     path = token_path(db)
-    ensure_private_dir(path.parent)
+    ensure_private_dir(path.parent, db.expanduser().name)
     try:
         text = path.read_text().strip()
         if len(text) >= 32:
