@@ -98,6 +98,16 @@ class DaemonProc:
         with Client(self.sock, timeout=timeout) as client:
             return client.call(method, params or {})
 
+    def cli(self, *args: str) -> str:
+        """Run `jobvault ARGS` against this daemon (its socket and database); its stdout."""
+        done = subprocess.run(
+            [sys.executable, "-m", "jobvault", *args, "--socket", str(self.sock),
+             "--db", str(self.db)],
+            env=env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.call("status")
         return status

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -258,6 +259,7 @@ def test_a_fifo_never_blocks_the_daemon(daemon: DaemonProc) -> None:
     daemon.wait_archived(first)
     status = daemon.wait_skipped()
     assert status["files_skipped"] == {"a FIFO": 1}
+    assert re.search(r"^skipped\s+1 path \(a FIFO 1\)$", daemon.cli("status"), re.M)
     # A writer opens it (O_RDWR does not wait for a reader) and fills part of the pipe.
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     try:
@@ -730,6 +732,9 @@ def test_a_quarantined_session_is_contained_and_its_job_does_not_stay_active(
     daemon.wait_archived(bad, good)
     status = poll(lambda: (s := daemon.fresh_status())["sessions_quarantined"] and s, "quarantine")
     assert status["sessions_quarantined"] == 1 and status["faults_since_start"] == 1
+    assert f"session {SESSION} quarantined" in status["last_error"]
+    human = daemon.cli("status")
+    assert re.search(r"^quarantined\s+1 session, 0 files ", human, re.M), human
     poll(lambda: (daemon.job(OTHER) or {}).get("tool_call_count") == 2, "the other session flows")
     assert daemon.stop() == 0
     assert daemon.query("SELECT kind, key FROM faults") == [("session", SESSION)]
@@ -765,7 +770,8 @@ def test_a_half_line_reported_when_idle_then_finished_is_no_bad_line_any_more(
             fh.write(last[45:])
         daemon.wait_archived(path)
         poll(lambda: bad_line_rows(daemon) == [], "the report withdrawn")
-        assert daemon.fresh_status()["bad_lines"] == 0
+        status = daemon.fresh_status()
+        assert status["bad_lines"] == 0 and status["bad_lines_since_start"] == 0
         assert daemon.stop() == 0
         assert_job_exact(daemon, SESSION, 2, 1)
     finally:

@@ -462,6 +462,19 @@ def status(info: dict[str, Any]) -> None:
         ("lost bytes", f"{info['lost_bytes']:,}"),
         ("jobs", f"{info['jobs']:,} ({info['sessions_active']:,} active)"),
     ]  # fmt: skip
+    skipped: dict[str, int] = info.get("files_skipped") or {}
+    if skipped:  # FIFOs, devices, links not followed, what cannot be read
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items()))
+        lines.append(("skipped", f"{plural(sum(skipped.values()), 'path')} ({reasons})"))
+    sessions, files = info.get("sessions_quarantined", 0), info.get("files_quarantined", 0)
+    if sessions or files:
+        lines.append(
+            (
+                "quarantined",
+                f"{plural(sessions, 'session')}, {plural(files, 'file')} "
+                "(their archive is kept; `jobvault rebuild` retries them)",
+            )
+        )
     if running:
         lines += [
             ("watching", ", ".join(info["watch_existing"]) or "nothing yet"),

@@ -97,6 +97,7 @@ class RoundWriter:
         for bad in rnd.deferred:
             self.deferred[bad.file_id] = (self._job_of_file(bad.file_id), bad)
         self.stats.bytes_archived += rnd.batch.raw_bytes
+        self.stats.bad_lines -= min(self.store.withdrawn_bad_lines, self.stats.bad_lines)
         self.stats.fault = None
         self.stats.jobs_written += len(written)
         for detail, finalized in written:
@@ -221,6 +222,8 @@ class RoundWriter:
         for fault in self.book.take_faults():
             batch.faults.append(FaultRow(fault.kind, fault.key, fault.reason, fault.detail))
             self.stats.faults += 1
+            if fault.kind == "session":  # (a file's fault is noted where it is found)
+                self.stats.note_error(f"session {fault.key} quarantined: {fault.reason}")
 
     def _rollback(self, rnd: Round) -> None:
         """The transaction failed: the tracker keeps its committed state; the sessions the

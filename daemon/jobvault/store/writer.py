@@ -216,6 +216,7 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, compression_level: int = 3) -> None:
         self.conn = conn
         self._documents: list[tuple[Any, ...]] = []  # full-text rows of `write_jobs`
+        self.withdrawn_bad_lines = 0  # reports of unterminated tails taken back by the last batch
         self.path: str = next(
             (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
         )
@@ -463,6 +464,7 @@ class Store:
         the same transaction, so a crash before the record is rewritten is noticed at the
         next start.
         """
+        self.withdrawn_bad_lines = 0
         if batch.empty():
             return
         now = now_iso()
@@ -503,12 +505,14 @@ class Store:
                         for f in batch.files.values()
                     ],
                 )  # fmt: skip
-            if batch.continued_tails:
-                self.conn.executemany(
+            for file_id in batch.continued_tails:
+                withdrawn = self.conn.execute(
                     "DELETE FROM bad_lines WHERE file_id = ?1 AND reason LIKE 'unterminated%' "
-                    "AND offset = (SELECT MAX(offset) FROM bad_lines WHERE file_id = ?1)",
-                    [(file_id,) for file_id in batch.continued_tails],
-                )
+                    "AND offset = (SELECT MAX(offset) FROM bad_lines WHERE file_id = ?1) "
+                    "RETURNING 1",
+                    (file_id,),
+                ).fetchall()
+                self.withdrawn_bad_lines += len(withdrawn)
             if batch.bad_lines:
                 self.conn.executemany(
                     "INSERT OR IGNORE INTO bad_lines (file_id, offset, length, reason, "
