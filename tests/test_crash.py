@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobvault.paths import default_socket_path
+from jobvault.serve.client import Client, DaemonUnavailable
 from tests.daemon_proc import DaemonProc, poll, take_inode
 from tests.helpers import archived, archived_total, assistant, dumps, expected_tokens, session_lines
 from tests.recount import mismatches, recorded
@@ -243,8 +244,9 @@ def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
                 conn.close()
             except sqlite3.OperationalError:
                 continue
-            # (and it has started: its socket is up, so SIGTERM is its own clean stop)
-            if total == sum(p.stat().st_size for p in plans) and default_socket_path().exists():
+            # (and it has started: it answers on its socket, so SIGTERM is its own clean stop;
+            # the socket file alone may be a killed daemon's)
+            if total == sum(p.stat().st_size for p in plans) and _answering():
                 break
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -256,6 +258,15 @@ def test_kill_9_of_daemon_while_appending(tmp_path: Path, db: Path) -> None:
     assert counts["lost"] == 0 and counts["doubled"] == 0
     assert counts["lines archived"] == counts["lines written"]
     _check(db, dict.fromkeys(plans, 10))
+
+
+def _answering() -> bool:
+    """The daemon on the default socket answers `status` and its engine is up."""
+    try:
+        with Client(default_socket_path(), timeout=2) as client:
+            return bool(client.call("status", {}).get("state") == "running")
+    except (DaemonUnavailable, OSError):
+        return False
 
 
 class _Soak:

@@ -51,9 +51,17 @@ def _run(stdin: bytes, *args: str, env: dict[str, str] | None = None) -> tuple[i
 
 
 def _recent_session(vault: Vault) -> None:
-    """A session with messages in the last hour: today's cost and an active block."""
+    """A session with messages in the last hour and today: today's cost and an active block.
+
+    Just after midnight the last hour is mostly yesterday, so the messages are put between
+    the later of an hour ago and today's start (on the machine's clock) and now.
+    """
     now = datetime.now(UTC)
-    stamp = [(now - timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%S.000Z") for m in (50, 40, 30)]
+    midnight = datetime.fromisoformat(statusline._local_midnight_utc().replace("Z", "+00:00"))
+    first = max(now - timedelta(minutes=50), midnight + timedelta(seconds=1))
+    step = (now - first) / 4
+    moments = [(first + k * step).replace(microsecond=0) for k in range(3)]
+    stamp = [m.strftime("%Y-%m-%dT%H:%M:%S.000Z") for m in moments]
     lines = [user("what is left to do", 0, session=NOW_SESSION)]
     for n in (1, 2):
         lines.append(assistant(f"msg_now_{n}", n, session=NOW_SESSION, inp=2000, out=4000,
