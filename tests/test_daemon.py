@@ -172,6 +172,34 @@ def test_record_rewrites_are_paced_by_their_build_time(tmp_path: Path, db: Path)
     store.close()
 
 
+async def test_status_says_starting_until_the_engines_first_snapshot(
+    tmp_path: Path, db: Path
+) -> None:
+    """Between the engine's creation and its first snapshot `status` is `starting`, never
+    `running` without the engine's figures (a client read `files_skipped` and got nothing)."""
+    from jobvault.ingest.engine import Engine
+    from jobvault.store.db import open_writer
+    from jobvault.store.writer import Store
+
+    store = Store(open_writer(db))
+    config = _config(tmp_path, db)
+    engine = Engine(config, store)
+    daemon = service.Daemon(config)
+    status = service._status_provider(daemon)
+    try:
+        assert (await status())["state"] == "starting"  # no engine yet
+        daemon.engine = engine
+        early = await status()
+        assert early["state"] == "starting" and not early["snapshot_fresh"]
+        daemon.after_round()  # the first snapshot, as the daemon takes it after recovering
+        now = await status()
+        assert now["state"] == "running" and now["snapshot_fresh"]
+        assert now["files_skipped"] == {} and "sessions_quarantined" in now
+    finally:
+        engine.close()
+        store.close()
+
+
 async def test_a_stop_asked_for_during_start_up_stops_the_daemon_cleanly(tmp_path: Path) -> None:
     """`jobvault run` notes a SIGTERM that arrives before the event loop takes the signals
     over; the daemon then stops as soon as it has started, cleanly, before its backfill."""

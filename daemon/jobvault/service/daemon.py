@@ -202,6 +202,7 @@ async def _serve_once(daemon: Daemon) -> Incident | None:
         # engine loads every tracked file, and the dashboard imports its web stack, meanwhile.
         await server.start(sock)
         daemon.server = server
+        daemon.snapshot, daemon.snapshot_at = {}, 0.0  # (a restarted cycle: not the last one's)
         engine = await _on_worker(executor, Engine, config, store)
         daemon.engine = engine
         web = daemon.web = await dashboard.start(config, server, hub)  # (never fatal)
@@ -287,7 +288,9 @@ def _status_provider(daemon: Daemon) -> Callable[[], Any]:
         """The engine's snapshot of its last round and its live counters; never waits."""
         roots = list(daemon.config.watch)
         engine = daemon.engine
-        if engine is None:  # the socket answers while the engine loads its files
+        if engine is None or not daemon.snapshot_at:
+            # The socket answers while the engine loads its files and until its first snapshot
+            # (taken once its sessions are recovered, before the first round).
             return {
                 "state": "starting",
                 "snapshot_fresh": False,
