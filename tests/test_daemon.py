@@ -173,11 +173,13 @@ def test_record_rewrites_are_paced_by_their_build_time(tmp_path: Path, db: Path)
 
 
 async def test_status_says_starting_until_the_engines_first_snapshot(
-    tmp_path: Path, db: Path
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Between the engine's creation and its first snapshot `status` is `starting`, never
     `running` without the engine's figures (a client read `files_skipped` and got nothing)."""
+    from jobvault.cli import tables
     from jobvault.ingest.engine import Engine
+    from jobvault.store import queries
     from jobvault.store.db import open_writer
     from jobvault.store.writer import Store
 
@@ -191,6 +193,14 @@ async def test_status_says_starting_until_the_engines_first_snapshot(
         daemon.engine = engine
         early = await status()
         assert early["state"] == "starting" and not early["snapshot_fresh"]
+        # `jobvault status` shows it as the server sends it: its part, the database's counts.
+        reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        counts = queries.db_status(reader, str(db))
+        reader.close()
+        tables.status({"version": "x", "pid": os.getpid(), "uptime_seconds": 1.5, **early,
+                       **counts})  # fmt: skip
+        shown = capsys.readouterr().out
+        assert f"starting (pid {os.getpid()}, up " in shown and "last error" in shown
         daemon.after_round()  # the first snapshot, as the daemon takes it after recovering
         now = await status()
         assert now["state"] == "running" and now["snapshot_fresh"]

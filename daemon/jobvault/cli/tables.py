@@ -450,7 +450,9 @@ def status(info: dict[str, Any]) -> None:
     running = info.get("daemon") != "not running"
     if running:
         uptime = duration(int(info["uptime_seconds"] * 1000))
-        lines = [("daemon", f"running (pid {info['pid']}, up {uptime})")]
+        state = "starting" if info.get("state") == "starting" else "running"
+        lines = [("daemon", f"{state} (pid {info['pid']}, up {uptime})"
+                            + (": loading its files" if state == "starting" else ""))]  # fmt: skip
     else:
         lines = [("daemon", "not running")]
     lines += [

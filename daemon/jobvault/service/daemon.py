@@ -295,6 +295,7 @@ def _status_provider(daemon: Daemon) -> Callable[[], Any]:
                 "state": "starting",
                 "snapshot_fresh": False,
                 "watch": [str(r) for r in roots],
+                "watch_existing": [str(r) for r in roots if r.is_dir()],
                 "idle_timeout": daemon.config.idle_timeout,
                 "socket": str(daemon.config.socket),
                 "db_incident": daemon.incident,
