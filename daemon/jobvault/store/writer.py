@@ -107,19 +107,33 @@ def _usage_row(job_id: str, u: UsageRow) -> Row:
     ))  # fmt: skip
 
 
-_DAILY_ADD = """
-    INSERT INTO daily_metrics AS d (day, source, model, messages, input_tokens, output_tokens,
-        cache_creation_tokens, cache_read_tokens, reasoning_tokens, cost_usd)
-    VALUES (?,?,?,?,?,?,?,?,?,?)
-    ON CONFLICT (day, source, model) DO UPDATE SET
-        messages = d.messages + excluded.messages,
-        input_tokens = d.input_tokens + excluded.input_tokens,
-        output_tokens = d.output_tokens + excluded.output_tokens,
-        cache_creation_tokens = d.cache_creation_tokens + excluded.cache_creation_tokens,
-        cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
-        reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
-        cost_usd = d.cost_usd + excluded.cost_usd
-"""
+# The usage sums of `daily_metrics` and `usage_hourly`, in their column order.
+_SUMS = ("messages", "input_tokens", "output_tokens", "cache_creation_tokens",
+         "cache_read_tokens", "reasoning_tokens", "cost_usd")  # fmt: skip
+_SUM_LIST = ", ".join(_SUMS)
+
+
+def _added(alias: str) -> str:
+    """An upsert's SET clause adding the new row's sums to the stored row `alias`."""
+    return ", ".join(f"{c} = {alias}.{c} + excluded.{c}" for c in _SUMS)
+
+
+_DAILY_ADD = (
+    f"INSERT INTO daily_metrics AS d (day, source, model, {_SUM_LIST}) "
+    f"VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (day, source, model) DO UPDATE SET {_added('d')}"
+)
+_HOURLY_ADD = (
+    f"INSERT INTO usage_hourly AS h (hour, source, model, {_SUM_LIST}) "
+    f"VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (hour, source, model) DO UPDATE SET {_added('h')}"
+)
+# A job's usage rows added to (sign 1) or taken from (sign -1) the daily metrics.
+_DAILY_APPLY = (
+    f"INSERT INTO daily_metrics AS d (day, source, model, {_SUM_LIST}) "
+    "SELECT substr(hour, 1, 10), ?, model, "
+    + ", ".join(f"? * SUM({c})" for c in _SUMS)
+    + " FROM job_usage WHERE job_id = ? GROUP BY substr(hour, 1, 10), model"
+    f" ON CONFLICT (day, source, model) DO UPDATE SET {_added('d')}"
+)
 Row = tuple[Any, ...]
 
 
@@ -760,16 +774,7 @@ class Store:
         """Add usage (or its changes, for a live write) per (hour, model) to `usage_hourly`;
         rows whose counts all come back to zero are removed."""
         self.conn.executemany(
-            "INSERT INTO usage_hourly (hour, source, model, messages, input_tokens, "
-            "output_tokens, cache_creation_tokens, cache_read_tokens, reasoning_tokens, "
-            "cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (hour, source, model) DO UPDATE "
-            "SET messages = messages + excluded.messages, "
-            "input_tokens = input_tokens + excluded.input_tokens, "
-            "output_tokens = output_tokens + excluded.output_tokens, "
-            "cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens, "
-            "cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, "
-            "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, "
-            "cost_usd = cost_usd + excluded.cost_usd",
+            _HOURLY_ADD,
             [_ints((hour, source, model, *values)) for (hour, model), values in deltas.items()],
         )
         if any(v < 0 for values in deltas.values() for v in values):
@@ -789,23 +794,7 @@ class Store:
     def _apply_usage(self, job_id: str, source: str, sign: int) -> None:
         """Add (or subtract) a job's usage rows to the daily metrics."""
         self.conn.execute(
-            """
-            INSERT INTO daily_metrics AS d (day, source, model, messages, input_tokens,
-                output_tokens, cache_creation_tokens, cache_read_tokens, reasoning_tokens,
-                cost_usd)
-            SELECT substr(hour, 1, 10), ?, model, ? * SUM(messages), ? * SUM(input_tokens),
-                   ? * SUM(output_tokens), ? * SUM(cache_creation_tokens),
-                   ? * SUM(cache_read_tokens), ? * SUM(reasoning_tokens), ? * SUM(cost_usd)
-            FROM job_usage WHERE job_id = ? GROUP BY substr(hour, 1, 10), model
-            ON CONFLICT (day, source, model) DO UPDATE SET
-                messages = d.messages + excluded.messages,
-                input_tokens = d.input_tokens + excluded.input_tokens,
-                output_tokens = d.output_tokens + excluded.output_tokens,
-                cache_creation_tokens = d.cache_creation_tokens + excluded.cache_creation_tokens,
-                cache_read_tokens = d.cache_read_tokens + excluded.cache_read_tokens,
-                reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
-                cost_usd = d.cost_usd + excluded.cost_usd
-            """,
+            _DAILY_APPLY,
             (source, sign, sign, sign, sign, sign, sign, sign, job_id),
         )
         if sign < 0:
