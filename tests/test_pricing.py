@@ -303,7 +303,6 @@ def test_unknown_models_are_marked_unpriced(tmp_path: Path) -> None:
 
 async def test_sighup_applies_new_prices_to_the_records_written_after(tmp_path: Path) -> None:
     import asyncio
-    import dataclasses
     import sqlite3
 
     from jobvault.config import Config
@@ -315,9 +314,7 @@ async def test_sighup_applies_new_prices_to_the_records_written_after(tmp_path: 
     db = tmp_path / "v" / "j.db"
     config = Config(watch=(tmp_path / "projects",), db=db, idle_timeout=0.5,
                     rescan_interval=0.2, batch_interval=0.02)  # fmt: skip
-    cheap = dataclasses.replace(
-        config, pricing=pricing.parse_overrides({"claude-sonnet-4": {"output": 1.5}})
-    )
+    cheap = config.replace(pricing=pricing.parse_overrides({"claude-sonnet-4": {"output": 1.5}}))
 
     def record(session: str) -> tuple[float, str] | None:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from jobvault import paths
 
 if TYPE_CHECKING:
-    from jobvault import pricing
+    from jobvault.pricing import Price
 from jobvault.errors import ConfigError
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -38,49 +37,107 @@ def default_workers() -> int:
     return min(2, cores) if cores > 1 else 0
 
 
-@dataclass(frozen=True)
 class Config:
-    """Everything the daemon and the CLI can be told; see config/jobvault.toml."""
+    """Everything the daemon and the CLI can be told; see config/jobvault.toml.
 
-    watch: tuple[Path, ...] = field(default_factory=lambda: tuple(paths.default_watch_roots()))
-    db: Path = field(default_factory=paths.default_db_path)
-    idle_timeout: float = 300.0
-    max_line_bytes: int = 16 * 1024 * 1024
-    rescan_interval: float = 30.0
-    batch_interval: float = 0.05
-    batch_max_bytes: int = 8 * 1024 * 1024
-    compression_level: int = 3
-    max_open_files: int = 512
-    watch_events: bool = True
-    # Symlinks inside the watched roots are not followed unless asked (a root that is itself
-    # a symlink is fine): a link to /etc/shadow or /dev/zero is never read.
-    follow_symlinks: bool = False
-    # Worker processes that read, parse and build cold sessions (an import, a backfill)
-    # while the one writer writes; 0 reads everything in the writer's process.
-    workers: int = field(
-        default_factory=lambda: min(2, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
-    )
-    synchronous: Synchronous = "FULL"
-    log_level: LogLevel = "info"
-    socket: Path = field(default_factory=paths.default_socket_path)
-    max_connections: int = 512
-    max_request_bytes: int = 1024 * 1024
-    request_timeout: float = 10.0
-    request_read_timeout: float = 5.0
-    connection_idle_timeout: float = 300.0
-    sql_time_limit: float = 5.0
-    sql_max_rows: int = 10_000
-    # The user's prices ([pricing."model"] tables), looked up before the built-in table.
-    pricing: dict[str, pricing.Price] = field(default_factory=dict)
-    dashboard: bool = True
-    dashboard_port: int = 7370
-    # The team vault ([sync] in the file, JOBVAULT_SYNC_* variables; docs/team.md).
-    sync_url: str | None = None
-    sync_include: tuple[SyncInclude, ...] = ()
-    sync_interval: float = 5.0
-    sync_name: str | None = None
-    sync_batch_rows: int = 20_000
-    sql_max_bytes: int = 8 * 1024 * 1024
+    Immutable (its attributes are Final; `replace` makes a changed copy). A plain class, not a
+    dataclass: every CLI command builds one, and `dataclasses` imports `inspect`, which would
+    be a seventh of `jobvault stats --json`'s whole run. A `None` default below is computed
+    when the Config is made (the XDG paths and the cores of that moment).
+    """
+
+    def __init__(
+        self,
+        *,
+        watch: tuple[Path, ...] | None = None,
+        db: Path | None = None,
+        idle_timeout: float = 300.0,
+        max_line_bytes: int = 16 * 1024 * 1024,
+        rescan_interval: float = 30.0,
+        batch_interval: float = 0.05,
+        batch_max_bytes: int = 8 * 1024 * 1024,
+        compression_level: int = 3,
+        max_open_files: int = 512,
+        watch_events: bool = True,
+        # Symlinks inside the watched roots are not followed unless asked (a root that is
+        # itself a symlink is fine): a link to /etc/shadow or /dev/zero is never read.
+        follow_symlinks: bool = False,
+        # Worker processes that read, parse and build cold sessions (an import, a backfill)
+        # while the one writer writes; 0 reads everything in the writer's process.
+        workers: int | None = None,
+        synchronous: Synchronous = "FULL",
+        log_level: LogLevel = "info",
+        socket: Path | None = None,
+        max_connections: int = 512,
+        max_request_bytes: int = 1024 * 1024,
+        request_timeout: float = 10.0,
+        request_read_timeout: float = 5.0,
+        connection_idle_timeout: float = 300.0,
+        sql_time_limit: float = 5.0,
+        sql_max_rows: int = 10_000,
+        # The user's prices ([pricing."model"] tables), looked up before the built-in table.
+        pricing: dict[str, Price] | None = None,
+        dashboard: bool = True,
+        dashboard_port: int = 7370,
+        # The team vault ([sync] in the file, JOBVAULT_SYNC_* variables; docs/team.md).
+        sync_url: str | None = None,
+        sync_include: tuple[SyncInclude, ...] = (),
+        sync_interval: float = 5.0,
+        sync_name: str | None = None,
+        sync_batch_rows: int = 20_000,
+        sql_max_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.watch: Final = tuple(paths.default_watch_roots()) if watch is None else watch
+        self.db: Final = paths.default_db_path() if db is None else db
+        self.idle_timeout: Final = idle_timeout
+        self.max_line_bytes: Final = max_line_bytes
+        self.rescan_interval: Final = rescan_interval
+        self.batch_interval: Final = batch_interval
+        self.batch_max_bytes: Final = batch_max_bytes
+        self.compression_level: Final = compression_level
+        self.max_open_files: Final = max_open_files
+        self.watch_events: Final = watch_events
+        self.follow_symlinks: Final = follow_symlinks
+        self.workers: Final = default_workers() if workers is None else workers
+        self.synchronous: Final = synchronous
+        self.log_level: Final = log_level
+        self.socket: Final = paths.default_socket_path() if socket is None else socket
+        self.max_connections: Final = max_connections
+        self.max_request_bytes: Final = max_request_bytes
+        self.request_timeout: Final = request_timeout
+        self.request_read_timeout: Final = request_read_timeout
+        self.connection_idle_timeout: Final = connection_idle_timeout
+        self.sql_time_limit: Final = sql_time_limit
+        self.sql_max_rows: Final = sql_max_rows
+        self.pricing: Final[dict[str, Price]] = {} if pricing is None else pricing
+        self.dashboard: Final = dashboard
+        self.dashboard_port: Final = dashboard_port
+        self.sync_url: Final = sync_url
+        self.sync_include: Final = sync_include
+        self.sync_interval: Final = sync_interval
+        self.sync_name: Final = sync_name
+        self.sync_batch_rows: Final = sync_batch_rows
+        self.sql_max_bytes: Final = sql_max_bytes
+
+    def values(self) -> dict[str, Any]:
+        """Every key's value, by name (in KEYS order)."""
+        return {key: getattr(self, key) for key in KEYS}
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with `changes` (keys as in KEYS; an unknown one is a TypeError)."""
+        return Config(**{**self.values(), **changes})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.values() == other.values()
+
+    def __repr__(self) -> str:
+        return f"Config({', '.join(f'{k}={v!r}' for k, v in self.values().items())})"
+
+
+# The keys, in order: the keyword parameters of Config (one list of them, not two).
+KEYS: tuple[str, ...] = Config.__init__.__code__.co_varnames[
+    1 : 1 + Config.__init__.__code__.co_kwonlyargcount
+]
 
 
 def _as_float(key: str, value: object, minimum: float) -> float:
@@ -243,8 +300,7 @@ _PARSERS: dict[str, Callable[[str, object], object]] = {
     "sync_batch_rows": lambda k, v: _as_int(k, v, 1),
     "sql_max_bytes": lambda k, v: _as_int(k, v, 1024),
 }
-KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
-assert set(KEYS) == set(_PARSERS), "every Config field needs a parser"
+assert set(KEYS) == set(_PARSERS), "every Config key needs a parser"
 
 
 def _apply(base: Config, values: Mapping[str, object], origin: str) -> Config:
@@ -256,7 +312,7 @@ def _apply(base: Config, values: Mapping[str, object], origin: str) -> Config:
         changes[key] = parser(key, value)
     if "compression_level" in changes and changes["compression_level"] > 22:
         raise ConfigError("compression_level", "must be between 1 and 22")
-    return replace(base, **changes)
+    return base.replace(**changes)
 
 
 def read_file(path: Path) -> dict[str, object]:

@@ -541,13 +541,12 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_query(config: Config, args: argparse.Namespace) -> int:
-    import orjson
-
+    from jobvault import jsonio
     from jobvault.cli.output import print_json
 
     try:
-        params = orjson.loads(args.params)
-    except orjson.JSONDecodeError as exc:
+        params = jsonio.loads(args.params)
+    except ValueError as exc:
         raise UsageError(f"PARAMS must be JSON: {exc}") from None
     if not isinstance(params, dict | list):
         raise UsageError("PARAMS must be a JSON object or array")
@@ -560,7 +559,7 @@ def cmd_query(config: Config, args: argparse.Namespace) -> int:
                 raise DaemonUnavailable("subscribe needs the running daemon (start `jobvault run`)")
             print_json(client.call("subscribe", params))
             for message in client.notifications():
-                sys.stdout.write(orjson.dumps(message).decode() + "\n")
+                sys.stdout.write(jsonio.dumps(message).decode() + "\n")
                 sys.stdout.flush()
             return ExitCode.OK
         print_json(access.call(args.method, params))

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
+from jobvault import jsonio
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(jsonio.pretty(value) + "\n")
 
 
 def _cell(value: Any) -> str:
@@ -46,7 +46,7 @@ def flatten(item: dict[str, Any], prefix: str = "") -> dict[str, str]:
             if all(not isinstance(v, dict | list) for v in value):
                 row[name] = ";".join(_cell(v) for v in value)
             else:
-                row[name] = orjson.dumps(value).decode()
+                row[name] = jsonio.dumps(value).decode()
         else:
             row[name] = _cell(value)
     return row

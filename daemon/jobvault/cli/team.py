@@ -9,12 +9,10 @@ comes from the flag, else `JOBVAULT_SYNC_URL`, else `[sync] url`.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from jobvault.cli.output import print_json
 from jobvault.config import Config
 from jobvault.errors import ExitCode, TeamError, UsageError
 
@@ -61,10 +59,6 @@ def url_of(config: Config, given: str | None) -> str:
     return url
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
 def _wrapped(url: str, fn: Callable[[], Any]) -> Any:
     """Run `fn`; a driver error becomes the one-line TeamError it means."""
     from jobvault.team import connect
@@ -105,7 +99,7 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
             conn.close()
     summary = {**result.to_dict(), "url": connect.display(url)}
     if args.json:
-        _print_json(summary)
+        print_json(summary)
         return ExitCode.OK
     where = summary["url"]
     if result.full:
@@ -148,7 +142,7 @@ def cmd_team(config: Config, args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(text)
     return ExitCode.OK

@@ -14,8 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import orjson
-
+from jobvault import jsonio
 from jobvault.errors import ExitCode, JobvaultError
 from jobvault.serve.protocol import RpcError
 
@@ -69,7 +68,7 @@ class Client:
         """Send one request and return its result; raise RpcError for an error answer."""
         ident = next(self._ids)
         request = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params or {}}
-        self._sock.sendall(orjson.dumps(request) + b"\n")
+        self._sock.sendall(jsonio.dumps(request) + b"\n")
         while True:
             message = self._read()
             if message.get("id") == ident:
@@ -100,7 +99,7 @@ class Client:
         line = self._readline()
         if not line:
             raise DaemonUnavailable(f"the daemon closed the connection on {self.path}")
-        message: dict[str, Any] = orjson.loads(line)
+        message: dict[str, Any] = jsonio.loads(line)
         return message
 
     def notifications(self) -> Iterator[dict[str, Any]]:

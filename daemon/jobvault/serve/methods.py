@@ -10,9 +10,8 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobvault.errors import NotFoundError, UsageError
 from jobvault.serve.protocol import (
@@ -34,9 +33,9 @@ from jobvault.store.sql import ResultTooLarge, SqlRefused
 MAX_PAGE = 1000
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one request may cost."""
+class Limits(NamedTuple):
+    """Bounds on what one request may cost (a NamedTuple: dataclasses would cost every CLI
+    command's start the import of `inspect`)."""
 
     request_timeout: float = 10.0
     sql_time_limit: float = 5.0

@@ -2,14 +2,13 @@
 
 Only what the transport needs lives here: parsing a request line, error objects with a stable
 `data.kind`, and encoding responses and notifications. Methods live in `serve/methods.py`.
+The socket client and the CLI import this module for `RpcError` alone, so orjson (the
+daemon's codec, 10 ms to import) is imported by the functions that use it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
-
-import orjson
+from typing import Any, Final, NamedTuple
 
 from jobvault.errors import JobvaultError
 
@@ -48,8 +47,7 @@ def invalid_params(message: str) -> RpcError:
     return RpcError(INVALID_PARAMS, "invalid_params", message)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     method: str
     params: dict[str, Any] | list[Any]
     id: int | str | None
@@ -58,6 +56,8 @@ class Request:
 
 def parse_request(line: bytes) -> Request:
     """Parse one line into a request, or raise RpcError (with the id when it was readable)."""
+    import orjson
+
     try:
         message = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -99,12 +99,18 @@ def error_id(error: RpcError) -> Any:
 
 
 def encode_result(ident: Any, result: Any) -> bytes:
+    import orjson
+
     return orjson.dumps({"jsonrpc": "2.0", "id": ident, "result": result}) + b"\n"
 
 
 def encode_error(ident: Any, error: RpcError) -> bytes:
+    import orjson
+
     return orjson.dumps({"jsonrpc": "2.0", "id": ident, "error": error.to_error()}) + b"\n"
 
 
 def encode_notification(method: str, params: Any) -> bytes:
+    import orjson
+
     return orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params}) + b"\n"

@@ -63,7 +63,8 @@ EVENTS = ("job.updated", "job.finalized")
 
 
 @dataclass(frozen=True)
-class ServerLimits(Limits):
+class ServerLimits:
+    reads: Limits = field(default_factory=Limits)  # what one request may cost
     max_request_bytes: int = 1024 * 1024
     max_connections: int = 512
     idle_timeout: float = 300.0
@@ -212,7 +213,7 @@ class Server:
         # The dashboard's reads (serve/web) have a lane of their own: its pages never delay
         # the socket's methods, nor they its pages.
         self.reader: Reader = self.readers.lanes["web"]
-        self.methods = read_methods(limits)
+        self.methods = read_methods(limits.reads)
         self._server: asyncio.Server | None = None
         self.registry = Registry(limits.max_connections)
         self.started = time.time()
@@ -379,13 +380,13 @@ class Server:
         try:
             result = await asyncio.wait_for(
                 self._dispatch(request.method, request.params, writer, lock, forwarders, peer),
-                self.limits.request_timeout,
+                self.limits.reads.request_timeout,
             )
         except RpcError as exc:
             error = exc
         except TimeoutError:
             error = RpcError(
-                TIMEOUT, "timeout", f"no answer within {self.limits.request_timeout:g}s"
+                TIMEOUT, "timeout", f"no answer within {self.limits.reads.request_timeout:g}s"
             )
         except Exception as exc:
             log.exception("request_failed", method=request.method)
@@ -416,7 +417,7 @@ class Server:
         if handler is None:
             known = ", ".join(sorted([*self.methods, *self.loop_methods, "status", "subscribe"]))
             raise RpcError(METHOD_NOT_FOUND, "method_not_found", f"no method {method!r} ({known})")
-        timeout = self.limits.request_timeout
+        timeout = self.limits.reads.request_timeout
         lane = self.readers.for_method(method)
         return await lane.run(lambda conn: run_read(handler, conn, params, timeout))
 

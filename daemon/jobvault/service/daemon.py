@@ -29,7 +29,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ from jobvault.errors import JobvaultError, StoreError
 from jobvault.ingest.engine import Engine
 from jobvault.ingest.watch import Watcher
 from jobvault.records import JobRecord
+from jobvault.serve.methods import Limits
 from jobvault.serve.server import Hub, Server, ServerLimits, bind_socket, prepare_socket_dir
 from jobvault.service import dashboard
 from jobvault.service.systemd import Notifier, listen_socket, watchdog_interval
@@ -346,10 +347,12 @@ async def _watch_database(daemon: Daemon) -> None:
 
 def _limits(config: Config) -> ServerLimits:
     return ServerLimits(
-        request_timeout=config.request_timeout,
-        sql_time_limit=config.sql_time_limit,
-        sql_max_rows=config.sql_max_rows,
-        sql_max_bytes=config.sql_max_bytes,
+        reads=Limits(
+            request_timeout=config.request_timeout,
+            sql_time_limit=config.sql_time_limit,
+            sql_max_rows=config.sql_max_rows,
+            sql_max_bytes=config.sql_max_bytes,
+        ),
         max_request_bytes=config.max_request_bytes,
         max_connections=config.max_connections,
         idle_timeout=config.connection_idle_timeout,
@@ -397,7 +400,7 @@ def _apply_reload(daemon: Daemon, engine: Engine, watcher: Watcher | None) -> bo
     for key in ("db", "socket", "synchronous"):
         if getattr(new, key) != getattr(old, key):
             log.warning("reload_needs_restart", key=key, value=str(getattr(new, key)))
-            new = replace(new, **{key: getattr(old, key)})
+            new = new.replace(**{key: getattr(old, key)})
     daemon.config = new
     engine.config = new  # idle time, limits, batch sizes; the engine reads them per use
     if new.pricing != old.pricing and daemon._executor is not None:

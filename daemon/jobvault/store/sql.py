@@ -23,8 +23,6 @@ import sqlite3
 import time
 from typing import Any, Final
 
-import orjson
-
 from jobvault.errors import UsageError
 
 MAX_VALUE_BYTES: Final = 1024 * 1024
@@ -153,6 +151,8 @@ def run_sql(
     The rows come back as one already encoded JSON array (`orjson.Fragment`), so a large
     result is held once, as bytes, never as millions of Python objects.
     """
+    import orjson  # here: the CLI's other commands import this module but never run SQL
+
     if not sqlite3.complete_statement(query.strip().rstrip(";") + ";"):
         raise SqlRefused("the query is not one complete SQL statement")
     refused: list[str] = []

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from jobvault.errors import UsageError
 from jobvault.paths import UTC_NAMES as _UTC_NAMES
@@ -141,8 +140,7 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-@dataclass
-class _Scope:
+class _Scope(NamedTuple):
     """The usage rows a report covers: an hour range, a model, and job filters."""
 
     where: list[str]
@@ -655,13 +653,16 @@ def sessions(
 # -- billing blocks -----------------------------------------------------------------------------
 
 
-@dataclass
 class _Block:
-    start: datetime
-    first: str
-    last: str
-    totals: dict[str, Any] = field(default_factory=_empty)
-    models: list[str] = field(default_factory=list)
+    """One billing block being summed (a plain class: this module is part of every report's
+    start-up, and dataclasses would import `inspect` into it)."""
+
+    __slots__ = ("first", "last", "models", "start", "totals")
+
+    def __init__(self, start: datetime, first: str, last: str) -> None:
+        self.start, self.first, self.last = start, first, last
+        self.totals: dict[str, Any] = _empty()
+        self.models: list[str] = []
 
 
 def _iso(moment: datetime) -> str:
