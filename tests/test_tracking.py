@@ -209,3 +209,53 @@ def _tokens(db: Path) -> dict[str, int]:
         return dict(conn.execute("SELECT session_id, input_tokens FROM jobs"))
     finally:
         conn.close()
+
+
+def test_an_import_keeps_no_file_the_workers_read_in_memory(
+    tmp_path: Path, db: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`import` forgets each file the workers read once its session is final (memory would
+    grow with the history); the archive, the records and a later import are unchanged."""
+    from jobvault.ingest import workers
+
+    monkeypatch.setattr(workers, "MIN_COLD_BYTES", 0)  # every session to the workers
+    sessions = [f"{n:08d}-1111-4111-8111-111111111111" for n in range(12)]
+    for n, sid in enumerate(sessions):
+        (project / f"{sid}.jsonl").write_bytes(b"".join(session_lines(3 + n % 4, session=sid)))
+    store = Store(open_writer(db))
+    engine = Engine(Config(watch=(project.parent,), db=db, workers=2), store)
+    try:
+        engine.ingest_once([project.parent])
+        # (a file the engine read itself would be tracked: none is, the workers read all)
+        assert engine.tracker.by_path == {} and engine.tracker.by_id == {}
+        assert engine.writer.track_cold  # the daemon's rounds keep tracking what they read
+    finally:
+        engine.close()
+        store.close()
+    assert mismatches(db) == []
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT COUNT(*), SUM(status = 'completed') FROM jobs").fetchone()
+        offsets = conn.execute("SELECT SUM(offset) FROM files").fetchone()[0]
+    finally:
+        conn.close()
+    assert rows == (12, 12)
+    assert offsets == sum(p.stat().st_size for p in project.glob("*.jsonl"))
+    for path in project.glob("*.jsonl"):
+        assert archived(db, path) == path.read_bytes()
+    # A second import reads only what was appended, from the offsets in the database.
+    grown = project / f"{sessions[0]}.jsonl"
+    with grown.open("ab") as fh:
+        fh.write(dumps(assistant("msg_late", 500, session=sessions[0], out=9, text="late")))
+    store = Store(open_writer(db))
+    engine = Engine(Config(watch=(project.parent,), db=db, workers=2), store)
+    try:
+        engine.ingest_once([project.parent])
+        assert engine.stats.bytes_archived == len(
+            dumps(assistant("msg_late", 500, session=sessions[0], out=9, text="late"))
+        )
+    finally:
+        engine.close()
+        store.close()
+    assert archived(db, grown) == grown.read_bytes()
+    assert mismatches(db) == []

@@ -518,6 +518,7 @@ class Engine:
         last: dict[str, int] = {key: i for i, (key, _) in enumerate(keyed)}
         self._importing = True
         self._cold_import = sum(sizes.values()) >= workers.MIN_COLD_BYTES
+        self.writer.track_cold = False  # (what the workers read is final: see RoundWriter)
         try:
             start = 0
             while start < len(keyed):
@@ -542,6 +543,7 @@ class Engine:
             self._collect(roots, True, set(last), wait_all=True)
         finally:
             self._importing = self._cold_import = False
+            self.writer.track_cold = True
             self.cold.close()
         self.finalize_all()
         return paths
