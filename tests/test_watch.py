@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,11 +21,16 @@ async def test_reading_a_file_wakes_nothing_and_writing_it_does(tmp_path: Path) 
     watcher = Watcher(asyncio.get_running_loop(), seen.append)
     watcher.refresh([tmp_path])
 
-    async def hints(action: Callable[[], object]) -> set[str]:
+    async def hints(action: Callable[[], object], *want: str) -> set[str]:
+        """The hints `action` causes: within 0.5 s, or until every path in `want` came (up
+        to 10 s: watchdog holds a rename back to pair its two halves, longer under load)."""
         await asyncio.sleep(0.3)  # (the watches are in place; earlier events are in)
         seen.clear()
         action()
         await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while not set(want) <= set(seen) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         return set(seen)
 
     def read() -> None:
@@ -39,11 +45,14 @@ async def test_reading_a_file_wakes_nothing_and_writing_it_does(tmp_path: Path) 
     new, moved = project / "t.jsonl", project / "u.jsonl"
     try:
         assert await hints(read) == set()
-        assert await hints(append) == {str(path)}
-        assert str(new) in await hints(lambda: new.write_bytes(b"{}\n"))
-        assert {str(new), str(moved)} <= await hints(lambda: new.rename(moved))
-        assert str(moved) in await hints(moved.unlink)
+        assert await hints(append, str(path)) == {str(path)}
+        assert str(new) in await hints(lambda: new.write_bytes(b"{}\n"), str(new))
+        assert {str(new), str(moved)} <= await hints(
+            lambda: new.rename(moved), str(new), str(moved)
+        )
+        assert str(moved) in await hints(moved.unlink, str(moved))
         # A new directory (a session's subagents/) is rescanned whole: a sentinel hint.
-        assert str(project / "s") + "/" in await hints(lambda: (project / "s").mkdir())
+        sentinel = str(project / "s") + "/"
+        assert sentinel in await hints(lambda: (project / "s").mkdir(), sentinel)
     finally:
         watcher.stop()
