@@ -298,6 +298,7 @@ class RoundWriter:
             t.last_activity = now
             if not self.track_cold:
                 tracker.skipped.pop(row.path, None)
+                log.debug("file_imported", file=row.path, file_id=row.id, job=row.job_key)
                 continue
             if tracker.by_id.get(row.id) is not t:
                 tracker.add(t)
