@@ -12,7 +12,6 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from jobvault.cli.output import print_json
 from jobvault.config import Config
 from jobvault.errors import ExitCode, TeamError, UsageError
 
@@ -99,6 +98,8 @@ def cmd_sync(config: Config, args: argparse.Namespace) -> int:
             conn.close()
     summary = {**result.to_dict(), "url": connect.display(url)}
     if args.json:
+        from jobvault.cli.output import print_json
+
         print_json(summary)
         return ExitCode.OK
     where = summary["url"]
@@ -142,6 +143,8 @@ def cmd_team(config: Config, args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if args.json:
+        from jobvault.cli.output import print_json
+
         print_json(summary)
     else:
         print(text)
