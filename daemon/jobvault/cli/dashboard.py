@@ -103,13 +103,14 @@ def cmd_dashboard(config: Any, args: argparse.Namespace) -> int:
 def cmd_report(config: Any, args: argparse.Namespace) -> int:
     import jobvault
     from jobvault.cli import render
+    from jobvault.paths import local_zone_name
     from jobvault.serve.web import report, views
     from jobvault.store import stats
     from jobvault.store.db import open_reader
 
     directory = args.html.expanduser()
     report.check_target(directory, args.force)
-    timezone = args.timezone or stats.local_zone_name()
+    timezone = args.timezone or local_zone_name()
     filters = {k: getattr(args, k) for k in FILTER_FLAGS if getattr(args, k)}
     if args.file:
         filters["file"] = args.file

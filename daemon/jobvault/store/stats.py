@@ -81,13 +81,6 @@ def zone(name: str) -> Zone:
         ) from None
 
 
-def local_zone_name() -> str:
-    """This machine's IANA zone name ($TZ, else /etc/localtime's target), else UTC."""
-    from jobvault.paths import local_zone_name as name
-
-    return name()
-
-
 def parse_local_time(value: str, tz: Zone) -> str:
     """Like `queries.parse_time`, but a date or time without an offset is local to `tz`."""
     text = value.strip()

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from jobvault.errors import UsageError
+from jobvault.paths import local_zone_name
 from jobvault.serve import methods
 from jobvault.serve.protocol import NOT_FOUND, RpcError
 from jobvault.serve.server import Hub, Reader
@@ -66,7 +67,7 @@ class State:
         self.cache = views.ReplayCache()
         self.urls = pages.Urls(live=True, version=version)
         self.closing = asyncio.Event()
-        self.timezone = stats.local_zone_name()
+        self.timezone = local_zone_name()
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on a reader thread under the request deadline (errors become RpcError)."""
