@@ -63,7 +63,10 @@ async def _status(path: Path) -> dict[str, Any]:
     try:
         writer.write(b'{"jsonrpc": "2.0", "id": 1, "method": "status"}\n')
         await writer.drain()
-        answer = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        line = await asyncio.wait_for(reader.readline(), 10)
+        if not line:  # closed unanswered: the serving cycle ended (it starts again at once)
+            raise ConnectionResetError("the daemon closed the connection")
+        answer = json.loads(line)
         result: dict[str, Any] = answer["result"]
         return result
     finally:
@@ -91,7 +94,7 @@ async def test_database_deleted_under_the_daemon_is_put_back(tmp_path: Path, rem
         while True:
             try:
                 status = await _status(config.socket)
-            except OSError:  # the socket is re-bound while the daemon starts again
+            except OSError:  # closed or re-bound while the daemon starts again
                 status = {}
             if status.get("db_incident"):
                 break
