@@ -61,9 +61,10 @@ DESCRIPTIONS = {
     "filters read it in any whole-hour time zone.",
     "search_docs": "A stable integer id per job: the rowid of its full-text document. The "
     "trigger `jobs_search_delete` drops the document whenever the job row is deleted.",
-    "search_fts": "The full-text index (FTS5, unicode61 without diacritics, 2- and "
-    "3-character prefix indexes): each job's title, first prompt, summary, and up to 32 KiB "
-    "of its prompts and assistant text, written with the record so `rebuild` reproduces it.",
+    "search_fts": "The full-text index (FTS5, unicode61 without diacritics; prefix queries "
+    "read its sorted terms, there is no prefix index): each job's title, first prompt, "
+    "summary, and up to 32 KiB of its prompts and assistant text, written with the record "
+    "so `rebuild` reproduces it.",
     "rate_limit_samples": "Claude Code's rate-limit usage (5-hour and 7-day windows) as "
     "`jobvault statusline` saw it, recorded through the daemon when it changes (or every 15 "
     "minutes); the dashboard draws its history.",
