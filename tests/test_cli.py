@@ -56,6 +56,39 @@ def test_unknown_flag_exits_with_usage_code() -> None:
     assert info.value.code == ExitCode.USAGE
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["jobs", "--bogus"], "unrecognized arguments: --bogus"),
+        (["stats", "hourly"], "argument report: invalid choice: 'hourly'"),
+        (["jobz"], "argument COMMAND: invalid choice: 'jobz'"),
+        (["stats", "--since"], "argument --since: expected one argument"),
+    ],
+)
+def test_a_command_line_error_reads_as_the_whole_parser_says_it(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    # The parser of the command alone is built for speed; its errors are the whole parser's.
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert said in err and err.startswith("usage: jobvault")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(f"    {name} " in out for name in ("import", "jobs", "statusline", "team"))
+
+
+def test_a_value_that_names_a_command_is_not_taken_for_the_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `--sock` is short for --socket, whose value here is "stats": the command is `jobs`
+    # (the parser built for `stats` alone fails on it and the whole parser takes over).
+    assert main(["--sock", "stats", "jobs"]) == ExitCode.UNAVAILABLE
+    assert "no daemon listening on" in capsys.readouterr().err
+
+
 def test_import_of_missing_path(
     tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,22 +9,25 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from jobvault import paths
-
-if TYPE_CHECKING:
-    from jobvault.pricing import Price
 from jobvault.errors import ConfigError
 
-LogLevel = Literal["debug", "info", "warning", "error"]
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any, Final, Literal, TypeAlias
+
+    from jobvault.pricing import Price
+
+    LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
+    Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
+    # What `jobvault sync` may send beyond figures and metadata, each only when listed in
+    # `[sync] include` (docs/team.md says exactly what each one sends).
+    SyncInclude: TypeAlias = Literal[
+        "prompts", "summaries", "tool_previews", "file_paths", "git_branches", "archive"
+    ]
+
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
-Synchronous = Literal["NORMAL", "FULL"]
-# What `jobvault sync` may send beyond figures and metadata, each only when listed in
-# `[sync] include` (docs/team.md says exactly what each one sends).
-SyncInclude = Literal[
-    "prompts", "summaries", "tool_previews", "file_paths", "git_branches", "archive"
-]
 SYNC_INCLUDES: tuple[SyncInclude, ...] = (
     "prompts", "summaries", "tool_previews", "file_paths", "git_branches", "archive"
 )  # fmt: skip
@@ -341,7 +344,7 @@ def read_file(path: Path) -> dict[str, object]:
             data[f"sync_{key}"] = value
     elif sync is not None:
         raise ConfigError("sync", "expected a [sync] table")
-    return cast(dict[str, object], data)
+    return data
 
 
 def env_values(environ: Mapping[str, str]) -> dict[str, object]:

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 LARGE = 512 * 1024  # bytes of JSON to parse past which orjson's import pays for itself
 MANY = 300  # items (list entries, or those of a dict's lists) to print past which it does

@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from jobvault.config import Config
 from jobvault.errors import NotFoundError, UsageError
+
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -44,12 +47,16 @@ class Vault:
         if self._decided:
             return self._client
         self._decided = True
-        from jobvault.serve.client import Client, DaemonUnavailable
-
         if self.explicit_db and not self.config.db.exists():
             if self.explicit_socket:
                 raise NotFoundError(f"no database at {self.config.db}")
             return None  # read directly: the error names the missing file
+        if not self.explicit_socket and not os.path.exists(self.config.socket):
+            # No daemon (it removes its socket when it stops): the socket client and its
+            # modules are not even imported.
+            return None
+        from jobvault.serve.client import Client, DaemonUnavailable
+
         try:
             client = Client(self.config.socket)
         except DaemonUnavailable:
@@ -77,7 +84,6 @@ class Vault:
 
     def _offline(self, method: str, params: Any) -> Any:
         """Answer a socket method from the database directly (no daemon serves it)."""
-        from jobvault.serve.client import DaemonUnavailable
         from jobvault.serve.methods import Limits, read_methods, run_read
         from jobvault.serve.protocol import METHOD_NOT_FOUND, RpcError
         from jobvault.store import queries
@@ -85,6 +91,8 @@ class Vault:
         from jobvault.store.db import open_reader
 
         if method == "subscribe":
+            from jobvault.serve.client import DaemonUnavailable
+
             raise DaemonUnavailable("subscribe needs the running daemon (start `jobvault run`)")
         conn = open_reader(self.config.db)
         try:

@@ -16,11 +16,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from jobvault import config as config_mod
 from jobvault.config import Config
 from jobvault.errors import ExitCode, JobvaultError, NotFoundError, UsageError
+
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 TEAM_REPORTS = ("jobs", "stats")  # the commands `--team` answers (cli/team.py)
 ORDER_NAMES = {"started": "started_at", "ended": "ended_at", "cost": "cost_usd",
@@ -58,6 +61,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _Reparse(Exception):
+    """A parser built for one command found an error: the whole parser parses again."""
+
+
+class _OneCommandParser(_Parser):
+    """A parser that knows one command only (see `parse_arguments`): any error it finds is
+    said by the whole parser instead, which knows every command and says it as usual."""
+
+    def error(self, message: str) -> Any:
+        raise _Reparse(message)
+
+
 class _Sink:
     """Stands in for the parser of a command that is not being run: every call is ignored,
     so that only the command given pays for building its arguments (start-up time)."""
@@ -67,21 +82,20 @@ class _Sink:
 
 
 class _Commands:
-    """The subparsers, building only the command named on the command line (all for help)."""
+    """The subparsers: every command (for help and errors), or the one being run alone."""
 
     def __init__(self, sub: Any, only: str | None) -> None:
         self.sub, self.only = sub, only
 
     @property
     def choices(self) -> dict[str, argparse.ArgumentParser]:
-        """The parsers added so far, by name (a command not being run has a bare one)."""
+        """The parsers built, by name."""
         choices: dict[str, argparse.ArgumentParser] = self.sub.choices
         return choices
 
     def add_parser(self, name: str, **kwargs: Any) -> Any:
         if self.only is None or self.only == name:
             return self.sub.add_parser(name, **kwargs)
-        self.sub.add_parser(name, help=kwargs.get("help"), add_help=False)
         return _Sink()
 
 
@@ -189,9 +203,10 @@ COMMANDS = ("run", "import", "jobs", "show", "export", "status", "query", "backu
             "statusline", "sync", "team")  # fmt: skip
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The CLI's parser; given the arguments, only their command's options are built."""
-    parser = _Parser(
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser: every command, or only the one named `only` (see `parse_arguments`)."""
+    parser_class = _Parser if only is None else _OneCommandParser
+    parser = parser_class(
         prog="jobvault",
         description="Archive AI coding-agent sessions losslessly and query them as job records.",
         epilog="--db, --config, --log-level and --socket may come before or after the command.",
@@ -200,9 +215,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _global(parser, sub=False)
     sub: Any = _Commands(
         parser.add_subparsers(
-            dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+            dest="command", required=True, metavar="COMMAND", parser_class=parser_class
         ),
-        None if argv is None else command_of(argv, COMMANDS),
+        only,
     )
 
     p = sub.add_parser("run", help="run the daemon in the foreground")
@@ -288,16 +303,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         from jobvault.cli import reports
 
         reports.add_parsers(sub, _common, _socket, _formats, _job_filters)
-    else:  # their names only (the module is not even imported)
-        for name in ("stats", "search", "replay"):
-            sub.add_parser(name)
     if sub.only in (None, "dashboard", "report", "statusline"):
         from jobvault.cli import dashboard as cli_dashboard
 
         cli_dashboard.add_parsers(sub, _common, _socket)
-    else:
-        for name in ("dashboard", "report", "statusline"):
-            sub.add_parser(name)
 
     p = sub.add_parser("rebuild", help="recompute every job record from the archive alone")
     _common(p)
@@ -308,9 +317,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         from jobvault.cli import team as cli_team
 
         cli_team.add_parsers(sub, _common)
-    else:
-        for name in ("sync", "team"):
-            sub.add_parser(name)
     return parser
 
 
@@ -715,10 +721,23 @@ def _join_dash_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def parse_arguments(arguments: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line, building the parser of its command alone when that can be told
+    from the words (a few milliseconds of every start). An error found that way, or a line
+    whose command cannot be told (help, --version, a typo), goes to the whole parser."""
+    only = command_of(arguments, COMMANDS)
+    if only is not None:
+        try:
+            return build_parser(only).parse_args(arguments)
+        except _Reparse:
+            pass
+    return build_parser().parse_args(arguments)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     arguments = _join_dash_values(sys.argv[1:] if argv is None else argv)
-    args = build_parser(arguments).parse_args(arguments)
+    args = parse_arguments(arguments)
     try:
         config = _load_config(args)
         if config.pricing or "jobvault.pricing" in sys.modules:

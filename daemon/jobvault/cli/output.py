@@ -10,12 +10,14 @@ an empty cell, true and false are `true` and `false`.
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Iterable
-from typing import Any
 
 from jobvault import jsonio
+
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def print_json(value: Any) -> None:
@@ -54,6 +56,8 @@ def flatten(item: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def print_csv(items: Iterable[dict[str, Any]]) -> None:
     """Write `items` as CSV on standard output: a header row, then one row per item."""
+    import csv  # (only here: --json and the tables do not need it)
+
     rows = [flatten(item) for item in items]
     columns: dict[str, None] = {}
     for row in rows:

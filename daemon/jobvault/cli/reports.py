@@ -11,11 +11,15 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from jobvault.errors import ExitCode, UsageError
 
-Call = Callable[[str, Any], Any]
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Call: TypeAlias = Callable[[str, Any], Any]
+
 STATS_REPORTS = ("daily", "weekly", "monthly", "models", "projects", "sources", "machines", "tools",
                  "blocks")  # fmt: skip
 _GROUP_BY = {

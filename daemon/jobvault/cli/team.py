@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
 
 from jobvault.config import Config
 from jobvault.errors import ExitCode, TeamError, UsageError
+
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 TEAM_REPORTS = ("stats", "jobs")
 
@@ -39,7 +42,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     for name in TEAM_REPORTS:
-        report = sub.choices[name]
+        report = sub.choices.get(name)
+        if report is None:
+            continue  # (a parser built for another command alone)
         report.add_argument(
             "--team", nargs="?", const="", metavar="URL",
             help="answer from the team database (URL, else JOBVAULT_SYNC_URL or [sync] url)",

@@ -11,7 +11,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NamedTuple
 
 from jobvault.errors import NotFoundError, UsageError
 from jobvault.serve.protocol import (
@@ -27,20 +26,32 @@ from jobvault.serve.protocol import (
 from jobvault.store import queries
 from jobvault.store.sql import ResultTooLarge, SqlRefused
 
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Handler: TypeAlias = Callable[[sqlite3.Connection, dict[str, Any] | list[Any]], Any]
+
 # The report and search modules are imported by the methods that use them: the CLI's
 # `jobs` should not pay for loading them (command start-up is most of its time).
 
 MAX_PAGE = 1000
 
 
-class Limits(NamedTuple):
-    """Bounds on what one request may cost (a NamedTuple: dataclasses would cost every CLI
-    command's start the import of `inspect`)."""
+class Limits:
+    """Bounds on what one request may cost (a plain class: dataclasses would cost every CLI
+    command's start the import of `inspect`, NamedTuple that of `typing`)."""
 
-    request_timeout: float = 10.0
-    sql_time_limit: float = 5.0
-    sql_max_rows: int = 10_000
-    sql_max_bytes: int = 8 * 1024 * 1024
+    __slots__ = ("request_timeout", "sql_max_bytes", "sql_max_rows", "sql_time_limit")
+
+    def __init__(
+        self, request_timeout: float = 10.0, sql_time_limit: float = 5.0,
+        sql_max_rows: int = 10_000, sql_max_bytes: int = 8 * 1024 * 1024,
+    ) -> None:  # fmt: skip
+        self.request_timeout = request_timeout
+        self.sql_time_limit = sql_time_limit
+        self.sql_max_rows = sql_max_rows
+        self.sql_max_bytes = sql_max_bytes
 
 
 def _params(params: dict[str, Any] | list[Any]) -> dict[str, Any]:
@@ -269,9 +280,6 @@ def make_sql(limits: Limits) -> Callable[[sqlite3.Connection, dict[str, Any] | l
         )
 
     return sql
-
-
-Handler = Callable[[sqlite3.Connection, dict[str, Any] | list[Any]], Any]
 
 
 def read_methods(limits: Limits) -> dict[str, Handler]:

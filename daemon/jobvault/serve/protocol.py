@@ -8,9 +8,11 @@ daemon's codec, 10 ms to import) is imported by the functions that use it.
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
-
 from jobvault.errors import JobvaultError
+
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
@@ -47,11 +49,19 @@ def invalid_params(message: str) -> RpcError:
     return RpcError(INVALID_PARAMS, "invalid_params", message)
 
 
-class Request(NamedTuple):
-    method: str
-    params: dict[str, Any] | list[Any]
-    id: int | str | None
-    is_notification: bool
+class Request:
+    """One parsed request line."""
+
+    __slots__ = ("id", "is_notification", "method", "params")
+
+    def __init__(
+        self, method: str, params: dict[str, Any] | list[Any], ident: int | str | None,
+        is_notification: bool,
+    ) -> None:  # fmt: skip
+        self.method = method
+        self.params = params
+        self.id = ident
+        self.is_notification = is_notification
 
 
 def parse_request(line: bytes) -> Request:

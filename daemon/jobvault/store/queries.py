@@ -6,19 +6,20 @@ short: readers must never hold back WAL checkpoints.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
 from jobvault import jsonio
 from jobvault.errors import NotFoundError, UsageError
 
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
 if TYPE_CHECKING:
+    from typing import Any
+
     from jobvault.store.archive import FileRow
 # store.archive (orjson, a dataclass) is imported by the functions that read the
 # archive: the reports and `jobs` never do, and their processes start faster without it.
@@ -74,11 +75,15 @@ def _like_prefix(text: str) -> str:
 
 def encode_cursor(value: Any, ident: str) -> str:
     """An opaque cursor: the last row's sort value and id."""
+    import base64  # (only a listing with more to come needs it: not the reports)
+
     return base64.urlsafe_b64encode(jsonio.dumps([value, ident])).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[Any, str]:
     """The (sort value, id) of a cursor made by `encode_cursor`, or a UsageError."""
+    import base64
+
     try:
         value, ident = jsonio.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(ident, str):

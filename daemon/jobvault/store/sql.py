@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Final
 
 from jobvault.errors import UsageError
+
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 MAX_VALUE_BYTES: Final = 1024 * 1024
 # The limits a `sql` connection runs under; SQLite's defaults are in parentheses.

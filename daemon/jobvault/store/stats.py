@@ -20,13 +20,19 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from jobvault.errors import UsageError
 from jobvault.paths import UTC_NAMES as _UTC_NAMES
 from jobvault.store.queries import job_filters, parse_time
 
-GroupBy = Literal["day", "week", "month", "model", "project", "source", "machine"]
+TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/architecture.md)
+if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
+    from zoneinfo import ZoneInfo
+
+    GroupBy: TypeAlias = Literal["day", "week", "month", "model", "project", "source", "machine"]
+    Zone: TypeAlias = "ZoneInfo | UtcZone"
+
 GROUP_BY: tuple[GroupBy, ...] = ("day", "week", "month", "model", "project", "source", "machine")
 PERIODS = ("day", "week", "month")
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
@@ -59,12 +65,6 @@ class UtcZone(tzinfo):
 
     def __repr__(self) -> str:
         return f"UtcZone({self.key!r})"
-
-
-if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
-
-    Zone: TypeAlias = ZoneInfo | UtcZone
 
 
 def zone(name: str) -> Zone:
@@ -133,27 +133,16 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-class _Scope(NamedTuple):
+class _Scope:
     """The usage rows a report covers: an hour range, a model, and job filters."""
 
-    where: list[str]
-    params: list[Any]
-    plain: bool  # no job filter but the source: the rollups can answer period reports
-    joined: bool  # a condition reads `jobs`: join it (else job_usage alone is read)
-    hours: tuple[str | None, str | None] = (None, None)  # the UTC hour range [low, high)
-    model: str | None = None
-    source: str | None = None
+    __slots__ = ("hours", "joined", "model", "params", "plain", "source", "where")
 
-    @classmethod
-    def of(
-        cls,
-        since: str | None,
-        until: str | None,
-        model: str | None,
-        filters: dict[str, Any],
-    ) -> _Scope:
+    def __init__(
+        self, since: str | None, until: str | None, model: str | None, filters: dict[str, Any]
+    ) -> None:
         where, params = job_filters({k: v for k, v in filters.items() if k != "model"})
-        joined = bool(where)
+        self.joined = bool(where)  # a condition reads `jobs`: join it (else job_usage alone)
         low, high = hour_bounds(since, until)
         if low:
             where.append("u.hour >= ?")
@@ -164,9 +153,13 @@ class _Scope(NamedTuple):
         if model:
             where.append("u.model = ?")
             params.append(model)
-        job_keys = {k for k, v in filters.items() if v is not None and k not in ("model",)}
-        return cls(where, params, plain=job_keys <= {"source"}, joined=joined,
-                   hours=(low, high), model=model, source=filters.get("source"))  # fmt: skip
+        self.where: list[str] = where
+        self.params: list[Any] = params
+        # No job filter but the source: the rollups can answer period reports.
+        self.plain = {k for k, v in filters.items() if v is not None and k != "model"} <= {"source"}
+        self.hours: tuple[str | None, str | None] = (low, high)  # the UTC hour range [low, high)
+        self.model = model
+        self.source: str | None = filters.get("source")
 
     def sql(self, join: bool = False) -> str:
         """FROM job_usage u (joined with jobs when needed or asked) and the conditions."""
@@ -196,7 +189,7 @@ def usage(
         raise UsageError(f"unknown group_by {group_by!r} (one of {', '.join(GROUP_BY)})")
     tz = zone(timezone)
     filters = {k: v for k, v in (filters or {}).items() if v is not None}
-    scope = _Scope.of(since, until, filters.get("model"), filters)
+    scope = _Scope(since, until, filters.get("model"), filters)
     if group_by in PERIODS:
         rows = _periods(conn, group_by, tz, scope, since, until, filters)
     else:
@@ -627,7 +620,7 @@ def sessions(
     `usage` for the same arguments (a session spanning two days counts on both)."""
     tz = zone(timezone)
     filters = {k: v for k, v in (filters or {}).items() if v is not None}
-    scope = _Scope.of(since, until, filters.get("model"), filters)
+    scope = _Scope(since, until, filters.get("model"), filters)
     sql = (
         "SELECT u.hour, u.job_id"
         + scope.sql()
@@ -681,7 +674,7 @@ def blocks(
         raise UsageError("hours must be between 1 and 24")
     now = now or datetime.now(UTC)
     filters = {"source": source} if source else {}
-    scope = _Scope.of(since, until, None, filters)
+    scope = _Scope(since, until, None, filters)
     sql = (
         "SELECT u.hour, u.model, MIN(COALESCE(u.first_at, u.hour || ':00:00.000Z')), "
         f"MAX(COALESCE(u.last_at, u.hour || ':59:59.999Z')), {_SUMS}{scope.sql()}"

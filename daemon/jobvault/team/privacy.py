@@ -8,9 +8,10 @@ Every field of a job record is listed here, either as metadata (always sent) or 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobvault.config import SyncInclude
+if TYPE_CHECKING:
+    from jobvault.config import SyncInclude
 
 # Sent by every machine: ids, figures, models, project, timing, tool names and failure counts.
 METADATA = frozenset({

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from jobvault.config import SyncInclude
 from jobvault.team import connect, schema
 from jobvault.team.vault import (
     ARCHIVE_FILE_COLUMNS,
@@ -48,6 +47,8 @@ from jobvault.team.vault import (
 
 if TYPE_CHECKING:
     import psycopg
+
+    from jobvault.config import SyncInclude
 
 log = structlog.get_logger("jobvault.team")
 
