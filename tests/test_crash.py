@@ -24,14 +24,16 @@ FILES = 300
 EXCHANGES = 40
 
 
-def _corpus(root: Path, files: int, rng: random.Random) -> dict[Path, int]:
+def _corpus(
+    root: Path, files: int, rng: random.Random, exchanges: tuple[int, int] = (1, EXCHANGES)
+) -> dict[Path, int]:
     project = root / "-work-app"
     project.mkdir(parents=True)
     sizes: dict[Path, int] = {}
     for _ in range(files):
         session = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         path = project / f"{session}.jsonl"
-        n = rng.randint(1, EXCHANGES)
+        n = rng.randint(*exchanges)
         path.write_bytes(b"".join(session_lines(n, session=session)))
         sizes[path] = n
     return sizes
@@ -165,6 +167,91 @@ def test_kill_9_of_an_import_leaves_no_worker_behind(tmp_path: Path, db: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes of `pid`: the children of its fork server (its own child)."""
+    children = [p for p in _descendants(pid) if _parent(p) == pid]
+    return sorted(p for c in children for p in _descendants(c) if _parent(p) == c)
+
+
+def _kill(pid: int) -> bool:
+    """kill -9 `pid`; False if it had ended already (a pool shut down meanwhile)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_worker_killed_during_an_import_loses_nothing(tmp_path: Path, db: Path) -> None:
+    """A worker process that dies (the OOM killer, kill -9) takes none of its files with it:
+    what it held is read by the engine itself and the workers are started again, so the
+    import finishes with every line archived once and every record exact."""
+    sizes = _corpus(tmp_path / "projects", 2 * FILES, random.Random(41))
+    cmd = [sys.executable, "-m", "jobvault", "import", str(tmp_path / "projects"),
+           "--db", str(db), "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stderr=subprocess.PIPE)
+    killed: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(killed) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no worker process started"
+            for pid in _workers_of(proc.pid):
+                if pid not in killed and proc.poll() is None and _kill(pid):
+                    killed.append(pid)
+                    break
+            time.sleep(0.002)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert killed, "the import finished before a worker was seen: grow the corpus"
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    assert b"worker_failed" in stderr
+    _check(db, sizes)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_the_daemon_outlives_its_workers(tmp_path: Path) -> None:
+    """kill -9 of the daemon's worker processes during its start-up backfill: the daemon
+    keeps running, says so in `status`, and archives every line once."""
+    daemon = DaemonProc(tmp_path, idle_timeout=5.0)
+    # (sessions large enough that a slice of the backfill is worth sending to the workers)
+    sizes = _corpus(daemon.root, FILES, random.Random(43), (100, 200))
+    old = time.time() - 3600  # idle for an hour: cold, read by the workers
+    for path in sizes:
+        os.utime(path, (old, old))
+    daemon.start(wait=False)
+    try:
+        assert daemon.proc is not None
+        killed: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(killed) < 3 and time.monotonic() < deadline and daemon.running:
+            for pid in _workers_of(daemon.proc.pid):
+                if pid not in killed and _kill(pid):
+                    killed.append(pid)
+                    break
+            time.sleep(0.002)
+        assert killed, "no worker process seen"
+        total = sum(p.stat().st_size for p in sizes)
+        poll(lambda: (daemon.running and archived_total(daemon.db) >= total) or None,
+             "every file archived", timeout=120)  # fmt: skip
+        status = poll(lambda: (s := daemon.status())["state"] == "running" and s, "running")
+        assert "worker process died" in (status["last_error"] or ""), status
+        assert daemon.stop() == 0
+        _check(daemon.db, sizes)
+    finally:
+        daemon.close()
 
 
 # `make test` runs a short version; `make soak` sets these for the long one.

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ log = structlog.get_logger("jobvault.engine")
 
 COMMIT_BYTES = 8 * 1024 * 1024  # transcripts' bytes gathered per transaction
 QUEUE_HIGH = 64  # units waiting to be sent: past this, collecting waits for the workers
+POOL_STARTS = 4  # worker pools started at most; once they have all died, the engine reads
 
 
 class ColdReader:
@@ -51,11 +53,13 @@ class ColdReader:
         self._pool: WorkerPool | None = None
         self.stopping = False
         self._queue: deque[workers.UnitTask] = deque()
-        self._pending: dict[Future[UnitResult], workers.UnitTask] = {}
+        # Units sent, with the pool each went to (one that failed may be an old pool's).
+        self._pending: dict[Future[UnitResult], tuple[workers.UnitTask, WorkerPool]] = {}
         self._owners: dict[int, Tracked] = {}  # file id -> its tracked file (rows in flight)
         self._round = Round()
         self._gathered = 0
         self._fallback: list[str] = []
+        self._starts = 0  # worker pools started (a new one after a worker dies)
 
     def split(
         self,
@@ -149,22 +153,47 @@ class ColdReader:
         self._pump()
 
     def _pump(self) -> None:
-        if not self._queue or self.stopping:
-            return
-        pool = self._start()
-        while self._queue and len(self._pending) < 2 * pool.workers + 1:
+        while self._queue and not self.stopping:
+            pool = self._start()
+            if pool is None:  # every pool died: what was queued is read by the engine
+                for task in self._queue:
+                    self._give_back(task)
+                self._queue.clear()
+                return
+            if len(self._pending) >= 2 * pool.workers + 1:
+                return
             task = self._queue.popleft()
-            self._pending[pool.submit(task)] = task
+            try:
+                future = pool.submit(task)
+            except BrokenProcessPool:  # a worker died (OOM killer, kill -9): a new pool
+                self._queue.appendleft(task)
+                self._broken(pool)
+                continue
+            self._pending[future] = (task, pool)
+
+    def _broken(self, pool: WorkerPool) -> None:
+        """Drop a pool a worker of which died; its tasks in flight fail, and are read here."""
+        error = "a worker process died: the files it held are read by the engine"
+        log.error("worker_pool_broken", pools_started=self._starts, error=error)
+        self.stats.note_error(error)
+        pool.abandon()
+        self._pool = None
+
+    def _give_back(self, task: workers.UnitTask) -> None:
+        """A task no worker will read: the engine reads its files itself."""
+        self._fallback.extend(ft.row.path for ft in task.files)
+        for ft in task.files:
+            self._owners.pop(ft.row.id, None)
 
     @property
     def busy(self) -> bool:
-        return bool(self._queue or self._pending or self._round.cold_files)
+        return bool(self._queue or self._pending or self._round.cold_files or self._fallback)
 
     def collect(self, wait_all: bool = False) -> tuple[int, list[str]]:
         """Commit what the workers sent back (all of it with `wait_all`); return (bytes
         archived, paths the workers could not read: the engine reads them itself)."""
         total = 0
-        fallback, self._fallback = self._fallback, []
+        fallback: list[str] = []
         while self._pending:
             block = wait_all or len(self._queue) > QUEUE_HIGH
             done, _ = wait(list(self._pending), timeout=None if block else 0,
@@ -172,12 +201,16 @@ class ColdReader:
             if not done:
                 break
             for future in done:
-                task = self._pending.pop(future)
+                task, pool = self._pending.pop(future)
                 try:
                     result = future.result()
                 except Exception as exc:  # a worker died: its files are read here instead
                     log.warning("worker_failed", error=repr(exc)[:300], files=len(task.files))
                     fallback.extend(ft.row.path for ft in task.files)
+                    for ft in task.files:
+                        self._owners.pop(ft.row.id, None)
+                    if isinstance(exc, BrokenProcessPool) and pool is self._pool:
+                        self._broken(pool)
                     continue
                 self._gathered += self._gather(self._round, result, fallback)
             self._pump()
@@ -191,6 +224,8 @@ class ColdReader:
                 for ft in task.files:
                     self._owners.pop(ft.row.id, None)
             self._queue.clear()
+        fallback += self._fallback  # (tasks given back when no worker pool was left)
+        self._fallback = []
         return total, fallback
 
     def _commit(self) -> int:
@@ -236,8 +271,12 @@ class ColdReader:
         rnd.read += read
         return read
 
-    def _start(self) -> WorkerPool:
+    def _start(self) -> WorkerPool | None:
+        """The worker pool, started if need be; None once `POOL_STARTS` pools have died."""
         if self._pool is None:
+            if self._starts >= POOL_STARTS:
+                return None
+            self._starts += 1
             self._pool = WorkerPool(
                 self.config.workers, Path(self.store.path),
                 max_line=self.config.max_line_bytes, level=self.config.compression_level,

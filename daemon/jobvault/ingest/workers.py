@@ -15,6 +15,7 @@ files are read again by the engine itself.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import select
@@ -341,6 +342,21 @@ class WorkerPool:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abandon(self) -> None:
+        """Let a broken pool go (one of its workers died), and end its other processes.
+
+        The executor terminates the processes it knows of when it finds one dead, but a
+        replacement it started meanwhile (a `submit` just before) escapes that and blocks
+        on the result pipe nobody reads any more; the executor's thread then waits for it
+        forever, and so does the interpreter's exit. So every process it has is killed
+        here (`_processes`, CPython's own list: there is no public one).
+        """
+        processes = list(getattr(self._pool, "_processes", {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
 
 
 def units(groups: Iterable[list[FileTask]], replay: set[str]) -> list[UnitTask]:
