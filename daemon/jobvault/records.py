@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import orjson
 
+from jobvault.pickling import quick
+
 Status = Literal["active", "completed", "interrupted", "error"]
 STATUSES: tuple[Status, ...] = ("active", "completed", "interrupted", "error")
 PREVIEW_CHARS = 500
@@ -59,6 +61,7 @@ def number(value: Any, name: str, bad: list[str], maximum: float) -> float | Non
     return None
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     seq: int
@@ -71,6 +74,7 @@ class ToolCall:
     output_preview: str | None
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Subagent:
     agent_id: str
@@ -88,6 +92,7 @@ class Subagent:
     cost_usd: float
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class FileModified:
     path: str
@@ -95,6 +100,7 @@ class FileModified:
     count: int
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     """Usage of one job in one UTC hour with one model."""
@@ -113,6 +119,7 @@ class UsageRow:
     last_at: str | None = None
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class UsageCandidate:
     """A job's best copy of one deduplicated message; across jobs the best copy counts.
@@ -139,6 +146,7 @@ class UsageCandidate:
 RateWindow = Literal["primary", "secondary"]
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class RateLimitSample:
     """One reading of a plan's rate-limit window, as the agent reported it (Codex
@@ -151,6 +159,7 @@ class RateLimitSample:
     resets_at: str | None  # ISO 8601, UTC
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """One agent session, derived from the raw archive alone (a pure function of it)."""
@@ -205,6 +214,7 @@ class JobRecord:
         return value
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class JobDetail:
     """A job record with its children, as the store writes it and `show` prints it."""

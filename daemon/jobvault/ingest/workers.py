@@ -35,6 +35,7 @@ from jobvault.ingest import memory
 from jobvault.ingest.reader import open_source
 from jobvault.ingest.reading import read_file
 from jobvault.ingest.tracker import open_regular
+from jobvault.pickling import quick
 from jobvault.records import JobDetail, UsageCandidate
 from jobvault.sources import ADAPTERS, FileInfo, LineContext, previews, spill
 from jobvault.sources.base import Accumulator
@@ -48,6 +49,7 @@ MAX_SESSION_BYTES = 64 * 1024 * 1024  # larger sessions are read in the engine (
 READ_BUDGET = 8 * 1024 * 1024
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class FileTask:
     row: FileRow  # as committed (or as created, for a new file)
@@ -55,6 +57,7 @@ class FileTask:
     new: bool  # created in this round (not in the database yet)
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class UnitTask:
     files: tuple[FileTask, ...]

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from jobvault.pickling import quick
 from jobvault.records import JobDetail, UsageCandidate
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class FileInfo:
     """What a file's path says about it."""
