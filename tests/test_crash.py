@@ -244,8 +244,11 @@ def test_the_daemon_outlives_its_workers(tmp_path: Path) -> None:
             time.sleep(0.002)
         assert killed, "no worker process seen"
         total = sum(p.stat().st_size for p in sizes)
-        poll(lambda: (daemon.running and archived_total(daemon.db) >= total) or None,
-             "every file archived", timeout=120)  # fmt: skip
+        try:
+            poll(lambda: (daemon.running and archived_total(daemon.db) >= total) or None,
+                 "every file archived", timeout=120)  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the daemon said:\n{daemon.stderr()[-6000:]}") from None
         status = poll(lambda: (s := daemon.status())["state"] == "running" and s, "running")
         assert "worker process died" in (status["last_error"] or ""), status
         assert daemon.stop() == 0

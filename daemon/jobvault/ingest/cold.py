@@ -165,19 +165,24 @@ class ColdReader:
             task = self._queue.popleft()
             try:
                 future = pool.submit(task)
-            except BrokenProcessPool:  # a worker died (OOM killer, kill -9): a new pool
+            except Exception as exc:  # a worker died (OOM killer, kill -9): a new pool
+                # (BrokenProcessPool; or an OSError of the executor starting a process)
                 self._queue.appendleft(task)
-                self._broken(pool)
+                self._broken(pool, exc)
                 continue
             self._pending[future] = (task, pool)
 
-    def _broken(self, pool: WorkerPool) -> None:
+    def _broken(self, pool: WorkerPool, cause: BaseException) -> None:
         """Drop a pool a worker of which died; its tasks in flight fail, and are read here."""
         error = "a worker process died: the files it held are read by the engine"
-        log.error("worker_pool_broken", pools_started=self._starts, error=error)
+        log.error("worker_pool_broken", pools_started=self._starts, error=error,
+                  cause=repr(cause)[:300])  # fmt: skip
         self.stats.note_error(error)
-        pool.abandon()
         self._pool = None
+        try:
+            pool.abandon()
+        except Exception as exc:  # (the executor's own teardown): the pool is gone anyway
+            log.warning("worker_pool_teardown_failed", error=repr(exc)[:300])
 
     def _give_back(self, task: workers.UnitTask) -> None:
         """A task no worker will read: the engine reads its files itself."""
@@ -210,7 +215,7 @@ class ColdReader:
                     for ft in task.files:
                         self._owners.pop(ft.row.id, None)
                     if isinstance(exc, BrokenProcessPool) and pool is self._pool:
-                        self._broken(pool)
+                        self._broken(pool, exc)
                     continue
                 self._gathered += self._gather(self._round, result, fallback)
             self._pump()
@@ -277,11 +282,18 @@ class ColdReader:
             if self._starts >= POOL_STARTS:
                 return None
             self._starts += 1
-            self._pool = WorkerPool(
-                self.config.workers, Path(self.store.path),
-                max_line=self.config.max_line_bytes, level=self.config.compression_level,
-                follow_symlinks=self.config.follow_symlinks, machine_id=self.store.machine_id,
-            )  # fmt: skip
+            try:
+                self._pool = WorkerPool(
+                    self.config.workers, Path(self.store.path),
+                    max_line=self.config.max_line_bytes, level=self.config.compression_level,
+                    follow_symlinks=self.config.follow_symlinks,
+                    machine_id=self.store.machine_id,
+                )  # fmt: skip
+            except Exception as exc:  # (no processes to be had): the engine reads everything
+                log.error("worker_pool_failed", error=repr(exc)[:300])
+                self.stats.note_error(f"the worker processes could not start: {exc}")
+                self._starts = POOL_STARTS
+                return None
         return self._pool
 
     def close(self) -> None:

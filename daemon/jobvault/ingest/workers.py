@@ -347,19 +347,23 @@ class WorkerPool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def abandon(self) -> None:
-        """Let a broken pool go (one of its workers died), and end its other processes.
+        """Let a broken pool go (one of its workers died): end its processes, and wait
+        until the executor has torn itself down.
 
         The executor terminates the processes it knows of when it finds one dead, but a
         replacement it started meanwhile (a `submit` just before) escapes that and blocks
         on the result pipe nobody reads any more; the executor's thread then waits for it
         forever, and so does the interpreter's exit. So every process it has is killed
-        here (`_processes`, CPython's own list: there is no public one).
+        here (`_processes`, CPython's own list: there is no public one). The wait matters
+        too: a new pool started while the old one's thread still closes its pipes had a
+        descriptor closed under it (EBADF when it started a process).
         """
         processes = list(getattr(self._pool, "_processes", {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             with contextlib.suppress(OSError, ValueError):
                 process.kill()
+        self._pool.shutdown(wait=True)  # (every process is dead: this returns)
 
 
 def units(groups: Iterable[list[FileTask]], replay: set[str]) -> list[UnitTask]:
