@@ -443,45 +443,63 @@ async def _loop(
                 break
         now = time.monotonic()
         daemon.in_round = True  # until after_round
-        try:
-            paths: list[str] | None = []
-            if now >= next_rescan or daemon._rescan_dirs:
-                daemon._rescan_dirs.clear()
-                daemon._dirty.clear()
-                if watcher is not None:
-                    watcher.refresh(roots)
-                paths = None  # a rescan
-                next_rescan = now + config.rescan_interval
-            elif daemon._dirty:
-                paths, daemon._dirty = sorted(daemon._dirty), set()
-            # One hop to the engine's thread a round: read, finalize the idle, write what is due.
-            write_due = await _on_worker(executor, engine.tick, paths, roots, config.idle_timeout)
+        paths: list[str] | None = []
+        if now >= next_rescan or daemon._rescan_dirs:
+            daemon._rescan_dirs.clear()
+            daemon._dirty.clear()
+            if watcher is not None:
+                watcher.refresh(roots)
+            paths = None  # a rescan
+            next_rescan = now + config.rescan_interval
+        elif daemon._dirty:
+            paths, daemon._dirty = sorted(daemon._dirty), set()
+        # One hop to the engine's thread a round: read, finalize the idle, write what is
+        # due, then the guard and `status`'s snapshot (`_round`).
+        write_due, error = await _on_worker(
+            executor, _round, daemon, engine, paths, roots, config.idle_timeout
+        )
+        if error is None:
             if paths is None:
                 next_rescan = time.monotonic() + config.rescan_interval
             backoff = 0.0
-        except (StoreError, sqlite3.Error) as exc:
-            # The database refused a write (disk full, read-only...): nothing moved; retry
-            # with backoff. The files still hold the bytes.
+        else:
+            # The database refused a write (disk full, read-only...): nothing moved;
+            # retry with backoff. The files still hold the bytes.
             backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF)
-            engine.record_fault(str(exc))
-            log.error("store_error_retrying", error=str(exc), retry_in=backoff)
+            log.error("store_error_retrying", error=error, retry_in=backoff)
             next_rescan = time.monotonic() + backoff
-        await _on_worker(executor, daemon.after_round)  # the guard and `status`'s snapshot
         if daemon.incident_pending is not None:
             break
-        timeout = max(0.0, min(next_rescan - time.monotonic(), _idle_check(config)))
+        ended = time.monotonic()
+        timeout = max(0.0, min(next_rescan - ended, _idle_check(config)))
         if write_due is not None:  # a record held back by the write interval
             timeout = min(timeout, write_due)
-        if config.batch_interval and not daemon.stopping.is_set():
-            # Coalesce bursts of appends into one batch.
-            await asyncio.sleep(config.batch_interval)
-        daemon._wake.clear()
-        if daemon._dirty or daemon._rescan_dirs or daemon.stopping.is_set():
-            continue
-        if daemon._reload.is_set():
-            continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(daemon._wake.wait(), timeout)
+        if not (daemon._dirty or daemon._rescan_dirs or daemon._reload.is_set()):
+            daemon._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon._wake.wait(), timeout)
+        # Coalesce bursts of appends: rounds start at least `batch_interval` apart. A line
+        # that comes after a quiet spell is read at once (no timer wakes the loop for it).
+        wait = config.batch_interval - (time.monotonic() - ended)
+        if wait > 0 and not daemon.stopping.is_set():
+            await asyncio.sleep(wait)
+
+
+def _round(
+    daemon: Daemon, engine: Engine, paths: list[str] | None, roots: list[Path], idle: float
+) -> tuple[float | None, str | None]:
+    """One round on the engine's thread: `Engine.tick`, then `Daemon.after_round` (always).
+
+    Returns (seconds until a held-back record is due, or None; the database's refusal, if
+    it refused a write).
+    """
+    try:
+        due, error = engine.tick(paths, roots, idle), None
+    except (StoreError, sqlite3.Error) as exc:
+        due, error = None, str(exc)
+        engine.record_fault(error)
+    daemon.after_round()
+    return due, error
 
 
 def _idle_check(config: Config) -> float:

@@ -164,6 +164,9 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+PACK_INLINE_BYTES = 64 * 1024  # smaller chunks are compressed in the commit (`pack`)
+
+
 @dataclass(slots=True)
 class Chunk:
     file_id: int
@@ -274,8 +277,12 @@ class Store:
         """Start compressing a chunk on the compression thread; `commit` collects it.
 
         zstandard releases the GIL while it compresses, so a chunk is compressed on the second
-        core while the engine parses its lines on the first.
+        core while the engine parses its lines on the first. A small chunk (an agent's few
+        new lines) is compressed by `write_batch` instead: waking the thread for it would cost
+        more than the compression.
         """
+        if len(chunk.data) < PACK_INLINE_BYTES:
+            return
         if self._packer is None:
             self._packer = ThreadPoolExecutor(2, thread_name_prefix="jobvault-zstd")
         chunk.packed = self._packer.submit(self._compress_on_packer, chunk.data)
