@@ -34,7 +34,7 @@ log = structlog.get_logger("jobvault.engine")
 
 COMMIT_BYTES = 8 * 1024 * 1024  # transcripts' bytes gathered per transaction
 QUEUE_HIGH = 64  # units waiting to be sent: past this, collecting waits for the workers
-POOL_STARTS = 4  # worker pools started at most; once they have all died, the engine reads
+POOL_BREAKS = 4  # worker pools that may die in a process's life; after that the engine reads
 
 
 class ColdReader:
@@ -59,7 +59,7 @@ class ColdReader:
         self._round = Round()
         self._gathered = 0
         self._fallback: list[str] = []
-        self._starts = 0  # worker pools started (a new one after a worker dies)
+        self._breaks = 0  # worker pools dropped because a worker died
 
     def split(
         self,
@@ -155,7 +155,7 @@ class ColdReader:
     def _pump(self) -> None:
         while self._queue and not self.stopping:
             pool = self._start()
-            if pool is None:  # every pool died: what was queued is read by the engine
+            if pool is None:  # too many pools died: what was queued is read by the engine
                 for task in self._queue:
                     self._give_back(task)
                 self._queue.clear()
@@ -175,7 +175,8 @@ class ColdReader:
     def _broken(self, pool: WorkerPool, cause: BaseException) -> None:
         """Drop a pool a worker of which died; its tasks in flight fail, and are read here."""
         error = "a worker process died: the files it held are read by the engine"
-        log.error("worker_pool_broken", pools_started=self._starts, error=error,
+        self._breaks += 1
+        log.error("worker_pool_broken", pools_broken=self._breaks, error=error,
                   cause=repr(cause)[:300])  # fmt: skip
         self.stats.note_error(error)
         self._pool = None
@@ -277,11 +278,10 @@ class ColdReader:
         return read
 
     def _start(self) -> WorkerPool | None:
-        """The worker pool, started if need be; None once `POOL_STARTS` pools have died."""
+        """The worker pool, started if need be; None once `POOL_BREAKS` pools have died."""
         if self._pool is None:
-            if self._starts >= POOL_STARTS:
+            if self._breaks >= POOL_BREAKS:
                 return None
-            self._starts += 1
             try:
                 self._pool = WorkerPool(
                     self.config.workers, Path(self.store.path),
@@ -292,7 +292,7 @@ class ColdReader:
             except Exception as exc:  # (no processes to be had): the engine reads everything
                 log.error("worker_pool_failed", error=repr(exc)[:300])
                 self.stats.note_error(f"the worker processes could not start: {exc}")
-                self._starts = POOL_STARTS
+                self._breaks = POOL_BREAKS
                 return None
         return self._pool
 
