@@ -188,6 +188,9 @@ class ColdReader:
     def _give_back(self, task: workers.UnitTask) -> None:
         """A task no worker will read: the engine reads its files itself."""
         self._fallback.extend(ft.row.path for ft in task.files)
+        self._forget(task)
+
+    def _forget(self, task: workers.UnitTask) -> None:
         for ft in task.files:
             self._owners.pop(ft.row.id, None)
 
@@ -212,9 +215,7 @@ class ColdReader:
                     result = future.result()
                 except Exception as exc:  # a worker died: its files are read here instead
                     log.warning("worker_failed", error=repr(exc)[:300], files=len(task.files))
-                    fallback.extend(ft.row.path for ft in task.files)
-                    for ft in task.files:
-                        self._owners.pop(ft.row.id, None)
+                    self._give_back(task)
                     if isinstance(exc, BrokenProcessPool) and pool is self._pool:
                         self._broken(pool, exc)
                     continue
@@ -227,10 +228,9 @@ class ColdReader:
         if self.stopping and self._queue:  # what was not sent is read at the next start
             log.info("cold_read_stopped", units_left=len(self._queue))
             for task in self._queue:
-                for ft in task.files:
-                    self._owners.pop(ft.row.id, None)
+                self._forget(task)
             self._queue.clear()
-        fallback += self._fallback  # (tasks given back when no worker pool was left)
+        fallback += self._fallback  # (the units given back: a worker died, or no pool is left)
         self._fallback = []
         return total, fallback
 

@@ -358,12 +358,10 @@ class WorkerPool:
         too: a new pool started while the old one's thread still closes its pipes had a
         descriptor closed under it (EBADF when it started a process).
         """
-        processes = list(getattr(self._pool, "_processes", {}).values())
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
+        for process in list(getattr(self._pool, "_processes", {}).values()):
             with contextlib.suppress(OSError, ValueError):
                 process.kill()
-        self._pool.shutdown(wait=True)  # (every process is dead: this returns)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # (every process is dead)
 
 
 def units(groups: Iterable[list[FileTask]], replay: set[str]) -> list[UnitTask]:
