@@ -26,6 +26,7 @@ from typing import Any
 
 from benchmarks import synth
 from jobvault.store.db import open_writer
+from jobvault.store.keys import key_hash
 from jobvault.store.writer import Store
 
 BEGIN = "<!-- bench-team:begin (written by `make bench` / benchmarks/bench_team.py) -->"
@@ -50,15 +51,16 @@ def build_vault(db: Path, jobs: int, seed: int = 11) -> tuple[float, int]:
                     continue
                 usage = detail.usage[0]
                 for i in range(min(usage.messages, 10)):
-                    rows.append((f"msg_{rec.session_id}_{i}:req_{i}", rec.session_id, 0,
+                    key = f"msg_{rec.session_id}_{i}:req_{i}"
+                    rows.append((key, key_hash(key), rec.session_id, 0,
                                  1000 + i, rec.source_path or "", i * 1000, rec.started_at or "",
                                  usage.model, 10 + i, 100 + i, 0, 1000, 0.001))  # fmt: skip
             with store.transaction():
                 store.write_jobs((d, True) for d in details)
                 store.conn.executemany(
-                    "INSERT INTO usage_keys (key, session_id, sidechain, total, path, offset, at, "
-                    "model, input_tokens, output_tokens, cache_creation_tokens, "
-                    "cache_read_tokens, cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO usage_keys (key, key_hash, session_id, sidechain, total, path, "
+                    "offset, at, model, input_tokens, output_tokens, cache_creation_tokens, "
+                    "cache_read_tokens, cost_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
             keys += len(rows)

@@ -31,7 +31,10 @@ TABLES = {
     "files_modified": "SELECT * FROM files_modified ORDER BY job_id, path, tool",
     "job_usage": "SELECT * FROM job_usage ORDER BY job_id, hour, model",
     "daily_metrics": "SELECT * FROM daily_metrics ORDER BY day, source, model",
-    "usage_keys": "SELECT * FROM usage_keys ORDER BY key, session_id",
+    # (not `id`: a row's place in the table is not part of what it says)
+    "usage_keys": "SELECT key, key_hash, session_id, sidechain, total, path, offset, at, model, "
+    "input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, cost_usd "
+    "FROM usage_keys ORDER BY key, session_id",
     "search": "SELECT d.job_id, f.title, f.prompt, f.summary, f.body FROM search_docs d "
     "JOIN search_fts f ON f.rowid = d.id ORDER BY d.job_id",
     "job_rate_limits": "SELECT * FROM job_rate_limits ORDER BY job_id, at, window",

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from jobvault.errors import StoreError
-from jobvault.records import JobDetail, JobRecord, UsageRow
+from jobvault.records import JobDetail, JobRecord, UsageCandidate, UsageRow
 from jobvault.store import migrations
 from jobvault.store.db import open_reader, open_writer
+from jobvault.store.keys import key_hash
 from jobvault.store.schema_doc import DESCRIPTIONS, render
 from jobvault.store.writer import Batch, Chunk, Store
 
@@ -188,6 +189,61 @@ def test_search_index_keeps_its_documents_through_m010(tmp_path: Path) -> None:
     conn.execute("DELETE FROM jobs WHERE id = 'claude:s'")
     assert conn.execute("SELECT COUNT(*) FROM search_fts").fetchone()[0] == 0
     conn.close()
+
+
+def test_usage_keys_keep_their_rows_and_winners_through_m011(tmp_path: Path) -> None:
+    """m011 moves `usage_keys` to arrival order with a digest index: every row is kept with
+    the digest of its key, and which session holds a message's best copy is unchanged."""
+    db = tmp_path / "x.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    steps = migrations.MIGRATIONS
+    upto = [m.__name__ for m in steps].index("m011_usage_keys_in_arrival_order")
+    migrations.migrate(conn, steps[:upto])
+    rows = [  # (key, session, sidechain, total): "a" has the better copy of m1
+        ("m1", "a", 0, 30),
+        ("m1", "b", 0, 20),
+        ("m2", "b", 0, 5),
+        ("m3", "a", 1, 9),
+    ]
+    conn.executemany(
+        "INSERT INTO usage_keys (key, session_id, sidechain, total, path, offset, model) "
+        "VALUES (?, ?, ?, ?, '/p', 0, 'm')",
+        rows,
+    )
+    migrations.migrate(conn)
+    got = conn.execute(
+        "SELECT key, key_hash, session_id, sidechain, total, model FROM usage_keys "
+        "ORDER BY key, session_id"
+    ).fetchall()
+    assert got == [(k, key_hash(k), s, side, total, "m") for k, s, side, total in rows]
+    conn.close()
+    store = Store(open_writer(db))
+    try:
+        assert store.lost_keys(["a", "b"]) == {"a": frozenset(), "b": frozenset({"m1"})}
+    finally:
+        store.close()
+
+
+def test_a_digest_shared_by_two_keys_is_never_one_message(db: Path) -> None:
+    """Keys are found by their 8-byte digest and then compared whole: two messages whose
+    digests collide are still two messages, each counted by its own session."""
+    store = Store(open_writer(db))
+    try:
+        with store.transaction():  # m1 is given m2's digest: a collision
+            store.conn.executemany(
+                "INSERT INTO usage_keys (key, key_hash, session_id, sidechain, total, path, "
+                "offset) VALUES (?, ?, ?, 0, ?, '/p', 0)",
+                [("m1", key_hash("m2"), "a", 10), ("m2", key_hash("m2"), "b", 20)],
+            )
+        assert store.lost_keys(["a", "b"]) == {"a": frozenset(), "b": frozenset()}
+        assert store.lost_among("a", ["m1"]) == set()
+        better = UsageCandidate(sidechain=False, total=99, path="/p", offset=0)
+        assert store.settle_usage("c", [("m2", better)]) == {"b"}  # not "a"
+        assert store.lost_keys(["a", "b", "c"]) == {
+            "a": frozenset(), "b": frozenset({"m2"}), "c": frozenset(),
+        }  # fmt: skip
+    finally:
+        store.close()
 
 
 def _detail(session: str, **values: Any) -> JobDetail:

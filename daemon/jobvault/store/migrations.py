@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from jobvault.store.keys import key_hash
+
 Migration = Callable[[sqlite3.Connection], None]
 
 
@@ -630,6 +632,52 @@ def m005_read_side(conn: sqlite3.Connection) -> None:
     )
 
 
+def m011_usage_keys_in_arrival_order(conn: sqlite3.Connection) -> None:
+    """Store `usage_keys` in arrival order, found by an index of each key's 8-byte digest.
+
+    The table was clustered by (message key, session); message ids are random, so every
+    message written took its row to a random page of a table that outgrows the writer's page
+    cache at a few thousand sessions, and each commit rewrote about one page a message. A
+    session's rows now go in together at the end of the table; only the digest index
+    (`store/keys.py`, about 20 bytes an entry) takes random inserts, and (session, key)
+    stays unique. The rows are copied, so nothing needs a rebuild.
+    """
+    conn.create_function("jobvault_key_hash", 1, key_hash, deterministic=True)
+    run_script(
+        conn,
+        """
+        CREATE TABLE usage_keys_new (
+            id                    INTEGER PRIMARY KEY,
+            key                   TEXT    NOT NULL,
+            key_hash              INTEGER NOT NULL,
+            session_id            TEXT    NOT NULL,
+            sidechain             INTEGER NOT NULL,
+            total                 INTEGER NOT NULL,
+            path                  TEXT    NOT NULL,
+            offset                INTEGER NOT NULL,
+            at                    TEXT    NOT NULL DEFAULT '',
+            model                 TEXT    NOT NULL DEFAULT '',
+            input_tokens          INTEGER NOT NULL DEFAULT 0,
+            output_tokens         INTEGER NOT NULL DEFAULT 0,
+            cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens     INTEGER NOT NULL DEFAULT 0,
+            cost_usd              REAL    NOT NULL DEFAULT 0
+        ) STRICT;
+        INSERT INTO usage_keys_new (key, key_hash, session_id, sidechain, total, path, offset,
+                                    at, model, input_tokens, output_tokens,
+                                    cache_creation_tokens, cache_read_tokens, cost_usd)
+            SELECT key, jobvault_key_hash(key), session_id, sidechain, total, path, offset,
+                   at, model, input_tokens, output_tokens, cache_creation_tokens,
+                   cache_read_tokens, cost_usd
+            FROM usage_keys ORDER BY session_id, key;
+        DROP TABLE usage_keys;
+        ALTER TABLE usage_keys_new RENAME TO usage_keys;
+        CREATE UNIQUE INDEX usage_keys_session ON usage_keys (session_id, key);
+        CREATE INDEX usage_keys_hash ON usage_keys (key_hash);
+        """,
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial,
     m002_analytics,
@@ -641,6 +689,7 @@ MIGRATIONS: list[Migration] = [
     m008_fidelity,
     m009_ingest_v2,
     m010_search_without_prefix_indexes,
+    m011_usage_keys_in_arrival_order,
 ]
 
 

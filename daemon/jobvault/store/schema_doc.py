@@ -45,7 +45,10 @@ DESCRIPTIONS = {
     "(billing blocks need them; NULL in rows written before `m002_analytics` until a rebuild).",
     "usage_keys": "The best copy of each deduplicated message per job; a message repeated in "
     "several jobs counts only in the job holding its best copy. Each row also holds what that "
-    "copy counts (time, model, tokens by kind, cost): the per-message usage of every job.",
+    "copy counts (time, model, tokens by kind, cost): the per-message usage of every job. "
+    "Rows are stored in arrival order and found by `key_hash`, an 8-byte digest of the key "
+    "(`store/keys.py`): message ids are random, and an index of their text took every insert "
+    "to a random page.",
     "daily_metrics": "Usage per UTC day, source and model, kept up to date incrementally as "
     "job records are written.",
     "job_rate_limits": "A job's readings of the plan's rate-limit windows (Codex "

@@ -26,6 +26,7 @@ from jobvault.records import JobDetail, UsageCandidate, UsageRow
 from jobvault.store.archive import FILE_COLUMNS, FileRow, file_row, iter_chunks
 from jobvault.store.db import BUSY_TIMEOUT_MS
 from jobvault.store.increments import Written, state_of, tool_rows, write_changes
+from jobvault.store.keys import key_hash
 
 SETTLE_SLICE = 2000  # message keys settled per query
 SQL_INT = 2**63 - 1  # SQLite's integers are 64-bit
@@ -140,6 +141,12 @@ Row = tuple[Any, ...]
 USAGE_KEY_COLUMNS = (
     "sidechain, total, path, offset, at, model, input_tokens, output_tokens, "
     "cache_creation_tokens, cache_read_tokens, cost_usd"
+)
+# A message copy, new or changed: the row keeps its place (and its id) when it changes.
+_UPSERT_KEY = (
+    f"INSERT INTO usage_keys (key, key_hash, session_id, {USAGE_KEY_COLUMNS}) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (session_id, key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in USAGE_KEY_COLUMNS.split(", "))
 )
 
 
@@ -911,7 +918,8 @@ class Store:
                     SELECT u.key FROM usage_keys u
                     WHERE u.session_id = ? AND u.key IN ({marks}) AND EXISTS (
                         SELECT 1 FROM usage_keys o
-                        WHERE o.key = u.key AND o.session_id != u.session_id
+                        WHERE o.key_hash = u.key_hash AND o.key = u.key
+                          AND o.session_id != u.session_id
                           AND (o.sidechain, -o.total, o.path, o.offset)
                             < (u.sidechain, -u.total, u.path, u.offset))
                     """,
@@ -936,7 +944,8 @@ class Store:
                 SELECT u.session_id, u.key FROM usage_keys u
                 WHERE u.session_id IN ({marks}) AND EXISTS (
                     SELECT 1 FROM usage_keys o
-                    WHERE o.key = u.key AND o.session_id != u.session_id
+                    WHERE o.key_hash = u.key_hash AND o.key = u.key
+                      AND o.session_id != u.session_id
                       AND (o.sidechain, -o.total, o.path, o.offset)
                         < (u.sidechain, -u.total, u.path, u.offset))
                 """,
@@ -957,11 +966,7 @@ class Store:
             "DELETE FROM usage_keys WHERE key = ? AND session_id = ?",
             [(k, session) for k in removed],
         )
-        self.conn.executemany(
-            f"INSERT OR REPLACE INTO usage_keys (key, session_id, {USAGE_KEY_COLUMNS}) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(k, session, *new[k]) for k in changed],
-        )
+        self.conn.executemany(_UPSERT_KEY, [(k, key_hash(k), session, *new[k]) for k in changed])
         touched = removed + changed
         for i in range(0, len(touched), 500):
             part = touched[i : i + 500]
@@ -969,9 +974,9 @@ class Store:
             affected.update(
                 r[0]
                 for r in self.conn.execute(
-                    f"SELECT DISTINCT session_id FROM usage_keys WHERE key IN ({marks}) "
-                    "AND session_id != ?",
-                    (*part, session),
+                    f"SELECT DISTINCT session_id FROM usage_keys WHERE key_hash IN ({marks}) "
+                    f"AND key IN ({marks}) AND session_id != ?",
+                    (*map(key_hash, part), *part, session),
                 )
             )
 

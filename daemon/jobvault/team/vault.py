@@ -257,7 +257,8 @@ class Vault:
                        u.cache_read_tokens, u.cost_usd
                 FROM usage_keys u WHERE u.session_id IN ({marks}) AND NOT EXISTS (
                     SELECT 1 FROM usage_keys o
-                    WHERE o.key = u.key AND o.session_id != u.session_id
+                    WHERE o.key_hash = u.key_hash AND o.key = u.key
+                      AND o.session_id != u.session_id
                       AND (o.sidechain, -o.total, o.path, o.offset)
                         < (u.sidechain, -u.total, u.path, u.offset))
                 """,
