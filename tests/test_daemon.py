@@ -226,6 +226,38 @@ async def test_a_stop_asked_for_during_start_up_stops_the_daemon_cleanly(tmp_pat
         await eventually(lambda: _chunk_bytes(db) == total)
 
 
+async def test_a_stop_asked_for_during_a_round_is_not_waited_out(tmp_path: Path) -> None:
+    """SIGTERM while a round runs: the daemon stops when the round ends. (The loop used to
+    clear its wake-up after the round and sleep until the next timer, up to 30 s, a stop
+    asked for meanwhile unseen; under load a `systemctl stop` could hit that often.)"""
+    import threading
+    import time
+
+    root = tmp_path / "projects" / "-p"
+    root.mkdir(parents=True)
+    path = root / f"{SESSION}.jsonl"
+    path.write_bytes(b"".join(session_lines(3)))
+    db = tmp_path / "vault" / "jobvault.db"
+    config = _config(tmp_path / "projects", db, idle_timeout=300.0, rescan_interval=300.0)
+    daemon = service.Daemon(config)
+    task = asyncio.create_task(service.serve(daemon))
+    await asyncio.wait_for(daemon.ready.wait(), 30)
+    await eventually(lambda: _chunk_bytes(db) > 0)
+    release = threading.Event()
+    held = asyncio.ensure_future(daemon.on_worker(release.wait, 30))  # the engine's thread
+    await asyncio.sleep(0.2)
+    with path.open("ab") as fh:  # a hint: the loop starts a round, queued behind `held`
+        fh.write(session_lines(4)[3])
+    await asyncio.sleep(0.5)
+    assert daemon.in_round
+    daemon.stop()  # as SIGTERM does, during the round
+    release.set()
+    began = time.monotonic()
+    await asyncio.wait_for(task, 60)
+    await held
+    assert time.monotonic() - began < 5, "the stop waited for the loop's next timer"
+
+
 @pytest.mark.parametrize("mode", [0o777 | 0o1000, 0o775, 0o755])
 async def test_an_existing_socket_directory_is_never_changed(tmp_path: Path, mode: int) -> None:
     """A socket path in an existing directory (/tmp, a home) leaves its mode alone: one other

@@ -474,7 +474,13 @@ async def _loop(
         timeout = max(0.0, min(next_rescan - ended, _idle_check(config)))
         if write_due is not None:  # a record held back by the write interval
             timeout = min(timeout, write_due)
-        if not (daemon._dirty or daemon._rescan_dirs or daemon._reload.is_set()):
+        # (A stop, a reload or a hint that came during the round is not waited out.)
+        if not (
+            daemon._dirty
+            or daemon._rescan_dirs
+            or daemon._reload.is_set()
+            or daemon.stopping.is_set()
+        ):
             daemon._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(daemon._wake.wait(), timeout)
