@@ -104,6 +104,13 @@ async def test_the_daemon_pushes_and_rides_out_a_server_stopped_mid_push(
             append(first, session_lines(2, session=sid(1), base=1800)[1:])
             await eventually(lambda: len(_local_jobs(db)) == 2, 30)
             await eventually(lambda: _local_jobs(db)[f"claude:{sid(1)}"] > held, 30)
+
+            # The push that was waiting on the lock learns of the stop in its own time (under
+            # load, after the new lines are recorded): status says so once it has.
+            async def failed() -> bool:
+                return bool((await asyncio.to_thread(_status, config))["sync"]["last_error"])
+
+            await _until(failed, 30)
             status = await asyncio.to_thread(_status, config)
             sync = status["sync"]
             assert sync["last_error"] and "team database" in sync["last_error"], sync
