@@ -1,58 +1,165 @@
-"""The watcher (watchdog) on a real directory: which changes wake the daemon."""
+"""The watchers on a real directory: which changes wake the daemon.
+
+Both implementations run here on Linux: inotify read on the event loop (the default) and
+watchdog's observer (macOS's, and the fallback), through the same interface.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from jobvault.ingest.watch import Watcher
+import pytest
+
+from jobvault.ingest.watch import InotifyWatcher, Watching, open_watcher
+
+KINDS = ["inotify", "watchdog"] if sys.platform.startswith("linux") else ["watchdog"]
 
 
-async def test_reading_a_file_wakes_nothing_and_writing_it_does(tmp_path: Path) -> None:
-    """Opening and reading a transcript (as the daemon itself does) is no change: the kernel
-    is not even asked for those events. An append, a new file, a rename and a deletion are."""
-    project = tmp_path / "-p"
-    project.mkdir()
-    path = project / "s.jsonl"
-    path.write_bytes(b'{"a": 1}\n')
-    seen: list[str] = []
-    watcher = Watcher(asyncio.get_running_loop(), seen.append)
-    watcher.refresh([tmp_path])
+class Hints:
+    """What a watcher of `root` tells the loop."""
 
-    async def hints(action: Callable[[], object], *want: str) -> set[str]:
+    def __init__(self, kind: str, root: Path) -> None:
+        self.seen: list[str] = []
+        self.watcher: Watching = open_watcher(asyncio.get_running_loop(), self.seen.append, kind)
+        self.root = root
+        self.watcher.refresh([root])
+
+    async def of(self, action: Callable[[], object], *want: str) -> set[str]:
         """The hints `action` causes: within 0.5 s, or until every path in `want` came (up
         to 10 s: watchdog holds a rename back to pair its two halves, longer under load)."""
         await asyncio.sleep(0.3)  # (the watches are in place; earlier events are in)
-        seen.clear()
+        self.seen.clear()
         action()
         await asyncio.sleep(0.5)
         deadline = time.monotonic() + 10
-        while not set(want) <= set(seen) and time.monotonic() < deadline:
+        while not set(want) <= set(self.seen) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return set(seen)
+        return set(self.seen)
+
+
+@pytest.fixture(params=KINDS)
+async def hints(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Hints]:
+    root = tmp_path / "w"
+    root.mkdir()
+    watched = Hints(request.param, root)
+    try:
+        yield watched
+    finally:
+        watched.watcher.stop()
+
+
+def _append(path: Path, data: bytes = b'{"a": 2}\n') -> Callable[[], None]:
+    def append() -> None:
+        with path.open("ab") as fh:
+            fh.write(data)
+
+    return append
+
+
+async def test_reading_a_file_wakes_nothing_and_writing_it_does(hints: Hints) -> None:
+    """Opening and reading a transcript (as the daemon itself does) is no change: the kernel
+    is not even asked for those events. An append, a new file, a rename and a deletion are."""
+    project = hints.root / "-p"
+    project.mkdir()
+    path = project / "s.jsonl"
+    path.write_bytes(b'{"a": 1}\n')
 
     def read() -> None:
         for _ in range(20):
             with path.open("rb") as fh:
                 fh.read()
 
-    def append() -> None:
-        with path.open("ab") as fh:
-            fh.write(b'{"a": 2}\n')
-
     new, moved = project / "t.jsonl", project / "u.jsonl"
+    assert await hints.of(read) == set()
+    assert await hints.of(_append(path), str(path)) == {str(path)}
+    assert str(new) in await hints.of(lambda: new.write_bytes(b"{}\n"), str(new))
+    assert {str(new), str(moved)} <= await hints.of(lambda: new.rename(moved), str(new), str(moved))
+    assert str(moved) in await hints.of(moved.unlink, str(moved))
+    # A new directory (a session's subagents/) is rescanned whole: a sentinel hint.
+    sentinel = str(project / "s") + "/"
+    assert sentinel in await hints.of(lambda: (project / "s").mkdir(), sentinel)
+    # Other files are no hint: only transcripts (plain or compressed) are read.
+    assert await hints.of(_append(project / "notes.txt")) == set()
+    assert await hints.of(_append(project / "r.jsonl.zst", b"x"), str(project / "r.jsonl.zst"))
+
+
+async def test_directories_made_or_moved_in_are_watched_at_once(hints: Hints) -> None:
+    """A tree created or moved under a root is watched as soon as it appears: appends deep
+    in it wake the daemon without waiting for a rescan."""
+    deep = hints.root / "-p" / "s" / "subagents"
+    sentinel = str(hints.root / "-p") + "/"
+    assert sentinel in await hints.of(lambda: deep.mkdir(parents=True), sentinel)
+    await asyncio.sleep(0.3)
+    agent = deep / "agent-1.jsonl"
+    assert str(agent) in await hints.of(_append(agent), str(agent))
+    outside = hints.root.parent / "elsewhere"
+    (outside / "x").mkdir(parents=True)
+    moved = hints.root / "-q"
+    assert str(moved) + "/" in await hints.of(lambda: outside.rename(moved), str(moved) + "/")
+    await asyncio.sleep(0.3)
+    inner = moved / "x" / "t.jsonl"
+    assert str(inner) in await hints.of(_append(inner), str(inner))
+
+
+async def test_a_link_to_a_directory_is_not_followed(tmp_path: Path) -> None:
+    """A symbolic link to a directory inside a root is not watched (the scan does not walk
+    it either), while a root that is itself a link is watched."""
+    real = tmp_path / "real"
+    (real / "-p").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (real / "-p" / "linked").symlink_to(outside)
+    root = tmp_path / "root-link"
+    root.symlink_to(real)
+    watched = Hints("inotify" if "inotify" in KINDS else "watchdog", root)
     try:
-        assert await hints(read) == set()
-        assert await hints(append, str(path)) == {str(path)}
-        assert str(new) in await hints(lambda: new.write_bytes(b"{}\n"), str(new))
-        assert {str(new), str(moved)} <= await hints(
-            lambda: new.rename(moved), str(new), str(moved)
-        )
-        assert str(moved) in await hints(moved.unlink, str(moved))
-        # A new directory (a session's subagents/) is rescanned whole: a sentinel hint.
-        sentinel = str(project / "s") + "/"
-        assert sentinel in await hints(lambda: (project / "s").mkdir(), sentinel)
+        beyond = outside / "s.jsonl"
+        assert await watched.of(_append(beyond)) == set()
+        inside = root / "-p" / "s.jsonl"
+        assert str(inside) in await watched.of(_append(inside), str(inside))
     finally:
-        watcher.stop()
+        watched.watcher.stop()
+
+
+@pytest.mark.skipif("inotify" not in KINDS, reason="inotify is Linux's")
+async def test_a_root_removed_and_made_again_is_watched_again(tmp_path: Path) -> None:
+    """A root deleted (or moved away) under the watcher is forgotten; the next `refresh`
+    (every rescan) watches the new directory of that name."""
+    root = tmp_path / "w"
+    (root / "-p").mkdir(parents=True)
+    watched = Hints("inotify", root)
+    try:
+        assert isinstance(watched.watcher, InotifyWatcher)
+        await watched.of(lambda: shutil.rmtree(root))
+        (root / "-p").mkdir(parents=True)
+        watched.watcher.refresh([root])
+        path = root / "-p" / "s.jsonl"
+        assert str(path) in await watched.of(_append(path), str(path))
+        moved = tmp_path / "w-old"
+        await watched.of(lambda: root.rename(moved))
+        (root / "-p").mkdir(parents=True)
+        watched.watcher.refresh([root])
+        assert await watched.of(_append(moved / "-p" / "s.jsonl")) == set()
+        assert str(path) in await watched.of(_append(path), str(path))
+    finally:
+        watched.watcher.stop()
+
+
+@pytest.mark.skipif("inotify" not in KINDS, reason="inotify is Linux's")
+async def test_retain_stops_watching_a_root_no_longer_configured(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    for root in (one, two):
+        (root / "-p").mkdir(parents=True)
+    watched = Hints("inotify", one)
+    try:
+        watched.watcher.retain([two])
+        assert await watched.of(_append(one / "-p" / "s.jsonl")) == set()
+        path = two / "-p" / "s.jsonl"
+        assert str(path) in await watched.of(_append(path), str(path))
+    finally:
+        watched.watcher.stop()

@@ -1,15 +1,23 @@
-"""Filesystem events as hints: watchdog's observer thread tells the event loop which paths
-changed. The periodic rescan remains the source of truth, so a lost event only delays
-ingestion until the next rescan.
+"""Filesystem events as hints: which paths changed, told to the event loop. The periodic
+rescan remains the source of truth, so a lost event only delays ingestion until the next
+rescan.
+
+On Linux the kernel's inotify queue is read on the event loop itself (`InotifyWatcher`, with
+inotify_simple for the system calls): an appended line wakes only the loop. Elsewhere
+watchdog's observer (FSEvents, kqueue) runs in its own threads and hands each path to the
+loop (`WatchdogWatcher`). `open_watcher` picks one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from watchdog.events import (
@@ -50,7 +58,7 @@ class _Handler(FileSystemEventHandler):
 
     def _hint(self, path: str | bytes) -> None:
         text = os.fsdecode(path)
-        if text.endswith((".jsonl", ".jsonl.zst")):  # (a compressed Codex rollout too)
+        if _wanted(text):
             # RuntimeError: the loop is closed, we are shutting down.
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._notify, text)
@@ -72,8 +80,23 @@ class _Handler(FileSystemEventHandler):
             self._hint(dest)
 
 
-class Watcher:
+class Watching(Protocol):
     """Watches the roots that exist; `refresh` adds roots that appeared since."""
+
+    def refresh(self, roots: list[Path]) -> None: ...
+
+    def retain(self, roots: list[Path]) -> None:
+        """Stop watching roots no longer configured, start on new ones (SIGHUP reload)."""
+
+    def stop(self) -> None: ...
+
+
+def _wanted(path: str) -> bool:
+    return path.endswith((".jsonl", ".jsonl.zst"))  # (a compressed Codex rollout too)
+
+
+class WatchdogWatcher:
+    """watchdog's observer: its threads read the platform's events and hint the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[str], None]) -> None:
         self._observer = Observer()
@@ -110,7 +133,155 @@ class Watcher:
             log.info("unwatching", root=key)
         self.refresh(roots)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self) -> None:
         if self._started:
             self._observer.stop()
-            self._observer.join(timeout)
+            self._observer.join(5.0)
+
+
+class InotifyWatcher:
+    """Linux: one inotify descriptor read by the event loop (`loop.add_reader`), no thread.
+
+    Every directory under a root is watched (inotify is not recursive), symbolic links to
+    directories inside a root are not followed (as the scan does not walk them), and a
+    directory created or moved in is watched at once and hinted with a sentinel (a path
+    ending in the separator) so its files are scanned, whatever arrived before its watch.
+    A full event queue (overflow) hints every root the same way. A rename is two hints,
+    its source and its destination, with no wait to pair them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[str], None]) -> None:
+        import inotify_simple  # (Linux only)
+
+        self._loop = loop
+        self._notify = notify
+        flags = inotify_simple.flags
+        self._ino = inotify_simple.INotify(nonblocking=True)
+        self._dirs: dict[int, str] = {}  # watch descriptor -> the directory it watches
+        self._watched: dict[str, int] = {}  # root -> its watch descriptor
+        self._mask = int(
+            flags.CREATE | flags.MODIFY | flags.MOVED_FROM | flags.MOVED_TO | flags.DELETE
+            | flags.MOVE_SELF | flags.ONLYDIR
+        )  # fmt: skip
+        self._moved_self = int(flags.MOVE_SELF)
+        self._warned = False
+        self._no_follow = int(flags.DONT_FOLLOW)
+        self._dir_flag, self._overflow = int(flags.ISDIR), int(flags.Q_OVERFLOW)
+        self._ignored = int(flags.IGNORED)
+        self._arrived = int(flags.CREATE | flags.MOVED_TO)
+        self._left = int(flags.MOVED_FROM)
+        loop.add_reader(self._ino.fileno(), self._on_events)
+
+    def refresh(self, roots: list[Path]) -> None:
+        for root in roots:
+            key = os.path.abspath(str(root))
+            if key in self._watched or not os.path.isdir(key):
+                continue
+            wd = self._watch(key, follow=True)  # (a root may itself be a link)
+            if wd is None:
+                continue
+            self._watched[key] = wd
+            self._watch_below(key)
+            log.info("watching", root=key)
+
+    def retain(self, roots: list[Path]) -> None:
+        keep = {os.path.abspath(str(r)) for r in roots}
+        for key in [k for k in self._watched if k not in keep]:
+            del self._watched[key]
+            for wd, path in list(self._dirs.items()):
+                if _under(path, key) and not any(_under(path, k) for k in self._watched):
+                    self._unwatch(wd)
+            log.info("unwatching", root=key)
+        self.refresh(roots)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # (closed already)
+            self._loop.remove_reader(self._ino.fileno())
+        self._ino.close()
+        self._dirs.clear()
+        self._watched.clear()
+
+    def _watch(self, path: str, follow: bool = False) -> int | None:
+        try:
+            wd: int = self._ino.add_watch(path, self._mask | (0 if follow else self._no_follow))
+        except OSError as exc:  # gone already, a link, or the watch limit: the rescan still works
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and not self._warned:
+                self._warned = True  # (once: past the limit, every directory would say it)
+                log.warning("watch_failed", path=path, error=str(exc))
+            return None
+        self._dirs[wd] = path
+        return wd
+
+    def _watch_below(self, top: str) -> None:
+        for parent, subdirs, _files in os.walk(top, onerror=lambda _exc: None):
+            for name in subdirs:  # (os.walk lists a link to a directory here, never enters it)
+                path = os.path.join(parent, name)
+                if not os.path.islink(path):
+                    self._watch(path)
+
+    def _forget_tree(self, top: str) -> None:
+        """Stop watching `top` and everything below it (moved away: the paths are stale)."""
+        for wd, path in list(self._dirs.items()):
+            if _under(path, top):
+                self._unwatch(wd)
+        for root in [r for r in self._watched if _under(r, top)]:
+            del self._watched[root]
+
+    def _unwatch(self, wd: int) -> None:
+        self._dirs.pop(wd, None)
+        with contextlib.suppress(OSError):  # (the kernel dropped it already)
+            self._ino.rm_watch(wd)
+
+    def _on_events(self) -> None:
+        try:
+            events = self._ino.read(timeout=0)
+        except OSError as exc:  # (closed under us at shutdown; never fatal)
+            log.warning("watch_read_failed", error=str(exc))
+            return
+        for wd, mask, _cookie, name in events:
+            if mask & self._overflow:  # events were lost: rescan everything
+                for root in self._watched:
+                    self._notify(root + os.sep)
+                continue
+            if mask & self._ignored:  # the watch is gone (its directory deleted or moved)
+                self._dirs.pop(wd, None)
+                for root, root_wd in list(self._watched.items()):
+                    if root_wd == wd:
+                        del self._watched[root]  # watched again by `refresh` if it comes back
+                continue
+            parent = self._dirs.get(wd)
+            if parent is None:
+                continue
+            if mask & self._moved_self:  # (a root moved away: watched again when back)
+                self._forget_tree(parent)
+                continue
+            if not name:
+                continue
+            path = os.path.join(parent, name)
+            if mask & self._dir_flag:
+                if mask & self._left:  # its watches would go on naming the old path
+                    self._forget_tree(path)
+                elif mask & self._arrived and self._watch(path) is not None:
+                    self._watch_below(path)
+                    self._notify(path + os.sep)  # (files may be in it already)
+                continue
+            if _wanted(path):
+                self._notify(path)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + os.sep)
+
+
+def open_watcher(
+    loop: asyncio.AbstractEventLoop, notify: Callable[[str], None], kind: str = "auto"
+) -> Watching:
+    """The watcher for this platform (`kind`: "auto", "inotify" or "watchdog")."""
+    if kind == "inotify" or (kind == "auto" and sys.platform.startswith("linux")):
+        try:
+            return InotifyWatcher(loop, notify)
+        except (ImportError, OSError) as exc:  # (no inotify_simple, or no inotify instance)
+            if kind == "inotify":
+                raise
+            log.warning("inotify_unavailable", error=str(exc))
+    return WatchdogWatcher(loop, notify)

@@ -39,7 +39,7 @@ from jobvault import pricing
 from jobvault.config import Config
 from jobvault.errors import JobvaultError, StoreError
 from jobvault.ingest.engine import Engine
-from jobvault.ingest.watch import Watcher
+from jobvault.ingest.watch import Watching, open_watcher
 from jobvault.records import JobRecord
 from jobvault.serve.methods import Limits
 from jobvault.serve.server import Hub, Server, ServerLimits, bind_socket, prepare_socket_dir
@@ -127,7 +127,7 @@ class Daemon:
         self._wake.set()
 
     def hint(self, path: str) -> None:
-        """Called on the loop (from the watcher thread) with a path that changed."""
+        """Called on the loop (by the watcher) with a path that changed."""
         if path.endswith(os.sep):
             self._rescan_dirs.add(path.rstrip(os.sep))
         else:
@@ -166,7 +166,7 @@ async def _serve_once(daemon: Daemon) -> Incident | None:
     daemon.incident_pending = None
     loop = asyncio.get_running_loop()
     notifier = Notifier()
-    watcher: Watcher | None = None
+    watcher: Watching | None = None
     store: Store | None = None
     engine: Engine | None = None
     server: Server | None = None
@@ -215,7 +215,7 @@ async def _serve_once(daemon: Daemon) -> Incident | None:
 
         engine.on_record = on_record
         if config.watch_events:
-            watcher = Watcher(loop, daemon.hint)
+            watcher = open_watcher(loop, daemon.hint)
             watcher.refresh(list(config.watch))
         log.info(
             "daemon_started",
@@ -387,7 +387,7 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def _apply_reload(daemon: Daemon, engine: Engine, watcher: Watcher | None) -> bool:
+def _apply_reload(daemon: Daemon, engine: Engine, watcher: Watching | None) -> bool:
     """Re-read the configuration; apply what can change while running. True if applied."""
     if daemon.reloader is None:
         return False
@@ -424,7 +424,7 @@ async def _loop(
     daemon: Daemon,
     engine: Engine,
     executor: ThreadPoolExecutor,
-    watcher: Watcher | None,
+    watcher: Watching | None,
 ) -> None:
     next_rescan = 0.0  # the first pass is the start-up backfill
     backoff = 0.0
