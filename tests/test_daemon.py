@@ -277,3 +277,55 @@ async def test_an_existing_socket_directory_is_never_changed(tmp_path: Path, mod
             assert daemon.server is not None
             assert (os.stat(config.socket).st_mode & 0o777) == 0o600
     assert (os.stat(shared).st_mode & 0o7777) == mode
+
+
+def test_status_counts_unread_bytes_from_the_files_a_round_touched(
+    tmp_path: Path, db: Path
+) -> None:
+    """`status`'s pending bytes and lag are found among the files changed since the last
+    snapshot and those unread then, not by a walk over every file each round; they always
+    equal that walk."""
+    from jobvault.ingest.engine import Engine
+    from jobvault.store.db import open_writer
+    from jobvault.store.writer import Store
+
+    root = tmp_path / "projects"
+    paths = []
+    for i in range(6):
+        project = root / f"-p{i}"
+        project.mkdir(parents=True)
+        path = project / f"{SESSION[:-1]}{i}.jsonl"
+        path.write_bytes(b"".join(session_lines(2, session=f"{SESSION[:-1]}{i}")))
+        paths.append(path)
+    store = Store(open_writer(db))
+    engine = Engine(_config(root, db), store)
+
+    def check() -> int:
+        got = engine.snapshot()
+        walked = engine._unread_bytes(list(engine.tracker.by_id))
+        assert got["pending_bytes"] == sum(walked.values())
+        assert (got["ingest_lag_seconds"] > 0) == bool(walked)
+        return int(got["pending_bytes"])
+
+    try:
+        engine.rescan([root])
+        assert check() == 0
+        grown = 0
+        for path in paths[::2]:  # grown, looked at, not read (a stop stops the reading)
+            extra = session_lines(3, session=path.stem)[2]
+            with path.open("ab") as fh:
+                fh.write(extra)
+            grown += len(extra)
+        engine.stopping.set()
+        engine.rescan([root])
+        assert check() == grown  # unread: seen by the look, not yet read
+        assert check() == grown  # still (nothing changed, nothing walked)
+        engine.stopping.clear()
+        engine.poll([str(paths[0])], [root])
+        assert 0 < check() < grown  # one of them read
+        paths[2].unlink()
+        engine.rescan([root])  # read to its end (held open), the others too
+        assert check() == 0
+    finally:
+        engine.close()
+        store.close()

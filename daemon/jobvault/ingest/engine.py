@@ -108,6 +108,7 @@ class Engine:
         self.reader = RoundReader(config, store, self.tracker, self.book, self.stats,
                                   self.faults, self._deferred)  # fmt: skip
         self.writer = RoundWriter(store, self.tracker, self.book, self.stats, self._deferred)
+        self._unread_seen: dict[int, int] | None = None  # file id -> unread bytes, at `snapshot`
         self.cold = ColdReader(config, store, self.tracker, self.book, self.reader,
                                self.writer, self.stats)  # fmt: skip
         # Set (from any thread) to stop reading after the batch in progress: a shutdown
@@ -631,20 +632,41 @@ class Engine:
             "store_fault": stats.fault,
         }
 
-    def snapshot(self) -> dict[str, Any]:
-        """What the engine knows now (for `status`); call it on the engine's thread."""
-        now = time.time()
-        lag = 0.0
-        pending = 0
-        for tracked in self.tracker.by_id.values():
+    def _unread_bytes(self, ids: Iterable[int]) -> dict[int, int]:
+        """The bytes past the committed offset of these files, for those that have some."""
+        out: dict[int, int] = {}
+        by_id = self.tracker.by_id
+        for file_id in ids:
+            tracked = by_id.get(file_id)
+            if tracked is None:
+                continue
             row = tracked.row
             if row.codec == "zstd":
                 continue
             # A partial last line is not lag: it waits for its newline.
             unread = row.size - row.offset - tracked.pending
             if row.state == "active" and unread > 0:
-                pending += unread
-                lag = max(lag, now - row.mtime_ns / 1e9)
+                out[file_id] = unread
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the engine knows now (for `status`); call it on the engine's thread.
+
+        The unread bytes are looked for among the files changed since the last snapshot
+        and those unread then (`FileTracker.changed`): a round costs what it touched, not a
+        walk over every file of the history (3,000 files took 3 to 35 ms a round)."""
+        now = time.time()
+        tracker = self.tracker
+        if self._unread_seen is None:  # the first: every file
+            ids: Iterable[int] = list(tracker.by_id)
+        else:
+            ids = tracker.changed | self._unread_seen.keys()
+        tracker.changed = set()
+        self._unread_seen = self._unread_bytes(ids)
+        pending = sum(self._unread_seen.values())
+        lag = max(
+            (now - tracker.by_id[i].row.mtime_ns / 1e9 for i in self._unread_seen), default=0.0
+        )
         skipped: dict[str, int] = {}
         for reason in [*self.tracker.skipped.values(), *self.tracker.unlisted.values()]:
             label = reason.split(":")[0]

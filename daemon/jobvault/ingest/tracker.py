@@ -195,6 +195,10 @@ class FileTracker:
         self.adapters: list[Adapter] = list(ADAPTERS.values())
         self.by_path: dict[str, Tracked] = {}
         self.by_id: dict[int, Tracked] = {}
+        # Files whose row may have changed since `Engine.snapshot` last looked (added,
+        # grown, or given a round's new state): what it counts as unread is found among
+        # these and the ones it found unread, not by a walk over every file each round.
+        self.changed: set[int] = set()
         self.by_inode: dict[tuple[int, int], Tracked] = {}
         # Deleted files whose inode and bytes may reappear under another name (a move whose
         # events were lost, a compressed rollout) continue rather than being archived again.
@@ -237,6 +241,7 @@ class FileTracker:
 
     def add(self, tracked: Tracked) -> None:
         row = tracked.row
+        self.changed.add(row.id)
         self.by_path[row.path] = tracked
         self.by_id[row.id] = tracked
         self.by_inode[(row.dev, row.ino)] = tracked
@@ -583,9 +588,9 @@ class FileTracker:
             tracked.tail = self._archived_tail(tracked.row.id, TAIL_CHECK)
         return tracked.tail
 
-    @staticmethod
-    def _grow(tracked: Tracked, st: os.stat_result) -> None:
+    def _grow(self, tracked: Tracked, st: os.stat_result) -> None:
         row = tracked.row
+        self.changed.add(row.id)
         if row.codec == "zstd":
             if (st.st_size, st.st_mtime_ns) != (row.disk_size, row.mtime_ns):
                 row.disk_size = 0  # changed since it was read to its end: read it again

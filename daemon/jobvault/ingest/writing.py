@@ -291,7 +291,9 @@ class RoundWriter:
             t.pending = w.pending
             if w.read_any:
                 t.last_activity = now
+        tracker.changed.update(w.tracked.row.id for w in rnd.work)
         for t, row, tail in rnd.cold_files:  # read by a worker
+            tracker.changed.add(row.id)
             t.row = row
             if tail is not None:
                 t.tail = tail
