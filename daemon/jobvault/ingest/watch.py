@@ -83,7 +83,12 @@ class _Handler(FileSystemEventHandler):
 class Watching(Protocol):
     """Watches the roots that exist; `refresh` adds roots that appeared since."""
 
-    def refresh(self, roots: list[Path]) -> None: ...
+    # Every directory under the roots is watched and no event was lost: changes are seen
+    # as they happen, so a full rescan is a safety net, not the way changes are found.
+    healthy: bool
+
+    def refresh(self, roots: list[Path]) -> bool:
+        """Watch the roots not watched yet that exist now; return whether any was added."""
 
     def retain(self, roots: list[Path]) -> None:
         """Stop watching roots no longer configured, start on new ones (SIGHUP reload)."""
@@ -104,8 +109,10 @@ class WatchdogWatcher:
         self._handler = _Handler(loop, notify)
         self._watched: dict[str, ObservedWatch] = {}
         self._started = False
+        self.healthy = False  # (what it misses is not known: rescans stay as configured)
 
-    def refresh(self, roots: list[Path]) -> None:
+    def refresh(self, roots: list[Path]) -> bool:
+        added = False
         for root in roots:
             key = os.path.abspath(str(root))
             if key in self._watched or not os.path.isdir(key):
@@ -118,10 +125,12 @@ class WatchdogWatcher:
                 log.warning("watch_failed", root=key, error=str(exc))
                 continue
             self._watched[key] = watch
+            added = True
             log.info("watching", root=key)
         if not self._started:
             self._observer.start()
             self._started = True
+        return added
 
     def retain(self, roots: list[Path]) -> None:
         """Stop watching roots no longer configured, start on new ones (SIGHUP reload)."""
@@ -165,6 +174,7 @@ class InotifyWatcher:
         )  # fmt: skip
         self._moved_self = int(flags.MOVE_SELF)
         self._warned = False
+        self.healthy = True  # until a directory cannot be watched or events are lost
         self._no_follow = int(flags.DONT_FOLLOW)
         self._dir_flag, self._overflow = int(flags.ISDIR), int(flags.Q_OVERFLOW)
         self._ignored = int(flags.IGNORED)
@@ -172,7 +182,8 @@ class InotifyWatcher:
         self._left = int(flags.MOVED_FROM)
         loop.add_reader(self._ino.fileno(), self._on_events)
 
-    def refresh(self, roots: list[Path]) -> None:
+    def refresh(self, roots: list[Path]) -> bool:
+        added = False
         for root in roots:
             key = os.path.abspath(str(root))
             if key in self._watched or not os.path.isdir(key):
@@ -182,7 +193,9 @@ class InotifyWatcher:
                 continue
             self._watched[key] = wd
             self._watch_below(key)
+            added = True
             log.info("watching", root=key)
+        return added
 
     def retain(self, roots: list[Path]) -> None:
         keep = {os.path.abspath(str(r)) for r in roots}
@@ -205,9 +218,11 @@ class InotifyWatcher:
         try:
             wd: int = self._ino.add_watch(path, self._mask | (0 if follow else self._no_follow))
         except OSError as exc:  # gone already, a link, or the watch limit: the rescan still works
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and not self._warned:
-                self._warned = True  # (once: past the limit, every directory would say it)
-                log.warning("watch_failed", path=path, error=str(exc))
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                self.healthy = False  # (changes below it are found by rescans only)
+                if not self._warned:  # (once: past the limit, every directory would say it)
+                    self._warned = True
+                    log.warning("watch_failed", path=path, error=str(exc))
             return None
         self._dirs[wd] = path
         return wd
@@ -240,6 +255,7 @@ class InotifyWatcher:
             return
         for wd, mask, _cookie, name in events:
             if mask & self._overflow:  # events were lost: rescan everything
+                self.healthy = False  # (and keep rescanning as configured: it may recur)
                 for root in self._watched:
                     self._notify(root + os.sep)
                 continue

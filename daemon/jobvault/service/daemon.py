@@ -58,6 +58,7 @@ SHUTDOWN_BOUND = 60.0
 MAX_BACKOFF = 30.0
 STATUS_EVERY = 5.0
 GUARD_EVERY = 2.0  # seconds between the loop's stat of the database path
+HEALTHY_RESCAN_FACTOR = 10  # full rescans this much rarer while the watcher misses nothing
 
 
 @dataclass
@@ -427,6 +428,7 @@ async def _loop(
     watcher: Watching | None,
 ) -> None:
     next_rescan = 0.0  # the first pass is the start-up backfill
+    next_refresh = 0.0  # roots that appeared since are watched (and then rescanned)
     backoff = 0.0
     write_due: float | None = None
     while not daemon.stopping.is_set():
@@ -444,13 +446,15 @@ async def _loop(
         now = time.monotonic()
         daemon.in_round = True  # until after_round
         paths: list[str] | None = []
+        if watcher is not None and now >= next_refresh:
+            next_refresh = now + config.rescan_interval
+            if watcher.refresh(roots):
+                next_rescan = now  # a root watched now: read what it holds at once
         if now >= next_rescan or daemon._rescan_dirs:
             daemon._rescan_dirs.clear()
             daemon._dirty.clear()
-            if watcher is not None:
-                watcher.refresh(roots)
             paths = None  # a rescan
-            next_rescan = now + config.rescan_interval
+            next_rescan = now + rescan_every(config, watcher)
         elif daemon._dirty:
             paths, daemon._dirty = sorted(daemon._dirty), set()
         # One hop to the engine's thread a round: read, finalize the idle, write what is
@@ -460,7 +464,7 @@ async def _loop(
         )
         if error is None:
             if paths is None:
-                next_rescan = time.monotonic() + config.rescan_interval
+                next_rescan = time.monotonic() + rescan_every(config, watcher)
             backoff = 0.0
         else:
             # The database refused a write (disk full, read-only...): nothing moved;
@@ -472,6 +476,8 @@ async def _loop(
             break
         ended = time.monotonic()
         timeout = max(0.0, min(next_rescan - ended, _idle_check(config)))
+        if watcher is not None:
+            timeout = min(timeout, max(0.0, next_refresh - ended))
         if write_due is not None:  # a record held back by the write interval
             timeout = min(timeout, write_due)
         # (A stop, a reload or a hint that came during the round is not waited out.)
@@ -506,6 +512,16 @@ def _round(
         engine.record_fault(error)
     daemon.after_round()
     return due, error
+
+
+def rescan_every(config: Config, watcher: Watching | None) -> float:
+    """Seconds between full rescans: `rescan_interval`, or `HEALTHY_RESCAN_FACTOR` times it
+    while the watcher sees every change (inotify with every directory watched, no event
+    lost). A rescan stats every tracked file (0.13 s of CPU at 3,000 sessions, growing with
+    the history), which made most of an idle daemon's CPU."""
+    if watcher is not None and watcher.healthy:
+        return config.rescan_interval * HEALTHY_RESCAN_FACTOR
+    return config.rescan_interval
 
 
 def _idle_check(config: Config) -> float:
