@@ -169,6 +169,7 @@ class _Sink:
 
     def __init__(self, result: FileResult, unit: _Unit, info: FileInfo, source: str) -> None:
         self.result, self.unit, self.info, self.source = result, unit, info, source
+        self._ctx: LineContext | None = None  # (one per file, not one per line)
 
     def chunk(self, chunk: Chunk) -> None:
         assert _compressor is not None
@@ -193,8 +194,12 @@ class _Sink:
         acc = self.unit.session(row.job_key, self.source)
         if acc is None:
             return None
-        info = self.info
-        ctx = LineContext(row.id, info.role, info.agent_id, info.layout, info.project, row.path)
+        ctx = self._ctx
+        if ctx is None or ctx.file_id != row.id or ctx.path != row.path:
+            info = self.info
+            ctx = self._ctx = LineContext(
+                row.id, info.role, info.agent_id, info.layout, info.project, row.path
+            )
         try:
             return acc.feed(obj, ctx, offset)
         except Exception as exc:
