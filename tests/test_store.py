@@ -17,7 +17,7 @@ from jobvault.store import migrations
 from jobvault.store.db import open_reader, open_writer
 from jobvault.store.keys import key_hash
 from jobvault.store.schema_doc import DESCRIPTIONS, render
-from jobvault.store.writer import Batch, Chunk, Store
+from jobvault.store.writer import Batch, Chunk, Store, key_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,7 +238,7 @@ def test_a_digest_shared_by_two_keys_is_never_one_message(db: Path) -> None:
         assert store.lost_keys(["a", "b"]) == {"a": frozenset(), "b": frozenset()}
         assert store.lost_among("a", ["m1"]) == set()
         better = UsageCandidate(sidechain=False, total=99, path="/p", offset=0)
-        assert store.settle_usage("c", [("m2", better)]) == {"b"}  # not "a"
+        assert store.settle_usage("c", key_rows([("m2", better)])) == {"b"}  # not "a"
         assert store.lost_keys(["a", "b", "c"]) == {
             "a": frozenset(), "b": frozenset({"m2"}), "c": frozenset(),
         }  # fmt: skip

@@ -38,7 +38,7 @@ from jobvault.ingest.tracker import Action, Continue, Create, FileTracker, Read,
 from jobvault.ingest.writing import Deferred, RoundWriter
 from jobvault.records import JobDetail, JobRecord
 from jobvault.sources import Adapter, spill
-from jobvault.store.writer import Batch, FaultRow, Store
+from jobvault.store.writer import Batch, FaultRow, Store, key_rows
 
 log = structlog.get_logger("jobvault.engine")
 
@@ -570,7 +570,7 @@ class Engine:
                     adapter = self.book.adapter_of(key)
                     try:
                         acc = self.book.replay(key, adapter)
-                        self.store.settle_usage(key, acc.usage_candidates())
+                        self.store.settle_usage(key, key_rows(acc.usage_candidates()))
                     except StoreError:
                         raise
                     except Exception as exc:

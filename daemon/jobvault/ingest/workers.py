@@ -36,11 +36,12 @@ from jobvault.ingest.reader import open_source
 from jobvault.ingest.reading import read_file
 from jobvault.ingest.tracker import open_regular
 from jobvault.pickling import quick
-from jobvault.records import JobDetail, UsageCandidate
+from jobvault.records import JobDetail
 from jobvault.sources import ADAPTERS, FileInfo, LineContext, previews, spill
 from jobvault.sources.base import Accumulator
 from jobvault.store.archive import FileRow, iter_archived_objects, iter_chunks
-from jobvault.store.writer import Chunk
+from jobvault.store.increments import Row
+from jobvault.store.writer import Chunk, key_rows
 
 MIN_COLD_BYTES = 4 * 1024 * 1024  # less cold work than this is read in the engine itself
 UNIT_BYTES = 2 * 1024 * 1024  # bytes of transcripts per unit sent to a worker
@@ -79,7 +80,7 @@ class SessionResult:
     key: str
     source: str
     detail: JobDetail | None
-    candidates: list[tuple[str, UsageCandidate]]
+    candidates: list[tuple[str, Row]]  # (`key_rows`)
     fault: tuple[str, str] | None = None  # (reason, detail): quarantine it
 
 
@@ -307,7 +308,7 @@ def run_unit(task: UnitTask) -> UnitResult:
             detail = acc.build(finalized=True, machine_id=_setup.machine_id)
             # Tool calls may be a lazy view of a scratch file: materialize them to travel.
             detail = replace(detail, tool_calls=list(detail.tool_calls))
-            candidates = list(acc.usage_candidates())
+            candidates = list(key_rows(acc.usage_candidates()))
         except Exception as exc:
             reason = "the adapter failed building the record"
             sessions.append(SessionResult(key, source, None, [], (reason, repr(exc)[:2000])))

@@ -25,7 +25,7 @@ from jobvault.records import JobDetail, JobRecord
 from jobvault.sources import ADAPTERS
 from jobvault.sources.base import Accumulator
 from jobvault.store.increments import Row, Written
-from jobvault.store.writer import BadLine, Batch, FaultRow, Store
+from jobvault.store.writer import BadLine, Batch, FaultRow, Store, key_rows
 
 log = structlog.get_logger("jobvault.engine")
 
@@ -200,7 +200,7 @@ class RoundWriter:
             if changes is not None:
                 return self.store.settle_changes(job.key, changes, known)
         known = {} if live else None
-        affected = self.store.settle_usage(job.key, acc.usage_candidates(), known)
+        affected = self.store.settle_usage(job.key, key_rows(acc.usage_candidates()), known)
         if known is not None:
             self.settled[job.key], self.settled_by[job.key] = known, acc
         else:

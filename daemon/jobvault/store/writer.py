@@ -151,12 +151,19 @@ _UPSERT_KEY = (
 
 
 def _recording(
-    candidates: Iterable[tuple[str, UsageCandidate]], into: dict[str, tuple[Any, ...]]
-) -> Iterator[tuple[str, UsageCandidate]]:
-    """The candidates, each also noted (as its stored row) in `into`."""
+    rows: Iterable[tuple[str, Row]], into: dict[str, tuple[Any, ...]]
+) -> Iterator[tuple[str, Row]]:
+    """The rows, each also noted in `into`."""
+    for key, row in rows:
+        into[key] = row
+        yield key, row
+
+
+def key_rows(candidates: Iterable[tuple[str, UsageCandidate]]) -> Iterator[tuple[str, Row]]:
+    """Message copies as (key, their `usage_keys` columns): what `settle_usage` takes. A
+    worker sends these (plain tuples unpickle in C; a dataclass per message did not)."""
     for key, candidate in candidates:
-        into[key] = _key_row(candidate)
-        yield key, candidate
+        yield key, _key_row(candidate)
 
 
 def _key_row(c: UsageCandidate) -> tuple[Any, ...]:
@@ -824,12 +831,12 @@ class Store:
     def settle_usage(
         self,
         session: str,
-        candidates: Iterable[tuple[str, UsageCandidate]],
+        candidates: Iterable[tuple[str, Row]],
         known: dict[str, Row] | None = None,
     ) -> set[str]:
         """Record a job's best message copies; return the other jobs affected.
 
-        `candidates` come in key order and are merged with the stored ones a slice at a
+        `candidates` (`key_rows`) come in key order and are merged with the stored ones a slice at a
         time, so a session of any length is settled in bounded memory. Other jobs sharing a
         key whose copy changed here must be recomputed: the winner of that key may have
         moved. Which keys a job loses is asked afterwards (`lost_keys`), for a whole round.
@@ -840,7 +847,7 @@ class Store:
         """
         affected: set[str] = set()
         if known:  # the stored rows are these: diff in memory
-            new = {k: _key_row(c) for k, c in candidates}
+            new = dict(candidates)
             changed = [k for k, v in new.items() if known.get(k) != v]
             removed = [k for k in known if k not in new]
             with self._transaction():
@@ -856,7 +863,7 @@ class Store:
             low: str | None = None  # the slices cover (low, high] in key order
             for part in _slices(candidates, SETTLE_SLICE):
                 high = part[-1][0]
-                new = {k: _key_row(c) for k, c in part}
+                new = dict(part)
                 old = {
                     r[0]: tuple(r[1:])
                     for r in self.conn.execute(
