@@ -208,3 +208,18 @@ async def test_lost_events_rescan_every_root_and_keep_rescans_frequent(tmp_path:
         assert rescan_every(config, None) == 30.0
     finally:
         hints.watcher.stop()
+
+
+@pytest.mark.skipif("inotify" not in KINDS, reason="inotify is Linux's")
+async def test_a_file_given_as_a_root_keeps_rescans_as_configured(tmp_path: Path) -> None:
+    """Only directories are watched: a transcript given itself as a root is seen by the
+    rescans, which then stay at `rescan_interval`."""
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"{}\n")
+    hints = Hints("inotify", tmp_path / "missing")  # (not there yet: nothing to say)
+    try:
+        assert hints.watcher.healthy
+        assert not hints.watcher.refresh([path])
+        assert not hints.watcher.healthy
+    finally:
+        hints.watcher.stop()

@@ -186,7 +186,11 @@ class InotifyWatcher:
         added = False
         for root in roots:
             key = os.path.abspath(str(root))
-            if key in self._watched or not os.path.isdir(key):
+            if key in self._watched:
+                continue
+            if not os.path.isdir(key):
+                if os.path.lexists(key):  # a file given as a root: only rescans look at it
+                    self.healthy = False
                 continue
             wd = self._watch(key, follow=True)  # (a root may itself be a link)
             if wd is None:
