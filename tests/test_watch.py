@@ -25,6 +25,7 @@ class Hints:
     """What a watcher of `root` tells the loop."""
 
     def __init__(self, kind: str, root: Path) -> None:
+        self.kind = kind
         self.seen: list[str] = []
         self.watcher: Watching = open_watcher(asyncio.get_running_loop(), self.seen.append, kind)
         self.root = root
@@ -84,6 +85,9 @@ async def test_reading_a_file_wakes_nothing_and_writing_it_does(hints: Hints) ->
     # A new directory (a session's subagents/) is rescanned whole: a sentinel hint.
     sentinel = str(project / "s") + "/"
     assert sentinel in await hints.of(lambda: (project / "s").mkdir(), sentinel)
+    # A chmod (a file made readable, say) is a hint too; on Linux, where the kernel is asked.
+    if hints.kind == "inotify":
+        assert str(path) in await hints.of(lambda: path.chmod(0o600), str(path))
     # Other files are no hint: only transcripts (plain or compressed) are read.
     assert await hints.of(_append(project / "notes.txt")) == set()
     assert await hints.of(_append(project / "r.jsonl.zst", b"x"), str(project / "r.jsonl.zst"))

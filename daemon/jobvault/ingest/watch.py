@@ -168,10 +168,13 @@ class InotifyWatcher:
         self._ino = inotify_simple.INotify(nonblocking=True)
         self._dirs: dict[int, str] = {}  # watch descriptor -> the directory it watches
         self._watched: dict[str, int] = {}  # root -> its watch descriptor
+        # ATTRIB too (a chmod, never a read): a file or directory made readable is read at
+        # once rather than at the next full rescan.
         self._mask = int(
             flags.CREATE | flags.MODIFY | flags.MOVED_FROM | flags.MOVED_TO | flags.DELETE
-            | flags.MOVE_SELF | flags.ONLYDIR
+            | flags.ATTRIB | flags.MOVE_SELF | flags.ONLYDIR
         )  # fmt: skip
+        self._attrib = int(flags.ATTRIB)
         self._moved_self = int(flags.MOVE_SELF)
         self._warned = False
         self.healthy = True  # until a directory cannot be watched or events are lost
@@ -284,6 +287,10 @@ class InotifyWatcher:
                 elif mask & self._arrived and self._watch(path) is not None:
                     self._watch_below(path)
                     self._notify(path + os.sep)  # (files may be in it already)
+                elif mask & self._attrib:  # (made listable, say: what it holds is scanned)
+                    if self._watch(path) is not None:
+                        self._watch_below(path)
+                    self._notify(path + os.sep)
                 continue
             if _wanted(path):
                 self._notify(path)
