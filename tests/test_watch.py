@@ -31,6 +31,12 @@ class Hints:
         self.root = root
         self.watcher.refresh([root])
 
+    async def __aenter__(self) -> Hints:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.watcher.stop()
+
     async def of(self, action: Callable[[], object], *want: str) -> set[str]:
         """The hints `action` causes: within 0.5 s, or until every path in `want` came (up
         to 10 s: watchdog holds a rename back to pair its two halves, longer under load)."""
@@ -48,11 +54,8 @@ class Hints:
 async def hints(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Hints]:
     root = tmp_path / "w"
     root.mkdir()
-    watched = Hints(request.param, root)
-    try:
+    async with Hints(request.param, root) as watched:
         yield watched
-    finally:
-        watched.watcher.stop()
 
 
 def _append(path: Path, data: bytes = b'{"a": 2}\n') -> Callable[[], None]:
@@ -100,11 +103,8 @@ async def test_directories_made_or_moved_in_are_watched_at_once(tmp_path: Path) 
     nested `mkdir -p` can end its inotify thread with "Callback ... already exists", 7.1.0,
     after which it sees nothing; the rescans found those files.)"""
     (tmp_path / "w").mkdir()
-    hints = Hints("inotify", tmp_path / "w")
-    try:
+    async with Hints("inotify", tmp_path / "w") as hints:
         await _made_or_moved_in(hints)
-    finally:
-        hints.watcher.stop()
 
 
 async def _made_or_moved_in(hints: Hints) -> None:
@@ -133,14 +133,11 @@ async def test_a_link_to_a_directory_is_not_followed(tmp_path: Path) -> None:
     (real / "-p" / "linked").symlink_to(outside)
     root = tmp_path / "root-link"
     root.symlink_to(real)
-    watched = Hints("inotify" if "inotify" in KINDS else "watchdog", root)
-    try:
+    async with Hints("inotify" if "inotify" in KINDS else "watchdog", root) as watched:
         beyond = outside / "s.jsonl"
         assert await watched.of(_append(beyond)) == set()
         inside = root / "-p" / "s.jsonl"
         assert str(inside) in await watched.of(_append(inside), str(inside))
-    finally:
-        watched.watcher.stop()
 
 
 @pytest.mark.skipif("inotify" not in KINDS, reason="inotify is Linux's")
@@ -149,8 +146,7 @@ async def test_a_root_removed_and_made_again_is_watched_again(tmp_path: Path) ->
     (every rescan) watches the new directory of that name."""
     root = tmp_path / "w"
     (root / "-p").mkdir(parents=True)
-    watched = Hints("inotify", root)
-    try:
+    async with Hints("inotify", root) as watched:
         assert isinstance(watched.watcher, InotifyWatcher)
         await watched.of(lambda: shutil.rmtree(root))
         (root / "-p").mkdir(parents=True)
@@ -163,8 +159,6 @@ async def test_a_root_removed_and_made_again_is_watched_again(tmp_path: Path) ->
         watched.watcher.refresh([root])
         assert await watched.of(_append(moved / "-p" / "s.jsonl")) == set()
         assert str(path) in await watched.of(_append(path), str(path))
-    finally:
-        watched.watcher.stop()
 
 
 @pytest.mark.skipif("inotify" not in KINDS, reason="inotify is Linux's")
@@ -172,14 +166,11 @@ async def test_retain_stops_watching_a_root_no_longer_configured(tmp_path: Path)
     one, two = tmp_path / "one", tmp_path / "two"
     for root in (one, two):
         (root / "-p").mkdir(parents=True)
-    watched = Hints("inotify", one)
-    try:
+    async with Hints("inotify", one) as watched:
         watched.watcher.retain([two])
         assert await watched.of(_append(one / "-p" / "s.jsonl")) == set()
         path = two / "-p" / "s.jsonl"
         assert str(path) in await watched.of(_append(path), str(path))
-    finally:
-        watched.watcher.stop()
 
 
 @pytest.mark.skipif("inotify" not in KINDS, reason="inotify is Linux's")
@@ -192,9 +183,8 @@ async def test_lost_events_rescan_every_root_and_keep_rescans_frequent(tmp_path:
 
     root = tmp_path / "w"
     (root / "-p").mkdir(parents=True)
-    hints = Hints("inotify", root)
     config = Config(watch=(root,), db=tmp_path / "v" / "j.db", rescan_interval=30.0)
-    try:
+    async with Hints("inotify", root) as hints:
         assert hints.watcher.healthy
         assert rescan_every(config, hints.watcher) == 30.0 * HEALTHY_RESCAN_FACTOR
         limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
@@ -210,8 +200,6 @@ async def test_lost_events_rescan_every_root_and_keep_rescans_frequent(tmp_path:
         assert not hints.watcher.healthy
         assert rescan_every(config, hints.watcher) == 30.0
         assert rescan_every(config, None) == 30.0
-    finally:
-        hints.watcher.stop()
 
 
 @pytest.mark.skipif("inotify" not in KINDS, reason="inotify is Linux's")
@@ -220,10 +208,7 @@ async def test_a_file_given_as_a_root_keeps_rescans_as_configured(tmp_path: Path
     rescans, which then stay at `rescan_interval`."""
     path = tmp_path / "s.jsonl"
     path.write_bytes(b"{}\n")
-    hints = Hints("inotify", tmp_path / "missing")  # (not there yet: nothing to say)
-    try:
+    async with Hints("inotify", tmp_path / "missing") as hints:  # (not there yet: nothing)
         assert hints.watcher.healthy
         assert not hints.watcher.refresh([path])
         assert not hints.watcher.healthy
-    finally:
-        hints.watcher.stop()
