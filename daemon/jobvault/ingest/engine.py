@@ -446,7 +446,7 @@ class Engine:
 
     def flush(self) -> None:
         """Write every job whose record changed since it was last written."""
-        self.writer.commit(Round(force_write={k for k, j in self.book.jobs.items() if j.dirty}))
+        self.writer.commit(Round(force_write={k for k, j in self.book.jobs.items() if j.pending}))
 
     def write_pending(self) -> float | None:
         """Write the records that were held back by the write interval.
@@ -455,8 +455,8 @@ class Engine:
         daemon wakes up for it instead of at its next rescan.
         """
         now = time.monotonic()
-        dirty = [k for k, j in self.book.jobs.items() if j.dirty]
-        due = self.book.due(dirty, now)
+        pending = [k for k, j in self.book.jobs.items() if j.pending]
+        due = self.book.due(pending, now)
         if due:
             self.writer.commit(Round(force_write={j.key for j in due}))
         return self.book.next_due(time.monotonic())

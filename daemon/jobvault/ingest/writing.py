@@ -89,7 +89,8 @@ class RoundWriter:
         try:
             with self.store.transaction():
                 self.store.write_batch(rnd.batch)
-                written = self._records(due, rnd)
+                defer = set() if rnd.force_write else book.defer_text(due, now)
+                written = self._records(due, rnd, defer)
         except StoreError as exc:
             self._rollback(rnd)
             self.stats.fault = str(exc)
@@ -108,18 +109,22 @@ class RoundWriter:
         for detail, finalized in written:
             job = book.jobs.get(detail.record.session_id)
             if job is not None:
-                book.written(job, now)
+                state = self.written.get(job.key)
+                book.written(job, now, text_stale=state is not None and state.text_stale)
                 if job.finalized:
                     book.drop(job.key)  # final: rebuilt from the archive if resumed
             if self.on_record is not None and not detail.empty:  # (no job: nothing to tell)
                 self.on_record(detail.record, finalized)
         for job in due:  # quarantined or refused: not dirty any more either way
             if job.key in book.quarantined:
-                job.dirty = False
+                job.dirty = job.text_pending = False
 
-    def _records(self, due: list[Job], rnd: Round) -> list[tuple[JobDetail, bool]]:
+    def _records(
+        self, due: list[Job], rnd: Round, defer_text: set[str]
+    ) -> list[tuple[JobDetail, bool]]:
         """Settle the due sessions' duplicates, then build and write their records and those
-        of the other sessions whose share of a duplicated message moved."""
+        of the other sessions whose share of a duplicated message moved (the live ones in
+        `defer_text` keep their indexed search text, `SessionBook.defer_text`)."""
         store, book = self.store, self.book
         affected: set[str] = set()
         ready: list[Job] = []
@@ -180,7 +185,7 @@ class RoundWriter:
                 book.drop(key)
             else:
                 details.append((prebuilt, True))
-        for refused, error in store.write_jobs(details, self.written):
+        for refused, error in store.write_jobs(details, self.written, defer_text):
             book.quarantine(refused.record.session_id, "the database refused the record", error)
             details = [(d, f) for d, f in details if d is not refused]
         batch = Batch()

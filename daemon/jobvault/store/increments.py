@@ -10,6 +10,10 @@ other child tables and the search document only when they differ, and the daily 
 the usage rows' deltas. The database ends up exactly as a whole rewrite leaves it (tested).
 
 A job written for the first time in this process, or final, is written whole.
+
+Re-indexing the text is the dearest part of a live job's write (FTS5 deletes and tokenizes the
+whole document again, up to its 32 KB cap), so the caller may hold it back (`defer_text`): the
+rest is written, and the state remembers the text as stale until a later write indexes it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class Written:
     files: int = 0
     rates: int = 0
     text: int = 0
+    text_stale: bool = False  # the indexed text is older than the record (held back)
+    job: Row = ()  # the job row as written
     usage: dict[tuple[str, str], Row] = field(default_factory=dict)  # (hour, model) -> values
 
 
@@ -77,21 +83,27 @@ def write_changes(
     detail: JobDetail,
     prev: Written,
     *,
-    upsert_job: Callable[[], object],
+    job_row: Row,
+    update_job: Callable[[Row, Row], object],
     children: Callable[
         [JobDetail], tuple[list[Row], list[Row], list[Row], dict[tuple[str, str], Row]]
     ],
     insert: dict[str, str],
     daily: Callable[[str, dict[tuple[str, str], list[Any]]], None],
     hourly: Callable[[str, dict[tuple[str, str], list[Any]]], None] | None = None,
+    defer_text: bool = False,
 ) -> Written:
-    """Write what differs from `prev`; return the new state. The caller gives the SQL.
+    """Write what differs from `prev`; return the new state. The caller gives the SQL, and
+    `update_job(job_row, prev.job)` writes the job row (by the columns that changed: an UPDATE
+    naming a column rewrites every index on it).
 
     `daily` gets the usage deltas per (day, model); `hourly` those per (hour, model) of the
     rows written (`usage_hourly_delete`, a trigger of m005_read_side, subtracts a row deleted).
+    With `defer_text`, a changed text is not indexed: the state keeps the old text's hash and
+    says `text_stale`.
     """
     rec = detail.record
-    upsert_job()
+    update_job(job_row, prev.job)
     tools = tool_rows(detail)
     hashes = [hash(r) for r in tools]
     first = 0
@@ -139,14 +151,20 @@ def write_changes(
     if hours and hourly is not None:
         hourly(rec.source, hours)
     text = text_of(detail)
-    if hash(text) != prev.text:
-        conn.execute(
-            "DELETE FROM search_fts WHERE rowid IN (SELECT id FROM search_docs WHERE job_id = ?)",
-            (rec.id,),
-        )
-        conn.execute(
-            "INSERT INTO search_fts (rowid, title, prompt, summary, body) "
-            "SELECT id, ?, ?, ?, ? FROM search_docs WHERE job_id = ?",
-            (*text, rec.id),
-        )
-    return state_of(detail, tools, subagents, files, rates, usage)
+    state = state_of(detail, tools, subagents, files, rates, usage)
+    state.job = job_row
+    if state.text == prev.text:
+        return state
+    if defer_text:
+        state.text, state.text_stale = prev.text, True
+        return state
+    conn.execute(
+        "DELETE FROM search_fts WHERE rowid IN (SELECT id FROM search_docs WHERE job_id = ?)",
+        (rec.id,),
+    )
+    conn.execute(
+        "INSERT INTO search_fts (rowid, title, prompt, summary, body) "
+        "SELECT id, ?, ?, ?, ? FROM search_docs WHERE job_id = ?",
+        (*text, rec.id),
+    )
+    return state

@@ -8,9 +8,10 @@ after a crash a file is re-read exactly from where its archived bytes end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,13 +92,20 @@ _INSERT = {
     "used_percent, window_minutes, resets_at) VALUES (?,?,?,?,?,?)",
 }
 # The job row updated in place (its children, kept, are rewritten by what changed).
+_JOB_COLUMN_NAMES = _JOB_COLUMNS.replace(" ", "").split(",")
+_UPDATED_AT = _JOB_COLUMN_NAMES.index("updated_at")
 _UPSERT_JOB = (
     _INSERT["jobs"]
     + " ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = excluded.{c}" for c in _JOB_COLUMNS.replace(" ", "").split(",") if c != "id"
-    )
+    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMN_NAMES if c != "id")
 )
+
+
+@functools.cache
+def _update_job_sql(columns: tuple[int, ...]) -> str:
+    """An UPDATE of the job row's columns at these positions of `_JOB_COLUMNS`."""
+    sets = ", ".join(f"{_JOB_COLUMN_NAMES[i]} = ?" for i in columns)
+    return f"UPDATE jobs SET {sets} WHERE id = ?"
 
 
 def _usage_row(job_id: str, u: UsageRow) -> Row:
@@ -585,12 +593,15 @@ class Store:
         self,
         jobs: Iterable[tuple[JobDetail, bool]],
         states: dict[str, Written] | None = None,
+        defer_text: Container[str] = (),
     ) -> list[tuple[JobDetail, Exception]]:
         """Write job records; return those the database refused, with the reason.
 
         With `states` (what was last written of each live job, kept by the caller), a job
         still active is written by what changed since (`increments.py`) and its new state
-        kept; a final one is written whole and its state dropped.
+        kept; a final one is written whole and its state dropped. The live (not final) jobs
+        whose session is in `defer_text` keep their indexed text if it changed (their state says
+        `text_stale`; a later write indexes it).
 
         Each record is written under a savepoint of its own, so a refused one (a value out of
         the database's range, a constraint) alone is rolled back and reported, and one
@@ -610,7 +621,7 @@ class Store:
                     self.conn.execute("SAVEPOINT job")
                     pending = len(self._documents)
                     try:
-                        self._write_job(detail, finalized, now, states)
+                        self._write_job(detail, finalized, now, states, defer_text)
                     except (sqlite3.OperationalError, sqlite3.InternalError):
                         raise
                     except _REFUSED as exc:
@@ -643,6 +654,23 @@ class Store:
                     log.warning("search_document_refused", doc_id=doc[0], error=str(exc))
                     self.conn.execute(_INSERT_DOCUMENT, (doc[0], *map(_scrubbed, doc[1:])))
         self.conn.execute("RELEASE documents")
+
+    def _update_job(self, row: Row, before: Row) -> None:
+        """Write a live job's row: only the columns that differ from `before` (its row as last
+        written here), so an appended line does not rewrite the indexes of its start, project
+        or session (nine indexes: a page each, a third of a live commit's pages). A row that
+        would only get a newer `updated_at` is left alone (nor is it a change to sync); a
+        row no longer there (or none known) is inserted whole."""
+        if len(before) == len(row) and before[0] == row[0]:
+            changed = tuple(i for i in range(1, len(row)) if row[i] != before[i])
+            if changed in ((), (_UPDATED_AT,)):  # the same record: left as it is
+                return
+            cursor = self.conn.execute(
+                _update_job_sql(changed), (*(row[i] for i in changed), row[0])
+            )
+            if cursor.rowcount == 1:
+                return
+        self.conn.execute(_UPSERT_JOB, row)
 
     def _job_row(self, detail: JobDetail, finalized: bool, now: str) -> tuple[Any, ...]:
         rec = detail.record
@@ -685,16 +713,17 @@ class Store:
         finalized: bool,
         now: str,
         states: dict[str, Written] | None = None,
+        defer_text: Container[str] = (),
     ) -> None:
         rec = detail.record
         prev = states.pop(rec.session_id, None) if states is not None else None
         if prev is not None and not detail.empty:
-            job_row = self._job_row(detail, finalized, now)
             state = write_changes(
                 self.conn, detail, prev,
-                upsert_job=lambda: self.conn.execute(_UPSERT_JOB, job_row),
+                job_row=self._job_row(detail, finalized, now), update_job=self._update_job,
                 children=self._children, insert=_INSERT, daily=self._daily_deltas,
                 hourly=self._hourly_deltas,
+                defer_text=not finalized and rec.session_id in defer_text,
             )  # fmt: skip
             if not finalized and states is not None:
                 states[rec.session_id] = state
@@ -713,7 +742,8 @@ class Store:
             "DELETE FROM empty_sessions WHERE source = ? AND session_id = ?",
             (rec.source, rec.session_id),
         )
-        self.conn.execute(_INSERT["jobs"], self._job_row(detail, finalized, now))
+        job_row = self._job_row(detail, finalized, now)
+        self.conn.execute(_INSERT["jobs"], job_row)
         keep = not finalized and states is not None
         tools = tool_rows(detail) if keep else None
         self.conn.executemany(
@@ -734,7 +764,8 @@ class Store:
         self._index_job(detail)
         if keep:
             assert states is not None and tools is not None
-            states[rec.session_id] = state_of(detail, tools, subagents, files, rates, usage)
+            state = states[rec.session_id] = state_of(detail, tools, subagents, files, rates, usage)
+            state.job = job_row
 
     def _daily_deltas(self, source: str, deltas: dict[tuple[str, str], list[Any]]) -> None:
         """Add the changes of a job's usage to the daily metrics (`increments.py`)."""
