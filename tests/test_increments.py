@@ -133,52 +133,68 @@ def test_live_records_written_by_difference_equal_whole_rewrites(tmp_path: Path)
     assert diff == whole
 
 
+class _Live:
+    """One live session read by an engine that writes every record at once."""
+
+    def __init__(self, tmp_path: Path, lines: int) -> None:
+        root = tmp_path / "projects"
+        (root / "-p").mkdir(parents=True)
+        self.root, self.path = root, root / "-p" / f"{SESSION}.jsonl"
+        self.path.write_bytes(b"".join(session_lines(lines)))
+        self.db = tmp_path / "v" / "jobvault.db"
+        self.store = Store(open_writer(self.db))
+        self.engine = Engine(Config(watch=(root,), db=self.db), self.store, job_write_interval=0)
+        self.engine.rescan([root])  # first written whole, its text with it
+
+    def append(self, msg_id: str, second: int, text: str, *, flush: bool = True) -> None:
+        with self.path.open("ab") as fh:
+            fh.write(dumps(assistant(msg_id, second, out=3, text=text)))
+        self.engine.rescan([self.root])
+        if flush:
+            self.engine.flush()
+
+    def traced(self, msg_id: str, second: int, text: str) -> list[str]:
+        """The statements an appended answer's round runs (flushed)."""
+        changes: list[str] = []
+        self.store.conn.set_trace_callback(changes.append)
+        try:
+            self.append(msg_id, second, text)
+        finally:
+            self.store.conn.set_trace_callback(None)
+        return changes
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.db)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def found(self, word: str) -> list[str]:
+        return [r[0] for r in self.rows(
+            "SELECT d.job_id FROM search_fts f JOIN search_docs d ON d.id = f.rowid "
+            "WHERE search_fts MATCH ?", word,
+        )]  # fmt: skip
+
+    def messages(self) -> int:
+        return int(self.rows("SELECT message_count FROM jobs")[0][0])
+
+    def close(self) -> None:
+        self.engine.close()
+        self.store.close()
+
+
 @pytest.mark.parametrize("lines", [50, 400])
 def test_a_live_write_touches_only_what_changed(tmp_path: Path, lines: int) -> None:
     """Appending one answer to a long live session rewrites its row, not its tool calls."""
-    root = tmp_path / "projects"
-    (root / "-p").mkdir(parents=True)
-    path = root / "-p" / f"{SESSION}.jsonl"
-    path.write_bytes(b"".join(session_lines(lines)))
-    db = tmp_path / "v" / "jobvault.db"
-    store = Store(open_writer(db))
-    engine = Engine(Config(watch=(root,), db=db), store, job_write_interval=0)
-    engine.rescan([root])
-    engine.flush()
-    changes: list[str] = []
-    store.conn.set_trace_callback(changes.append)
-    with path.open("ab") as fh:
-        fh.write(dumps(assistant("msg_tail", 9000, out=3, text="one more answer")))
-    engine.rescan([root])
-    engine.flush()
-    store.conn.set_trace_callback(None)
+    live = _Live(tmp_path, lines)
+    live.engine.flush()
+    changes = live.traced("msg_tail", 9000, "one more answer")
     inserts = [s for s in changes if s.lstrip().upper().startswith("INSERT INTO TOOL_CALLS")]
     deletes = [s for s in changes if "DELETE FROM jobs" in s]
     assert not deletes, "the job row is updated in place"
     assert not inserts, "no tool call changed, none was written"
-    engine.close()
-    store.close()
-
-
-def _found(db: Path, word: str) -> list[str]:
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT d.job_id FROM search_fts f JOIN search_docs d ON d.id = f.rowid "
-            "WHERE search_fts MATCH ?",
-            (word,),
-        ).fetchall()
-    finally:
-        conn.close()
-    return [r[0] for r in rows]
-
-
-def _messages(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("SELECT message_count FROM jobs").fetchone()[0])
-    finally:
-        conn.close()
+    live.close()
 
 
 def test_a_live_sessions_search_text_is_paced_and_catches_up_without_new_lines(
@@ -186,71 +202,42 @@ def test_a_live_sessions_search_text_is_paced_and_catches_up_without_new_lines(
 ) -> None:
     """The record follows every line; the indexed text at most every SEARCH_PACE seconds,
     and a text held back is indexed when its pace is up (no further line needed) or at a
-    flush, leaving the tables as a whole rewrite would."""
+    flush."""
     monkeypatch.setattr("jobvault.ingest.book.SEARCH_PACE", 0.5)
-    root = tmp_path / "projects"
-    (root / "-p").mkdir(parents=True)
-    path = root / "-p" / f"{SESSION}.jsonl"
-    path.write_bytes(b"".join(session_lines(3)))
-    db = tmp_path / "v" / "jobvault.db"
-    store = Store(open_writer(db))
-    engine = Engine(Config(watch=(root,), db=db), store, job_write_interval=0)
-    engine.rescan([root])  # first written whole, its text with it
-    before = _messages(db)
-    assert _found(db, "prompt") == [f"claude:{SESSION}"]
-    with path.open("ab") as fh:
-        fh.write(dumps(assistant("msg_z", 500, out=3, text="zebracrossing")))
-    engine.rescan([root])
-    assert _messages(db) == before + 1, "the record follows the line at once"
-    assert _found(db, "zebracrossing") == [], "its text waits for the pace"
-    wait = engine.write_pending()
+    live = _Live(tmp_path, 3)
+    job = f"claude:{SESSION}"
+    before = live.messages()
+    assert live.found("prompt") == [job]
+    live.append("msg_z", 500, "zebracrossing", flush=False)
+    assert live.messages() == before + 1, "the record follows the line at once"
+    assert live.found("zebracrossing") == [], "its text waits for the pace"
+    wait = live.engine.write_pending()
     assert wait is not None and 0 < wait <= 0.5, "the daemon is told when the text is due"
     time.sleep(wait + 0.05)
-    assert engine.write_pending() is None, "nothing waits once the text is indexed"
-    assert _found(db, "zebracrossing") == [f"claude:{SESSION}"]
+    assert live.engine.write_pending() is None, "nothing waits once the text is indexed"
+    assert live.found("zebracrossing") == [job]
     # Held back again, then flushed (as at shutdown): indexed at once.
-    with path.open("ab") as fh:
-        fh.write(dumps(assistant("msg_y", 501, out=3, text="yellowsubmarine")))
-    engine.rescan([root])
-    assert _found(db, "yellowsubmarine") == []
-    engine.flush()
-    assert _found(db, "yellowsubmarine") == [f"claude:{SESSION}"]
-    engine.close()
-    store.close()
+    live.append("msg_y", 501, "yellowsubmarine", flush=False)
+    assert live.found("yellowsubmarine") == []
+    live.engine.flush()
+    assert live.found("yellowsubmarine") == [job]
+    live.close()
 
 
 def test_a_live_write_updates_only_the_job_columns_that_changed(tmp_path: Path) -> None:
     """An appended line's UPDATE names neither the start, the project nor the session (each
     named column rewrites its indexes); a job row deleted meanwhile is inserted again."""
-    root = tmp_path / "projects"
-    (root / "-p").mkdir(parents=True)
-    path = root / "-p" / f"{SESSION}.jsonl"
-    path.write_bytes(b"".join(session_lines(3)))
-    db = tmp_path / "v" / "jobvault.db"
-    store = Store(open_writer(db))
-    engine = Engine(Config(watch=(root,), db=db), store, job_write_interval=0)
-    engine.rescan([root])
-    engine.flush()
-    changes: list[str] = []
-    store.conn.set_trace_callback(changes.append)
-    with path.open("ab") as fh:
-        fh.write(dumps(assistant("msg_tail", 9000, out=3, text="one more answer")))
-    engine.rescan([root])
-    engine.flush()
-    store.conn.set_trace_callback(None)
+    live = _Live(tmp_path, 3)
+    live.engine.flush()
+    changes = live.traced("msg_tail", 9000, "one more answer")
     updates = [s for s in changes if s.lstrip().upper().startswith("UPDATE JOBS SET")]
-    assert updates, changes
     for column in ("started_at", "project", "session_id", "source"):
         assert all(f"{column} =" not in s for s in updates), (column, updates)
     # (one statement: the trace repeats it for each trigger it fires)
     assert len(set(updates)) == 1 and "message_count =" in updates[0], updates
-    messages = _messages(db)
-    store.conn.execute("DELETE FROM jobs")  # (gone under the writer: not kept by its state)
-    store.conn.commit()
-    with path.open("ab") as fh:
-        fh.write(dumps(assistant("msg_tail2", 9001, out=3, text="and another")))
-    engine.rescan([root])
-    engine.flush()
-    assert _messages(db) == messages + 1
-    engine.close()
-    store.close()
+    messages = live.messages()
+    live.store.conn.execute("DELETE FROM jobs")  # (gone under the writer: not in its state)
+    live.store.conn.commit()
+    live.append("msg_tail2", 9001, "and another")
+    assert live.messages() == messages + 1
+    live.close()
