@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jobvault import config as config_mod
+from jobvault.cli.team import TEAM_REPORTS  # (the commands `--team` answers)
 from jobvault.config import Config
 from jobvault.errors import ExitCode, JobvaultError, NotFoundError, UsageError
 
@@ -25,7 +26,6 @@ TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/arch
 if TYPE_CHECKING:
     from typing import Any
 
-TEAM_REPORTS = ("jobs", "stats")  # the commands `--team` answers (cli/team.py)
 ORDER_NAMES = {"started": "started_at", "ended": "ended_at", "cost": "cost_usd",
                "duration": "duration_ms"}  # fmt: skip
 STATUSES = ("active", "completed", "interrupted", "error")

@@ -18,7 +18,7 @@ TYPE_CHECKING = False  # typing stays out of the read commands' start (docs/arch
 if TYPE_CHECKING:
     from typing import Any
 
-TEAM_REPORTS = ("stats", "jobs")
+TEAM_REPORTS = ("stats", "jobs")  # the commands `--team` answers (also read by cli/app.py)
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
