@@ -421,6 +421,8 @@ class Engine:
         if closing:
             self.store.close_records(closing)
             for key in closing:
+                # Its row changed outside the writer's state: never diffed against again.
+                self.writer.written.pop(key, None)
                 job = self.book.jobs.get(key)
                 if job is not None:
                     job.finalized = True
