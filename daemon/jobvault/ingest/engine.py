@@ -447,8 +447,10 @@ class Engine:
         self._close_quarantined(keys)
 
     def flush(self) -> None:
-        """Write every job whose record changed since it was last written."""
-        self.writer.commit(Round(force_write={k for k, j in self.book.jobs.items() if j.pending}))
+        """Write every job whose record changed since it was last written, and every search
+        text held back by its pace."""
+        pending = {k for k, j in self.book.jobs.items() if j.pending}
+        self.writer.commit(Round(force_write=pending, flush=True))
 
     def write_pending(self) -> float | None:
         """Write the records that were held back by the write interval.

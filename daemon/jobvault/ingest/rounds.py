@@ -88,6 +88,7 @@ class Round:
     invalidated: set[str] = field(default_factory=set)
     finalize: set[str] = field(default_factory=set)  # sessions finalized in this round
     force_write: set[str] = field(default_factory=set)
+    flush: bool = False  # their held-back search texts too (`Engine.flush`: shutdown)
     skips: list[Skip] = field(default_factory=list)
     deferred: list[BadLine] = field(default_factory=list)  # tails of deleted files
     # Sessions read and built by a worker process: (detail, candidates), final.

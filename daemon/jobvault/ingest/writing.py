@@ -89,7 +89,8 @@ class RoundWriter:
         try:
             with self.store.transaction():
                 self.store.write_batch(rnd.batch)
-                defer = set() if rnd.force_write else book.defer_text(due, now)
+                # (records held back by their interval keep the text's pace too)
+                defer = set() if rnd.flush else book.defer_text(due, now)
                 written = self._records(due, rnd, defer)
         except StoreError as exc:
             self._rollback(rnd)
