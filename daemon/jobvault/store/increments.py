@@ -66,6 +66,7 @@ def state_of(
     files: Sequence[Row],
     rates: Sequence[Row],
     usage: dict[tuple[str, str], Row],
+    job: Row,
 ) -> Written:
     return Written(
         tools=[hash(r) for r in tools],
@@ -75,6 +76,7 @@ def state_of(
         rates=hash(tuple(rates)),
         text=hash(text_of(detail)),
         usage=dict(usage),
+        job=job,
     )
 
 
@@ -150,9 +152,7 @@ def write_changes(
         daily(rec.source, deltas)
     if hours and hourly is not None:
         hourly(rec.source, hours)
-    text = text_of(detail)
-    state = state_of(detail, tools, subagents, files, rates, usage)
-    state.job = job_row
+    state = state_of(detail, tools, subagents, files, rates, usage, job_row)
     if state.text == prev.text:
         return state
     if defer_text:
@@ -165,6 +165,6 @@ def write_changes(
     conn.execute(
         "INSERT INTO search_fts (rowid, title, prompt, summary, body) "
         "SELECT id, ?, ?, ?, ? FROM search_docs WHERE job_id = ?",
-        (*text, rec.id),
+        (*text_of(detail), rec.id),
     )
     return state

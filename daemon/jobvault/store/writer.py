@@ -764,8 +764,9 @@ class Store:
         self._index_job(detail)
         if keep:
             assert states is not None and tools is not None
-            state = states[rec.session_id] = state_of(detail, tools, subagents, files, rates, usage)
-            state.job = job_row
+            states[rec.session_id] = state_of(
+                detail, tools, subagents, files, rates, usage, job_row
+            )
 
     def _daily_deltas(self, source: str, deltas: dict[tuple[str, str], list[Any]]) -> None:
         """Add the changes of a job's usage to the daily metrics (`increments.py`)."""
