@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jobvault import config as config_mod
@@ -171,6 +171,10 @@ def test_values_sent_as_times_and_keys() -> None:
     glob=st.text(alphabet="abc*?[]^/.\\-", min_size=0, max_size=8),
     path=st.text(alphabet="abc/.\\^[]-", min_size=0, max_size=8),
 )
+@example(glob="[---]", path="-")  # (a `--` in a Python class: "possible set difference")
+@example(glob="[\\-.]", path="\\")  # a reversed range: its first character still matches
+@example(glob="[^c-a]", path="b")
+@example(glob="[a-c-e]", path="-")
 def test_the_file_glob_means_what_sqlite_glob_means(glob: str, path: str) -> None:
     conn = sqlite3.connect(":memory:")
     try:

@@ -75,17 +75,41 @@ def glob_regex(glob: str) -> str:
             else:
                 body = glob[i + 1 : j]
                 negate = body.startswith("^")
-                body = body[1:] if negate else body
-                if any(body[k + 1] == "-" and body[k] > body[k + 2] for k in range(len(body) - 2)):
-                    return "(?!)"  # a reversed range matches nothing, as in SQLite
-                # Inside the class only \, [ and ] mean something to a regex: escape them.
-                body = "".join("\\" + c if c in "\\[]" else c for c in body)
-                out.append("[" + ("^" if negate else "") + body + "]")
+                items = _class_items(body[1:] if negate else body)
+                out.append("[" + ("^" if negate else "") + "".join(items) + "]")
                 i = j
         else:
             out.append(re.escape(char))
         i += 1
     return "".join(out) + "$"
+
+
+def _class_items(body: str) -> list[str]:
+    """A GLOB class's body (never empty: a `]` first is itself) as regex items, read as
+    SQLite's patternCompare reads it: `a-z` is a range when a character comes before the `-`
+    and one after it (else the `-` is itself); the character before the `-` matches itself
+    even when the range is reversed (which adds nothing more); every character is escaped,
+    so no `--`, `[:` or `\\` means anything more to PostgreSQL or Python."""
+    items: list[str] = []
+    prior: str | None = None
+    k = 0
+    while k < len(body):
+        char = body[k]
+        if char == "-" and prior is not None and k + 1 < len(body):
+            high = body[k + 1]
+            if prior <= high:
+                items[-1] = _class_char(prior) + "-" + _class_char(high)
+            prior = None
+            k += 2
+            continue
+        items.append(_class_char(char))
+        prior = char
+        k += 1
+    return items
+
+
+def _class_char(char: str) -> str:
+    return char if char.isalnum() else "\\" + char
 
 
 def job_conditions(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
