@@ -6,6 +6,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -259,3 +260,97 @@ def test_an_import_keeps_no_file_the_workers_read_in_memory(
         store.close()
     assert archived(db, grown) == grown.read_bytes()
     assert mismatches(db) == []
+
+
+def _job_rows(db: Path) -> dict[str, tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT session_id, status, input_tokens, output_tokens, round(cost_usd, 9), "
+                "started_at, ended_at, message_count FROM jobs"
+            )
+        }
+    finally:
+        conn.close()
+
+
+def test_workers_settle_resumed_sessions_without_rebuilding_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed sessions read by the workers: a worker builds each record without the copies
+    another session of its unit, or one committed before, holds better; the writer rebuilds
+    a record from the archive only when that misses something (a session that now loses a
+    message). The records are those of the engine reading alone, and exact by a recount; an
+    import of nothing new rebuilds nothing."""
+    from jobvault.ingest import workers
+    from jobvault.ingest.book import SessionBook
+
+    monkeypatch.setattr(workers, "MIN_COLD_BYTES", 0)  # every session to the workers
+    rebuilt: list[str] = []
+    invalidate = SessionBook.invalidate
+
+    def counted(book: SessionBook, key: str, *args: Any) -> Any:
+        rebuilt.append(key)
+        return invalidate(book, key, *args)
+
+    monkeypatch.setattr(SessionBook, "invalidate", counted)
+    project = tmp_path / "projects" / "-work-app"
+    project.mkdir(parents=True)
+    sid = [f"{n:08d}-1111-4111-8111-111111111111" for n in range(5)]
+
+    def original_line(i: int, session: str, out: int = 100) -> bytes:
+        return dumps(assistant(f"msg_orig_{i}", 10 + i, session=session, inp=10 + i, out=out))
+
+    def write(n: int, lines: list[bytes]) -> None:
+        (project / f"{sid[n]}.jsonl").write_bytes(b"".join(lines))
+
+    write(
+        0, [dumps(user("start", 0, session=sid[0]))] + [original_line(i, sid[0]) for i in range(4)]
+    )
+    # Resumed: equal copies of the first two messages (the original's smaller path wins).
+    write(1, [original_line(i, sid[1]) for i in range(2)]
+          + [dumps(user("again", 60, session=sid[1])),
+             dumps(assistant("msg_one", 61, session=sid[1], inp=3, out=4))])  # fmt: skip
+    for n in (2, 3, 4):  # (more sessions of the project, none sharing anything)
+        write(n, session_lines(2, session=sid[n], base=100 * n))
+
+    def run_import(db: Path, workers_n: int) -> None:
+        store = Store(open_writer(db))
+        engine = Engine(Config(watch=(project.parent,), db=db, workers=workers_n), store)
+        try:
+            engine.ingest_once([project.parent])
+        finally:
+            engine.close()
+            store.close()
+
+    db = tmp_path / "vault" / "w.db"
+    db.parent.mkdir(mode=0o700)
+    run_import(db, 2)
+    assert rebuilt == []  # one unit: its worker settled the resumed copies itself
+    assert _job_rows(db)[sid[1]][1:3] == (3, 4)  # (only its own message counts)
+    # Later, two more resumes of the original: one with equal copies (it loses them to the
+    # committed original, as its worker saw), one with a better (later, longer) copy of a
+    # message, which the original then loses: only the original is rebuilt.
+    late = [f"{n:08d}-2222-4222-8222-222222222222" for n in (5, 6)]
+    (project / f"{late[0]}.jsonl").write_bytes(
+        b"".join(
+            [original_line(i, late[0]) for i in range(3)]
+            + [dumps(user("more", 90, session=late[0]))]
+        )
+    )
+    (project / f"{late[1]}.jsonl").write_bytes(
+        original_line(2, late[1], out=900) + dumps(user("and more", 95, session=late[1]))
+    )
+    run_import(db, 2)
+    assert rebuilt == [sid[0]]
+    rows = _job_rows(db)
+    assert rows[late[0]][1:3] == (0, 0) and rows[late[1]][1:3] == (12, 900)
+    assert rows[sid[0]][1:3] == (10 + 11 + 13, 300)  # msg_orig_2 counted in late[1]
+    assert mismatches(db) == []
+    run_import(db, 2)  # nothing new: the final records are left as they are, none rebuilt
+    assert rebuilt == [sid[0]] and _job_rows(db) == rows
+    alone = tmp_path / "vault" / "e.db"
+    run_import(alone, 0)
+    assert _job_rows(alone) == rows

@@ -37,6 +37,16 @@ QUEUE_HIGH = 64  # units waiting to be sent: past this, collecting waits for the
 POOL_BREAKS = 4  # worker pools that may die in a process's life; after that the engine reads
 
 
+def _project(actions: list[Action]) -> str:
+    """The project of a cold session's files (to order the sessions by)."""
+    for action in actions:
+        if isinstance(action, Create) and action.info.project:
+            return action.info.project
+        if isinstance(action, Read) and action.tracked.info.project:
+            return action.tracked.info.project
+    return ""
+
+
 class ColdReader:
     def __init__(
         self,
@@ -132,7 +142,9 @@ class ColdReader:
     def submit(self, cold: dict[str, list[Action]], roots: list[Path]) -> None:
         """Queue the cold sessions for the workers (their rows are numbered now)."""
         groups: list[list[FileTask]] = []
-        for key in sorted(cold):
+        # A project's sessions side by side: a resumed session and the one it copies then
+        # mostly share a unit, whose worker settles the messages they share (`run_unit`).
+        for key in sorted(cold, key=lambda k: (_project(cold[k]), k)):
             group = []
             for action in cold[key]:
                 if isinstance(action, Create):
@@ -273,7 +285,8 @@ class ColdReader:
                 log.error("session_quarantined", session=session.key, reason=reason,
                           error=detail[:500])  # fmt: skip
             elif session.detail is not None:
-                rnd.prebuilt[session.key] = (session.detail, session.candidates)
+                rnd.prebuilt[session.key] = (session.detail, session.candidates,
+                                             session.excluded)  # fmt: skip
         rnd.read += read
         return read
 

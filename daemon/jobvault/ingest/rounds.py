@@ -32,8 +32,10 @@ from jobvault.ingest.tracker import (
     Tracked,
     Vanish,
 )
+from jobvault.records import JobDetail
 from jobvault.sources import LineContext
 from jobvault.store.archive import FileRow
+from jobvault.store.increments import Row
 from jobvault.store.writer import BadLine, Batch, Chunk, Store
 
 log = structlog.get_logger("jobvault.engine")
@@ -80,6 +82,9 @@ class Work:
     defer_tail: bool = False
 
 
+Prebuilt = tuple[JobDetail, list[tuple[str, Row]], frozenset[str]]
+
+
 @dataclass(slots=True)
 class Round:
     batch: Batch = field(default_factory=Batch)
@@ -91,8 +96,9 @@ class Round:
     flush: bool = False  # their held-back search texts too (`Engine.flush`: shutdown)
     skips: list[Skip] = field(default_factory=list)
     deferred: list[BadLine] = field(default_factory=list)  # tails of deleted files
-    # Sessions read and built by a worker process: (detail, candidates), final.
-    prebuilt: dict[str, Any] = field(default_factory=dict)
+    # Sessions read and built by a worker process: (detail, candidates, the messages it
+    # was built without), final.
+    prebuilt: dict[str, Prebuilt] = field(default_factory=dict)
     cold_files: list[tuple[Tracked, FileRow, bytes | None]] = field(default_factory=list)
     read: int = 0
 

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +41,7 @@ from jobvault.sources import ADAPTERS, FileInfo, LineContext, previews, spill
 from jobvault.sources.base import Accumulator
 from jobvault.store.archive import FileRow, iter_archived_objects, iter_chunks
 from jobvault.store.increments import Row
+from jobvault.store.keys import key_hash
 from jobvault.store.writer import Chunk, key_rows
 
 MIN_COLD_BYTES = 4 * 1024 * 1024  # less cold work than this is read in the engine itself
@@ -82,6 +83,9 @@ class SessionResult:
     detail: JobDetail | None
     candidates: list[tuple[str, Row]]  # (`key_rows`)
     fault: tuple[str, str] | None = None  # (reason, detail): quarantine it
+    # The messages the record was built without: better copies in another session of the
+    # unit (`_unit_losses`). The writer rebuilds it only when the database knows otherwise.
+    excluded: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -298,24 +302,92 @@ def run_unit(task: UnitTask) -> UnitResult:
         finally:
             os.close(fd)
     sessions = []
+    candidates: dict[str, list[tuple[str, Row]]] = {}
+    for key, acc in unit.accs.items():
+        if acc is not None and key not in unit.faults:
+            try:
+                candidates[key] = list(key_rows(acc.usage_candidates()))
+            except Exception as exc:
+                unit.fail(key, "the adapter failed listing its messages", exc)
+    losses = _unit_losses(candidates)
     for key, acc in unit.accs.items():
         source = unit.sources[key]
         fault = unit.faults.get(key)
         if acc is None or fault is not None:
             sessions.append(SessionResult(key, source, None, [], fault))
             continue
+        excluded = losses.get(key, frozenset())
         try:
-            detail = acc.build(finalized=True, machine_id=_setup.machine_id)
+            detail = acc.build(finalized=True, machine_id=_setup.machine_id, excluded_keys=excluded)
             # Tool calls may be a lazy view of a scratch file: materialize them to travel.
             detail = replace(detail, tool_calls=list(detail.tool_calls))
-            candidates = list(key_rows(acc.usage_candidates()))
         except Exception as exc:
             reason = "the adapter failed building the record"
             sessions.append(SessionResult(key, source, None, [], (reason, repr(exc)[:2000])))
             continue
-        sessions.append(SessionResult(key, source, detail, candidates))
+        sessions.append(SessionResult(key, source, detail, candidates[key], None, excluded))
     unit.accs.clear()
     return UnitResult(files, sessions, lines, time.monotonic() - started)
+
+
+def _unit_losses(candidates: dict[str, list[tuple[str, Row]]]) -> dict[str, frozenset[str]]:
+    """For each session of a unit, the messages another session holds a better copy of: the
+    rule of `Store.lost_keys` (not a sidechain, more tokens, then the smaller path and
+    offset), among the unit's sessions and the copies committed so far (a resumed session
+    read after the one it copies). The writer checks it against the database when it
+    writes the record, and rebuilds the record only if a copy it could not see here (in a
+    round not committed yet) changes it."""
+    best: dict[str, tuple[tuple[Any, ...], str]] = {}
+    shared: set[str] = set()
+    for session, row in _committed_copies(candidates):
+        best[row[0]] = ((row[1], -row[2], row[3], row[4]), session)
+    for session, rows in candidates.items():
+        for key, row in rows:
+            rank = (row[0], -row[1], row[2], row[3])  # (sidechain, -total, path, offset)
+            held = best.get(key)
+            if held is None:
+                best[key] = (rank, session)
+                continue
+            shared.add(key)
+            if rank < held[0]:
+                best[key] = (rank, session)
+    if not shared:
+        return {}
+    lost: dict[str, set[str]] = {}
+    for session, rows in candidates.items():
+        for key, row in rows:
+            if key in shared:
+                rank, winner = best[key]
+                if winner != session and rank < (row[0], -row[1], row[2], row[3]):
+                    lost.setdefault(session, set()).add(key)
+    return {session: frozenset(keys) for session, keys in lost.items()}
+
+
+def _committed_copies(candidates: dict[str, list[tuple[str, Row]]]) -> Iterator[tuple[str, Row]]:
+    """The committed copies of the unit's messages held by other sessions: (session, (key,
+    sidechain, total, path, offset)), one per message (the best); none if the database
+    cannot be read."""
+    keys = sorted({key for rows in candidates.values() for key, _row in rows})
+    best: dict[str, tuple[str, Row]] = {}
+    try:
+        conn = _archive()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for session, *row in conn.execute(
+                f"SELECT session_id, key, sidechain, total, path, offset FROM usage_keys "
+                f"WHERE key_hash IN ({marks}) AND key IN ({marks})",
+                (*map(key_hash, part), *part),
+            ):
+                if session in candidates:  # (its own copies as archived before this unit)
+                    continue
+                held = best.get(row[0])
+                rank = (row[1], -row[2], row[3], row[4])
+                if held is None or rank < (held[1][1], -held[1][2], held[1][3], held[1][4]):
+                    best[row[0]] = (session, tuple(row))
+    except sqlite3.Error:  # (no database yet, or busy): the writer settles them all
+        return iter(())
+    return iter(best.values())
 
 
 # -- in the engine ---------------------------------------------------------------------------

@@ -62,6 +62,7 @@ class RoundWriter:
     def commit(self, rnd: Round) -> None:
         """Write the round in one transaction, then apply it; raise StoreError if refused."""
         book = self.book
+        changed: set[str] | None = None
         for key in sorted(rnd.finalize):
             job = book.jobs.get(key)
             if job is None:
@@ -69,6 +70,10 @@ class RoundWriter:
                     key in book.archived or self.store.job_has_record_or_archive(key)
                 ):
                     continue  # nothing of it was ever read
+                if changed is None:
+                    changed = _changed_sessions(rnd)
+                if key not in changed and self.store.has_final_record(key):
+                    continue  # final already, and nothing of it changed (an import again)
                 job = book.invalidate(key)
             job.finalized = True
             job.dirty = True
@@ -145,9 +150,15 @@ class RoundWriter:
             if changed is not None:
                 partial[job.key] = changed
             ready.append(job)
-        for key, (_detail, candidates) in rnd.prebuilt.items():
-            affected |= store.settle_usage(key, candidates)
+        hit, by_new = store.settle_many({k: c for k, (_d, c, _x) in rnd.prebuilt.items()})
+        affected |= hit
         settled = {j.key for j in ready} | set(rnd.prebuilt)
+        # A final record that only new sessions share messages with is rebuilt only if it
+        # loses one to them (a resumed session read after the one it copies mostly wins
+        # nothing: the copies are equal and the first path wins).
+        unchanged = by_new - affected - settled - book.jobs.keys()
+        unchanged -= store.new_losses(unchanged, rnd.prebuilt)
+        affected |= by_new - unchanged
         others = []
         for key in sorted(affected - settled):
             if key in book.quarantined:
@@ -176,8 +187,10 @@ class RoundWriter:
             if detail is not None:
                 details.append((detail, job.finalized))
             self._remember(job, excluded)
-        for key, (prebuilt, _candidates) in rnd.prebuilt.items():
-            if lost.get(key):  # it loses a message to another session: rebuilt here
+        for key, (prebuilt, _candidates, excluded) in rnd.prebuilt.items():
+            # Built without what it lost to its unit's sessions: rebuilt here only when it
+            # loses other messages (to a session of another unit, or of an earlier round).
+            if lost.get(key, frozenset()) != excluded:
                 job = book.invalidate(key, ADAPTERS[prebuilt.record.source])
                 job.finalized = True
                 rebuilt = book.build(job, machine, lost[key])
@@ -341,3 +354,13 @@ class RoundWriter:
                 self.stats.bad_lines += 1
                 log.warning("bad_line", file_id=bad.file_id, session=key, offset=bad.offset,
                             length=bad.length, reason=bad.reason)  # fmt: skip
+
+
+def _changed_sessions(rnd: Round) -> set[str]:
+    """The sessions a round changes anything of: bytes, files, or their records."""
+    batch = rnd.batch
+    files = [*batch.new_files, *batch.files.values()]
+    return (
+        rnd.touched | rnd.invalidated | batch.stale_jobs | set(rnd.prebuilt)
+        | {row.job_key for row in files if row.job_key is not None}
+    )  # fmt: skip

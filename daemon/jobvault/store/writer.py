@@ -11,7 +11,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -429,6 +429,21 @@ class Store:
     def transaction(self) -> Store._Tx:
         """One write transaction around several writes (each then joins it)."""
         return Store._Tx(self.conn)
+
+    def has_final_record(self, job_key: str) -> bool:
+        """Whether the session's stored record (or, with none, its mark as an empty session)
+        is final."""
+        rows = self.conn.execute(
+            "SELECT finalized_at IS NOT NULL FROM jobs WHERE session_id = ?", (job_key,)
+        ).fetchall()
+        if rows:
+            return all(final for (final,) in rows)
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM empty_sessions WHERE session_id = ? LIMIT 1", (job_key,)
+            ).fetchone()
+            is not None
+        )
 
     def job_has_record_or_archive(self, job_key: str) -> bool:
         if self.conn.execute("SELECT 1 FROM jobs WHERE session_id = ? LIMIT 1", (job_key,)
@@ -921,6 +936,80 @@ class Store:
                     break
                 self._settle_slice(session, gone, [], {}, affected)
         return affected
+
+    def settle_many(
+        self, sessions: Mapping[str, Iterable[tuple[str, Row]]]
+    ) -> tuple[set[str], set[str]]:
+        """`settle_usage` for many sessions at once (a cold round's prebuilt records);
+        return the sessions outside `sessions` that are affected: (by those that had stored
+        copies, by the new ones: `new_losses` tells which of these lose a message).
+
+        The sessions with no stored copies yet (an import's and a backfill's new ones, nearly
+        all of them) are settled together: their copies in one statement and the other
+        sessions sharing their keys in a query per slice of keys, instead of five statements
+        a session. The others are settled one by one, as `settle_usage` does.
+        """
+        keys = sorted(sessions)
+        stored: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            stored.update(
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT DISTINCT session_id FROM usage_keys WHERE session_id IN ({marks})",
+                    part,
+                )
+            )
+        affected: set[str] = set()
+        by_new: set[str] = set()
+        with self._transaction():
+            rows: list[tuple[Any, ...]] = []
+            for session in keys:
+                if session in stored:
+                    affected |= self.settle_usage(session, sessions[session])
+                else:
+                    rows.extend((k, key_hash(k), session, *row) for k, row in sessions[session])
+            self.conn.executemany(_UPSERT_KEY, rows)
+            hashes = {r[0]: r[1] for r in rows}
+            part_keys = sorted(hashes)
+            for i in range(0, len(part_keys), 500):
+                part = part_keys[i : i + 500]
+                marks = ",".join("?" * len(part))
+                by_new.update(
+                    r[0]
+                    for r in self.conn.execute(
+                        f"SELECT DISTINCT session_id FROM usage_keys "
+                        f"WHERE key_hash IN ({marks}) AND key IN ({marks})",
+                        (*(hashes[k] for k in part), *part),
+                    )
+                )
+        return affected - sessions.keys(), by_new - sessions.keys()
+
+    def new_losses(self, sessions: Iterable[str], new: Container[str]) -> set[str]:
+        """Which of `sessions` lose a message to one of the `new` sessions (just settled,
+        with no stored copies before): only those must be rebuilt. A session that does not
+        loses exactly what it lost before, as its stored record counts it (new copies can
+        take messages from a session, never give it any back)."""
+        keys = sorted(set(sessions))
+        out: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for session, winner in self.conn.execute(
+                f"""
+                SELECT u.session_id, o.session_id FROM usage_keys u
+                JOIN usage_keys o ON o.key_hash = u.key_hash AND o.key = u.key
+                  AND o.session_id != u.session_id
+                  AND (o.sidechain, -o.total, o.path, o.offset)
+                    < (u.sidechain, -u.total, u.path, u.offset)
+                WHERE u.session_id IN ({marks})
+                """,
+                part,
+            ):
+                if winner in new:
+                    out.add(session)
+        return out
 
     def settle_changes(
         self,
