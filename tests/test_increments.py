@@ -241,3 +241,45 @@ def test_a_live_write_updates_only_the_job_columns_that_changed(tmp_path: Path) 
     live.append("msg_tail2", 9001, "and another")
     assert live.messages() == messages + 1
     live.close()
+
+
+def test_a_live_build_folds_only_the_new_copies_and_equals_a_fresh_one() -> None:
+    """`ClaudeJob.build` after each line keeps its fold of the message copies and folds only
+    those appended since; a copy replaced before the end (a longer streamed copy), other
+    exclusions or a spilled session fold all again. Every build equals that of an
+    accumulator fed the same lines at once, to the last bit of every cost."""
+    import orjson
+
+    from jobvault.sources import LineContext
+    from jobvault.sources.claude import ClaudeJob
+
+    ctx = LineContext(1, "main", None, None, "-work-app", f"/p/{SESSION}.jsonl")
+    lines: list[bytes] = []
+    for i in range(40):
+        lines.append(dumps(user(f"prompt {i}", 3 * i)))
+        model = "claude-opus-4-1-20250805" if i % 3 else "claude-sonnet-4-20250514"
+        lines.append(dumps(assistant(f"m{i}", 3 * i + 1, inp=7 + i, out=13 * i, read=i,
+                                     model=model)))  # fmt: skip
+    # A longer copy of an early message, later in the file: it replaces one before the end.
+    lines.insert(60, dumps(assistant("m3", 90, inp=10, out=999)))
+
+    def fresh(count: int, excluded: frozenset[str] = frozenset()) -> Any:
+        acc = ClaudeJob(SESSION)
+        offset = 0
+        for raw in lines[:count]:
+            acc.feed(orjson.loads(raw), ctx, offset)
+            offset += len(raw)
+        return acc.build(finalized=False, machine_id=None, excluded_keys=excluded)
+
+    live = ClaudeJob(SESSION)
+    offset = 0
+    for count, raw in enumerate(lines, 1):
+        live.feed(orjson.loads(raw), ctx, offset)
+        offset += len(raw)
+        excluded = frozenset({"m5:req_m5"}) if count % 7 == 0 else frozenset()
+        built = live.build(finalized=False, machine_id=None, excluded_keys=excluded)
+        assert built == fresh(count, excluded), count
+        if count == 50:
+            kept = live._kept_fold
+            assert kept is not None and len(kept[1]) == 25  # (the copies folded so far)
+    assert built.record.output_tokens == sum(13 * i for i in range(40)) - 13 * 3 + 999

@@ -264,6 +264,7 @@ class TextSample:
     def __init__(self, limit: int = SEARCH_TEXT_CHARS) -> None:
         self.limit = limit
         self._pieces: list[tuple[Any, str]] = []
+        self._text: str | None = None  # the joined sample, until a piece changes it
         self._size = 0
 
     def add(self, order: Any, text: str) -> None:
@@ -278,6 +279,7 @@ class TextSample:
         if not text:
             return
         bisect.insort(self._pieces, (order, text))  # ties broken by the text itself
+        self._text = None
         self._size += len(text) + 1
         while len(self._pieces) > 1 and self._size - len(self._pieces[-1][1]) - 1 >= self.limit:
             _, dropped = self._pieces.pop()
@@ -287,7 +289,10 @@ class TextSample:
         return list(self._pieces)
 
     def text(self) -> str:
-        return join_sample(self._pieces, self.limit)
+        # (a live record is built after every line: the join is kept until a piece changes)
+        if self._text is None:
+            self._text = join_sample(self._pieces, self.limit)
+        return self._text
 
 
 def join_sample(pieces: list[tuple[Any, str]], limit: int = SEARCH_TEXT_CHARS) -> str:

@@ -338,7 +338,9 @@ def ordered(maps: list[SpillMap[Any]]) -> Iterator[tuple[int, str, Any]]:
     spilled = [m for m in maps if m._scratch is not None]
     if not spilled:
         items = [(m._order_of(v), k, i, v) for i, m in enumerate(maps) for k, v in m._hot.items()]
-        items.sort(key=lambda item: (item[0], item[1]))
+        # By (order, key): no two items share those and their map, so a tuple's value is
+        # never compared (a plain sort: no key made per item).
+        items.sort()
         for _, key, i, value in items:
             yield i, key, value
         return

@@ -550,19 +550,26 @@ class Store:
                     chunk_rows,
                 )
             if batch.files:
+                rows = batch.files.values()
+                # What names a file (all four indexed) only where it changed: setting an
+                # indexed column rewrites its index entry even to the same value, three index
+                # pages of every live commit that only moved an offset.
                 self.conn.executemany(
-                    "UPDATE files SET path=?, dev=?, ino=?, offset=?, size=?, mtime_ns=?, "
-                    "in_long_line=?, partial_tail=?, state=?, job_key=?, fp_len=?, fp_hash=?, "
-                    "line_count=?, bad_lines=?, lost_bytes=?, codec=?, disk_size=?, "
-                    "updated_at=? WHERE id=?",
+                    "UPDATE files SET path=?2, dev=?3, ino=?4, job_key=?5 WHERE id=?1 "
+                    "AND (path IS NOT ?2 OR dev IS NOT ?3 OR ino IS NOT ?4 OR job_key IS NOT ?5)",
+                    [(f.id, f.path, f.dev, f.ino, f.job_key) for f in rows],
+                )
+                self.conn.executemany(
+                    "UPDATE files SET offset=?, size=?, mtime_ns=?, in_long_line=?, "
+                    "partial_tail=?, state=?, fp_len=?, fp_hash=?, line_count=?, bad_lines=?, "
+                    "lost_bytes=?, codec=?, disk_size=?, updated_at=? WHERE id=?",
                     [
                         (
-                            f.path, f.dev, f.ino, f.offset, f.size, f.mtime_ns,
-                            int(f.in_long_line), int(f.partial_tail), f.state, f.job_key,
-                            f.fp_len, f.fp_hash, f.line_count, f.bad_lines, f.lost_bytes,
-                            f.codec, f.disk_size, now, f.id,
+                            f.offset, f.size, f.mtime_ns, int(f.in_long_line),
+                            int(f.partial_tail), f.state, f.fp_len, f.fp_hash, f.line_count,
+                            f.bad_lines, f.lost_bytes, f.codec, f.disk_size, now, f.id,
                         )
-                        for f in batch.files.values()
+                        for f in rows
                     ],
                 )  # fmt: skip
             for file_id in batch.continued_tails:
