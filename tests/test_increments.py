@@ -279,7 +279,41 @@ def test_a_live_build_folds_only_the_new_copies_and_equals_a_fresh_one() -> None
         excluded = frozenset({"m5:req_m5"}) if count % 7 == 0 else frozenset()
         built = live.build(finalized=False, machine_id=None, excluded_keys=excluded)
         assert built == fresh(count, excluded), count
-        if count == 50:
+        if count == 50 and not live.spilled:  # (JOBVAULT_TEST_SPILL: all are spilled)
             kept = live._kept_fold
             assert kept is not None and len(kept[1]) == 25  # (the copies folded so far)
     assert built.record.output_tokens == sum(13 * i for i in range(40)) - 13 * 3 + 999
+
+
+def test_no_fold_is_kept_for_a_final_build_or_a_spilled_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kept fold holds a list of every copy: a spilled session (whose copies are on disk
+    because memory is short) and a final build (the last one) keep none; a live build does."""
+    import orjson
+
+    from jobvault.sources import LineContext, spill
+    from jobvault.sources.claude import ClaudeJob
+
+    ctx = LineContext(1, "main", None, None, "-work-app", f"/p/{SESSION}.jsonl")
+
+    def fed() -> ClaudeJob:
+        acc = ClaudeJob(SESSION)
+        offset = 0
+        for raw in session_lines(30):
+            acc.feed(orjson.loads(raw), ctx, offset)
+            offset += len(raw)
+        return acc
+
+    live = fed()
+    before = live.build(finalized=False, machine_id=None)
+    assert (live._kept_fold is not None) is not live.spilled  # (JOBVAULT_TEST_SPILL)
+    final = live.build(finalized=True, machine_id=None)
+    assert live._kept_fold is None and final.record.output_tokens == before.record.output_tokens
+    monkeypatch.setattr(spill, "SPILL_AFTER", 0)
+    monkeypatch.setattr(spill, "FLUSH_EVERY", 3)
+    spilled = fed()
+    assert spilled.spilled
+    built = spilled.build(finalized=False, machine_id=None)
+    assert spilled._kept_fold is None
+    assert built.record.output_tokens == before.record.output_tokens

@@ -574,7 +574,7 @@ class ClaudeJob:
                 out.append((key, _candidate(u)))
         return out
 
-    def _fold(self, excluded: frozenset[str]) -> _UsageFold:
+    def _fold(self, excluded: frozenset[str], keep: bool) -> _UsageFold:
         """The counted message copies folded into the record's usage figures.
 
         A live session's record is built again after every appended line; folding every
@@ -585,13 +585,18 @@ class ClaudeJob:
         operations in the same order, so the same sums to the last bit. Any other change (a
         copy replaced or inserted before the end, other exclusions, other prices) folds all.
         """
+        if self.spilled:  # (read back from its scratch file one at a time, and not kept)
+            self._kept_fold = None
+            fold = _UsageFold()
+            for i, key, u in spill.ordered([self.usage, self.unkeyed_usage]):
+                if key not in excluded:
+                    fold.add(u, keyed=i == 0)
+            return fold
         entries = list(spill.ordered([self.usage, self.unkeyed_usage]))
         kept = self._kept_fold
         version = pricing.version()
-        fold = None
         if (
             kept is not None
-            and not self.spilled
             and kept[0] == (excluded, version)
             and len(entries) >= len(kept[1])
             and entries[: len(kept[1])] == kept[1]
@@ -604,7 +609,8 @@ class ClaudeJob:
         for i, key, u in rest:
             if key not in excluded:
                 fold.add(u, keyed=i == 0)
-        self._kept_fold = None if self.spilled else ((excluded, version), entries, fold)
+        # (a final build is the last: nothing to keep it for)
+        self._kept_fold = ((excluded, version), entries, fold) if keep else None
         return fold
 
     def build(
@@ -619,7 +625,7 @@ class ClaudeJob:
         `excluded_keys` are messages whose best copy lives in another job: counted there.
         """
         self.excluded_keys = excluded_keys
-        fold = self._fold(excluded_keys)
+        fold = self._fold(excluded_keys, keep=not finalized)
         totals, cost, model_messages = fold.totals, fold.cost, fold.model_messages
         usage_rows, usage_span, per_agent = fold.usage_rows, fold.usage_span, fold.per_agent
         unpriced = fold.unpriced
