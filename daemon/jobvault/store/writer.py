@@ -11,7 +11,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +55,13 @@ def _ints(values: tuple[Any, ...]) -> tuple[Any, ...]:
                 max(-SQL_INT, min(SQL_INT, v)) if v.__class__ is int else v for v in values
             )
     return values
+
+
+def _in_parts(keys: list[str]) -> Iterator[tuple[list[str], str]]:
+    """`keys` 500 at a time, each part with its `?,?,…` for an `IN (…)`."""
+    for i in range(0, len(keys), 500):
+        part = keys[i : i + 500]
+        yield part, ",".join("?" * len(part))
 
 
 def _slices(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -958,9 +965,7 @@ class Store:
         """
         keys = sorted(sessions)
         stored: set[str] = set()
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _in_parts(keys):
             stored.update(
                 r[0]
                 for r in self.conn.execute(
@@ -979,18 +984,7 @@ class Store:
                     rows.extend((k, key_hash(k), session, *row) for k, row in sessions[session])
             self.conn.executemany(_UPSERT_KEY, rows)
             hashes = {r[0]: r[1] for r in rows}
-            part_keys = sorted(hashes)
-            for i in range(0, len(part_keys), 500):
-                part = part_keys[i : i + 500]
-                marks = ",".join("?" * len(part))
-                by_new.update(
-                    r[0]
-                    for r in self.conn.execute(
-                        f"SELECT DISTINCT session_id FROM usage_keys "
-                        f"WHERE key_hash IN ({marks}) AND key IN ({marks})",
-                        (*(hashes[k] for k in part), *part),
-                    )
-                )
+            by_new.update(self._holders(sorted(hashes), hashes.__getitem__))
         return affected - sessions.keys(), by_new - sessions.keys()
 
     def new_losses(self, sessions: Iterable[str], new: Container[str]) -> set[str]:
@@ -1000,9 +994,7 @@ class Store:
         take messages from a session, never give it any back)."""
         keys = sorted(set(sessions))
         out: set[str] = set()
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _in_parts(keys):
             for session, winner in self.conn.execute(
                 f"""
                 SELECT u.session_id, o.session_id FROM usage_keys u
@@ -1045,9 +1037,7 @@ class Store:
         """Which of these keys of `session` another session holds a better copy of."""
         out: set[str] = set()
         keys = list(keys)
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _in_parts(keys):
             out.update(
                 r[0]
                 for r in self.conn.execute(
@@ -1073,9 +1063,7 @@ class Store:
         """
         keys = sorted(set(sessions))
         lost: dict[str, set[str]] = {key: set() for key in keys}
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in _in_parts(keys):
             for session, key in self.conn.execute(
                 f"""
                 SELECT u.session_id, u.key FROM usage_keys u
@@ -1104,18 +1092,19 @@ class Store:
             [(k, session) for k in removed],
         )
         self.conn.executemany(_UPSERT_KEY, [(k, key_hash(k), session, *new[k]) for k in changed])
-        touched = removed + changed
-        for i in range(0, len(touched), 500):
-            part = touched[i : i + 500]
-            marks = ",".join("?" * len(part))
-            affected.update(
-                r[0]
-                for r in self.conn.execute(
-                    f"SELECT DISTINCT session_id FROM usage_keys WHERE key_hash IN ({marks}) "
-                    f"AND key IN ({marks}) AND session_id != ?",
-                    (*map(key_hash, part), *part, session),
-                )
-            )
+        affected.update(self._holders(removed + changed, key_hash, besides=session))
+
+    def _holders(
+        self, keys: list[str], digest: Callable[[str], int], besides: str | None = None
+    ) -> Iterator[str]:
+        """The sessions (other than `besides`) holding a copy of any of `keys`."""
+        for part, marks in _in_parts(keys):
+            for (session,) in self.conn.execute(
+                f"SELECT DISTINCT session_id FROM usage_keys WHERE key_hash IN ({marks}) "
+                f"AND key IN ({marks}) AND session_id IS NOT ?",
+                (*map(digest, part), *part, besides),
+            ):
+                yield session
 
     def clear_usage_keys(self) -> None:
         with self._transaction():
