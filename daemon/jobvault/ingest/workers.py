@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,7 +42,7 @@ from jobvault.sources.base import Accumulator
 from jobvault.store.archive import FileRow, iter_archived_objects, iter_chunks
 from jobvault.store.increments import Row
 from jobvault.store.keys import key_hash
-from jobvault.store.writer import Chunk, key_rows
+from jobvault.store.writer import Chunk, in_parts, key_rows
 
 MIN_COLD_BYTES = 4 * 1024 * 1024  # less cold work than this is read in the engine itself
 UNIT_BYTES = 2 * 1024 * 1024  # bytes of transcripts per unit sent to a worker
@@ -337,57 +337,59 @@ def _unit_losses(candidates: dict[str, list[tuple[str, Row]]]) -> dict[str, froz
     read after the one it copies). The writer checks it against the database when it
     writes the record, and rebuilds the record only if a copy it could not see here (in a
     round not committed yet) changes it."""
-    best: dict[str, tuple[tuple[Any, ...], str]] = {}
+    best: dict[str, tuple[tuple[Any, ...], str]] = {}  # key -> (rank, session)
     shared: set[str] = set()
-    for session, row in _committed_copies(candidates):
-        best[row[0]] = ((row[1], -row[2], row[3], row[4]), session)
+
+    def offer(session: str, key: str, rank: tuple[Any, ...]) -> None:
+        held = best.get(key)
+        if held is None:
+            best[key] = (rank, session)
+            return
+        shared.add(key)
+        if rank < held[0]:
+            best[key] = (rank, session)
+
+    for session, key, rank in _committed_copies(candidates):
+        offer(session, key, rank)
+    shared.clear()  # (shared among the unit's sessions or with a committed copy: below)
     for session, rows in candidates.items():
         for key, row in rows:
-            rank = (row[0], -row[1], row[2], row[3])  # (sidechain, -total, path, offset)
-            held = best.get(key)
-            if held is None:
-                best[key] = (rank, session)
-                continue
-            shared.add(key)
-            if rank < held[0]:
-                best[key] = (rank, session)
-    if not shared:
-        return {}
+            offer(session, key, _rank(row))
     lost: dict[str, set[str]] = {}
     for session, rows in candidates.items():
         for key, row in rows:
             if key in shared:
                 rank, winner = best[key]
-                if winner != session and rank < (row[0], -row[1], row[2], row[3]):
+                if winner != session and rank < _rank(row):
                     lost.setdefault(session, set()).add(key)
     return {session: frozenset(keys) for session, keys in lost.items()}
 
 
-def _committed_copies(candidates: dict[str, list[tuple[str, Row]]]) -> Iterator[tuple[str, Row]]:
-    """The committed copies of the unit's messages held by other sessions: (session, (key,
-    sidechain, total, path, offset)), one per message (the best); none if the database
-    cannot be read."""
+def _rank(row: Row) -> tuple[Any, ...]:
+    """A copy's place in `Store.lost_keys`'s order (the smallest counts), from its row."""
+    return (row[0], -row[1], row[2], row[3])  # (sidechain, -total, path, offset)
+
+
+def _committed_copies(
+    candidates: dict[str, list[tuple[str, Row]]],
+) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """The committed copies of the unit's messages that other sessions hold: (session, key,
+    rank); none if the database cannot be read."""
     keys = sorted({key for rows in candidates.values() for key, _row in rows})
-    best: dict[str, tuple[str, Row]] = {}
+    out = []
     try:
         conn = _archive()
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
-            for session, *row in conn.execute(
+        for part, marks in in_parts(keys):
+            for session, key, *row in conn.execute(
                 f"SELECT session_id, key, sidechain, total, path, offset FROM usage_keys "
                 f"WHERE key_hash IN ({marks}) AND key IN ({marks})",
                 (*map(key_hash, part), *part),
             ):
-                if session in candidates:  # (its own copies as archived before this unit)
-                    continue
-                held = best.get(row[0])
-                rank = (row[1], -row[2], row[3], row[4])
-                if held is None or rank < (held[1][1], -held[1][2], held[1][3], held[1][4]):
-                    best[row[0]] = (session, tuple(row))
+                if session not in candidates:  # (not its own copies archived before)
+                    out.append((session, key, _rank(tuple(row))))
     except sqlite3.Error:  # (no database yet, or busy): the writer settles them all
-        return iter(())
-    return iter(best.values())
+        return []
+    return out
 
 
 # -- in the engine ---------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def _ints(values: tuple[Any, ...]) -> tuple[Any, ...]:
     return values
 
 
-def _in_parts(keys: list[str]) -> Iterator[tuple[list[str], str]]:
+def in_parts(keys: list[str]) -> Iterator[tuple[list[str], str]]:
     """`keys` 500 at a time, each part with its `?,?,…` for an `IN (…)`."""
     for i in range(0, len(keys), 500):
         part = keys[i : i + 500]
@@ -965,7 +965,7 @@ class Store:
         """
         keys = sorted(sessions)
         stored: set[str] = set()
-        for part, marks in _in_parts(keys):
+        for part, marks in in_parts(keys):
             stored.update(
                 r[0]
                 for r in self.conn.execute(
@@ -994,7 +994,7 @@ class Store:
         take messages from a session, never give it any back)."""
         keys = sorted(set(sessions))
         out: set[str] = set()
-        for part, marks in _in_parts(keys):
+        for part, marks in in_parts(keys):
             for session, winner in self.conn.execute(
                 f"""
                 SELECT u.session_id, o.session_id FROM usage_keys u
@@ -1037,7 +1037,7 @@ class Store:
         """Which of these keys of `session` another session holds a better copy of."""
         out: set[str] = set()
         keys = list(keys)
-        for part, marks in _in_parts(keys):
+        for part, marks in in_parts(keys):
             out.update(
                 r[0]
                 for r in self.conn.execute(
@@ -1063,7 +1063,7 @@ class Store:
         """
         keys = sorted(set(sessions))
         lost: dict[str, set[str]] = {key: set() for key in keys}
-        for part, marks in _in_parts(keys):
+        for part, marks in in_parts(keys):
             for session, key in self.conn.execute(
                 f"""
                 SELECT u.session_id, u.key FROM usage_keys u
@@ -1098,7 +1098,7 @@ class Store:
         self, keys: list[str], digest: Callable[[str], int], besides: str | None = None
     ) -> Iterator[str]:
         """The sessions (other than `besides`) holding a copy of any of `keys`."""
-        for part, marks in _in_parts(keys):
+        for part, marks in in_parts(keys):
             for (session,) in self.conn.execute(
                 f"SELECT DISTINCT session_id FROM usage_keys WHERE key_hash IN ({marks}) "
                 f"AND key IN ({marks}) AND session_id IS NOT ?",
