@@ -585,32 +585,26 @@ class ClaudeJob:
         operations in the same order, so the same sums to the last bit. Any other change (a
         copy replaced or inserted before the end, other exclusions, other prices) folds all.
         """
-        if self.spilled:  # (read back from its scratch file one at a time, and not kept)
-            self._kept_fold = None
-            fold = _UsageFold()
-            for i, key, u in spill.ordered([self.usage, self.unkeyed_usage]):
-                if key not in excluded:
-                    fold.add(u, keyed=i == 0)
-            return fold
-        entries = list(spill.ordered([self.usage, self.unkeyed_usage]))
-        kept = self._kept_fold
-        version = pricing.version()
+        copies = spill.ordered([self.usage, self.unkeyed_usage])
+        # (a spilled session's copies are read back from its scratch file one at a time and
+        # never listed; a final build is the last: nothing is kept for either)
+        entries = None if self.spilled else list(copies)
+        kept, version = self._kept_fold, pricing.version()
+        fold, rest = _UsageFold(), copies if entries is None else entries
         if (
-            kept is not None
+            entries is not None
+            and kept is not None
             and kept[0] == (excluded, version)
             and len(entries) >= len(kept[1])
             and entries[: len(kept[1])] == kept[1]
         ):
-            fold = kept[2].copy()
-            rest = entries[len(kept[1]) :]
-        else:
-            fold = _UsageFold()
-            rest = entries
+            fold, rest = kept[2].copy(), entries[len(kept[1]) :]
         for i, key, u in rest:
             if key not in excluded:
                 fold.add(u, keyed=i == 0)
-        # (a final build is the last: nothing to keep it for)
-        self._kept_fold = ((excluded, version), entries, fold) if keep else None
+        self._kept_fold = None
+        if keep and entries is not None:
+            self._kept_fold = ((excluded, version), entries, fold)
         return fold
 
     def build(

@@ -57,6 +57,10 @@ def _ints(values: tuple[Any, ...]) -> tuple[Any, ...]:
     return values
 
 
+# A copy `o` of a message is better than `u`, the one that counts (`Store.lost_keys`).
+_BETTER = "(o.sidechain, -o.total, o.path, o.offset) < (u.sidechain, -u.total, u.path, u.offset)"
+
+
 def in_parts(keys: list[str]) -> Iterator[tuple[list[str], str]]:
     """`keys` 500 at a time, each part with its `?,?,…` for an `IN (…)`."""
     for i in range(0, len(keys), 500):
@@ -1000,8 +1004,7 @@ class Store:
                 SELECT u.session_id, o.session_id FROM usage_keys u
                 JOIN usage_keys o ON o.key_hash = u.key_hash AND o.key = u.key
                   AND o.session_id != u.session_id
-                  AND (o.sidechain, -o.total, o.path, o.offset)
-                    < (u.sidechain, -u.total, u.path, u.offset)
+                  AND {_BETTER}
                 WHERE u.session_id IN ({marks})
                 """,
                 part,
@@ -1047,8 +1050,7 @@ class Store:
                         SELECT 1 FROM usage_keys o
                         WHERE o.key_hash = u.key_hash AND o.key = u.key
                           AND o.session_id != u.session_id
-                          AND (o.sidechain, -o.total, o.path, o.offset)
-                            < (u.sidechain, -u.total, u.path, u.offset))
+                          AND {_BETTER})
                     """,
                     (session, *part),
                 )
@@ -1071,8 +1073,7 @@ class Store:
                     SELECT 1 FROM usage_keys o
                     WHERE o.key_hash = u.key_hash AND o.key = u.key
                       AND o.session_id != u.session_id
-                      AND (o.sidechain, -o.total, o.path, o.offset)
-                        < (u.sidechain, -u.total, u.path, u.offset))
+                      AND {_BETTER})
                 """,
                 part,
             ):
