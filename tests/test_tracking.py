@@ -262,6 +262,72 @@ def test_an_import_keeps_no_file_the_workers_read_in_memory(
     assert mismatches(db) == []
 
 
+def test_a_file_cut_and_grown_back_before_a_worker_reads_it_is_a_new_generation(
+    tmp_path: Path, db: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the engine found grown is handed to a worker, and cut and grown back past its
+    committed offset before the worker opens it (the same inode, other bytes there). The
+    worker reads nothing from an offset that is now inside another line: the engine looks
+    again and archives the new content as a new generation. No bad line, nothing of the new
+    content filed under the old one, tokens exact by a recount."""
+    from jobvault.ingest import workers
+
+    monkeypatch.setattr(workers, "MIN_COLD_BYTES", 0)  # every session to the workers
+    path = project / f"{SESSION}.jsonl"
+    first = dumps(user("the first prompt", 0))
+    old = [first, dumps(assistant("msg_a", 1, out=5)), dumps(assistant("msg_b", 2, out=6))]
+    path.write_bytes(b"".join(old))
+    store = Store(open_writer(db))
+    engine = Engine(Config(watch=(project.parent,), db=db, workers=2), store)
+    try:
+        engine.ingest_once([project.parent])
+    finally:
+        engine.close()
+        store.close()
+    committed = sum(map(len, old))
+    with path.open("ab") as fh:  # grown: the next look sends it to a worker
+        fh.write(dumps(assistant("msg_c", 3, out=7)))
+    # The new content: the first line kept, then a line that ends past the old offset.
+    new = [first, dumps(assistant("msg_d", 4, out=8, text="x" * (committed - len(first))))]
+    assert sum(map(len, new)) > committed
+    submit = workers.WorkerPool.submit
+    cut: list[int] = []
+
+    def cut_and_grow_back(pool: workers.WorkerPool, task: workers.UnitTask) -> Any:
+        for ft in task.files:
+            if ft.row.path == str(path) and not cut:
+                assert ft.row.offset == committed
+                with path.open("r+b") as fh:  # (in place: the inode stays)
+                    fh.truncate(len(first))
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(new[1])
+                cut.append(ft.row.id)
+        return submit(pool, task)
+
+    monkeypatch.setattr(workers.WorkerPool, "submit", cut_and_grow_back)
+    store = Store(open_writer(db))
+    engine = Engine(Config(watch=(project.parent,), db=db, workers=2), store)
+    try:
+        engine.ingest_once([project.parent])
+    finally:
+        engine.close()
+        store.close()
+    assert cut, "the file went to a worker"
+    conn = sqlite3.connect(db)
+    try:
+        bad = conn.execute("SELECT offset, length, reason FROM bad_lines").fetchall()
+        rows = conn.execute(
+            "SELECT id, state, generation, offset FROM files ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert bad == []
+    size = len(b"".join(new))
+    assert rows == [(cut[0], "replaced", 0, committed), (rows[1][0], "active", 1, size)]
+    assert archived(db, path) == path.read_bytes() == b"".join(new)
+    assert mismatches(db) == []
+
+
 def _job_rows(db: Path) -> dict[str, tuple[object, ...]]:
     conn = sqlite3.connect(db)
     try:

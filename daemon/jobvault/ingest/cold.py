@@ -158,7 +158,9 @@ class ColdReader:
                 else:
                     assert isinstance(action, Read)
                     tracked = action.tracked
-                    group.append(FileTask(replace(tracked.row), tracked.info, new=False))
+                    tail = self.tracker.archived_tail(tracked) if tracked.row.fp_len else b""
+                    group.append(FileTask(replace(tracked.row), tracked.info, new=False,
+                                          tail=tail))  # fmt: skip
                 self._owners[tracked.row.id] = tracked
             groups.append(group)
         self._queue.extend(workers.units(groups, self.book.archived))
@@ -260,6 +262,8 @@ class ColdReader:
         read = 0
         for fr in result.files:
             if fr.row is None:
+                log.info("cold_file_given_back", file=fr.task.row.path, file_id=fr.task.row.id,
+                         reason=fr.error)  # fmt: skip
                 fallback.append(fr.task.row.path)
                 continue
             row = fr.row

@@ -177,6 +177,17 @@ def fingerprint(source: Source, length: int) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+def holds(source: Source, fp_len: int, fp_hash: bytes | None, offset: int, tail: bytes) -> bool:
+    """Does the content still begin with what was archived of it: the hash of its first
+    `fp_len` bytes, and `tail` (the last archived bytes) just before `offset`? (Nothing
+    archived yet: nothing to tell.)"""
+    if fp_len == 0:
+        return True
+    if fingerprint(source, fp_len) != fp_hash:
+        return False
+    return not tail or source.pread(len(tail), offset - len(tail)) == tail
+
+
 def fingerprint_len(size: int) -> int:
     return min(size, FINGERPRINT_BYTES)
 

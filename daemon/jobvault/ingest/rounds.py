@@ -19,7 +19,7 @@ import structlog
 
 from jobvault.config import Config
 from jobvault.ingest.book import Fault, Job, SessionBook
-from jobvault.ingest.reader import Source, codec_of, fingerprint
+from jobvault.ingest.reader import Source, codec_of, holds
 from jobvault.ingest.reading import read_file
 from jobvault.ingest.tracker import (
     Action,
@@ -362,14 +362,10 @@ class RoundReader:
     def _still_ours(self, w: Work) -> bool:
         """Does the descriptor still hold what we archived (not rewritten in place)?"""
         assert w.source is not None
-        t = w.tracked
-        if t.row.fp_len == 0:
-            return True
+        row = w.tracked.row
         try:
-            if fingerprint(w.source, t.row.fp_len) != t.row.fp_hash:
-                return False
-            tail = self.tracker.archived_tail(t)
-            return not tail or w.source.pread(len(tail), t.row.offset - len(tail)) == tail
+            tail = self.tracker.archived_tail(w.tracked) if row.fp_len else b""
+            return holds(w.source, row.fp_len, row.fp_hash, row.offset, tail)
         except OSError:
             return False
 

@@ -2,7 +2,8 @@
 
 A backfill or an import reads many sessions that are final as soon as they are read. They go,
 a unit of whole sessions at a time, to a pool of worker processes, which read the files from
-their committed offsets (opening each afresh and checking it is the same inode), compress the
+their committed offsets (opening each afresh and checking it is the same inode, still holding
+what was archived of it), compress the
 chunks, parse the lines, feed accumulators of their own (replaying a session's earlier archive
 first, through a read-only connection, when it has one) and build the final records. The one
 writer, in the engine's process, only writes what comes back — file rows, chunks, bad lines —
@@ -32,7 +33,7 @@ from typing import Any
 import zstandard
 
 from jobvault.ingest import memory
-from jobvault.ingest.reader import open_source
+from jobvault.ingest.reader import holds, open_source
 from jobvault.ingest.reading import read_file
 from jobvault.ingest.tracker import open_regular
 from jobvault.pickling import quick
@@ -57,6 +58,9 @@ class FileTask:
     row: FileRow  # as committed (or as created, for a new file)
     info: FileInfo
     new: bool  # created in this round (not in the database yet)
+    # The last archived bytes before the row's offset, as the engine checked them: the file
+    # must still hold them when the worker opens it (it may have been cut and grown back).
+    tail: bytes = b""
 
 
 @quick
@@ -280,8 +284,14 @@ def run_unit(task: UnitTask) -> UnitResult:
                 continue
             reader = open_source(fd, row.codec)
             try:
+                if not holds(reader, row.fp_len, row.fp_hash, row.offset, ft.tail):
+                    # Cut (and perhaps grown back past the offset) or rewritten since the
+                    # engine looked: reading on from the offset would archive another
+                    # content's bytes as this one's. The engine looks again and decides.
+                    result.error = "changed since it was looked at"
+                    continue
                 sink = _Sink(result, unit, ft.info, row.source)
-                more, tail = True, None
+                more, tail = True, ft.tail or None
                 while more:  # a budget at a time: memory holds one batch, not the file
                     out = read_file(
                         row, reader, fd, final=True, budget=READ_BUDGET,
