@@ -277,13 +277,7 @@ def test_a_file_cut_and_grown_back_before_a_worker_reads_it_is_a_new_generation(
     first = dumps(user("the first prompt", 0))
     old = [first, dumps(assistant("msg_a", 1, out=5)), dumps(assistant("msg_b", 2, out=6))]
     path.write_bytes(b"".join(old))
-    store = Store(open_writer(db))
-    engine = Engine(Config(watch=(project.parent,), db=db, workers=2), store)
-    try:
-        engine.ingest_once([project.parent])
-    finally:
-        engine.close()
-        store.close()
+    _import_with_workers(db, project)
     committed = sum(map(len, old))
     with path.open("ab") as fh:  # grown: the next look sends it to a worker
         fh.write(dumps(assistant("msg_c", 3, out=7)))
@@ -305,13 +299,7 @@ def test_a_file_cut_and_grown_back_before_a_worker_reads_it_is_a_new_generation(
         return submit(pool, task)
 
     monkeypatch.setattr(workers.WorkerPool, "submit", cut_and_grow_back)
-    store = Store(open_writer(db))
-    engine = Engine(Config(watch=(project.parent,), db=db, workers=2), store)
-    try:
-        engine.ingest_once([project.parent])
-    finally:
-        engine.close()
-        store.close()
+    _import_with_workers(db, project)
     assert cut, "the file went to a worker"
     conn = sqlite3.connect(db)
     try:
@@ -326,6 +314,16 @@ def test_a_file_cut_and_grown_back_before_a_worker_reads_it_is_a_new_generation(
     assert rows == [(cut[0], "replaced", 0, committed), (rows[1][0], "active", 1, size)]
     assert archived(db, path) == path.read_bytes() == b"".join(new)
     assert mismatches(db) == []
+
+
+def _import_with_workers(db: Path, project: Path) -> None:
+    store = Store(open_writer(db))
+    engine = Engine(Config(watch=(project.parent,), db=db, workers=2), store)
+    try:
+        engine.ingest_once([project.parent])
+    finally:
+        engine.close()
+        store.close()
 
 
 def _job_rows(db: Path) -> dict[str, tuple[object, ...]]:
