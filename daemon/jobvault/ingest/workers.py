@@ -3,9 +3,9 @@
 A backfill or an import reads many sessions that are final as soon as they are read. They go,
 a unit of whole sessions at a time, to a pool of worker processes, which read the files from
 their committed offsets (opening each afresh and checking it is the same inode, still holding
-what was archived of it), compress the
-chunks, parse the lines, feed accumulators of their own (replaying a session's earlier archive
-first, through a read-only connection, when it has one) and build the final records. The one
+what was archived of it), compress the chunks, parse the lines, feed accumulators of their
+own (replaying a session's earlier archive first, through a read-only connection, when it
+has one) and build the final records. The one
 writer, in the engine's process, only writes what comes back — file rows, chunks, bad lines —
 and the records, after settling the duplicates of the whole round; a record that turns out to
 lose a message to another session is rebuilt by the writer from the archive.
